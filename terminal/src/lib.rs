@@ -1,0 +1,1 @@
+//! The Terminal app, played on the host.
