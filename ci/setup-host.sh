@@ -41,6 +41,7 @@ bookworm_pkgs=(
   bc bison flex libssl-dev libelf-dev cpio xz-utils zstd pigz kmod
   shellcheck iproute2 dnsmasq-base avahi-utils openssl sudo util-linux
   systemd debian-archive-keyring ca-certificates rsync file
+  jq curl
 )
 
 missing() {
@@ -72,7 +73,7 @@ mountpoint -q /proc/sys/fs/binfmt_misc || mount -t binfmt_misc binfmt_misc /proc
 if [[ ! -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ]]; then
   log "registering qemu-aarch64 binfmt"
   conf=/usr/lib/binfmt.d/qemu-aarch64.conf
-  [[ -e $conf ]] || conf=$(ls /usr/lib/binfmt.d/qemu-aarch64*.conf | head -n1)
+  [[ -e $conf ]] || conf=$(find /usr/lib/binfmt.d -name 'qemu-aarch64*.conf' | head -n1)
   cat "$conf" >/proc/sys/fs/binfmt_misc/register
 fi
 arch-test arm64 >/dev/null || { echo "setup-host.sh: arm64 binaries do not run (binfmt)" >&2; exit 1; }
@@ -90,5 +91,10 @@ command -v vhost-device-vsock >/dev/null || { log "cargo install vhost-device-vs
 
 # makepkg refuses root: an unprivileged build user.
 id avfbuild >/dev/null 2>&1 || useradd --system --create-home --home-dir /var/lib/avfbuild --shell /bin/bash avfbuild
+# avfbuild cross-compiles the agents (image-build/pkgbuilds/avf-agents) with
+# root's rustup toolchain, called by path (no rustup proxy, no writes there):
+# let it traverse /root and read the toolchains.
+chmod 711 /root
+chmod -R a+rX /root/.rustup /root/.cargo
 
 log "host ready"

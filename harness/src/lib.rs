@@ -1,1 +1,9 @@
-//! arch-avf harness.
+//! arch-avf harness: boots an AVF Terminal payload in QEMU the way crosvm
+//! does on the phone (contract §2–§3) and drives it.
+
+pub mod console;
+pub mod disk;
+pub mod qmp;
+pub mod spec;
+pub mod timeouts;
+pub mod vm;

@@ -1,0 +1,170 @@
+//! forwarder_guest_launcher: reports the guest's listening ports and starts a
+//! forwarder_guest per forwarded connection.
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use tonic::transport::Channel;
+
+use crate::forward::Endpoint;
+use crate::listeners::{Diff, Snapshot, Watcher};
+use crate::proto::{
+    ActivePort, DebianServiceClient, ForwardingRequestItem, QueueOpeningRequest,
+    ReportVmActivePortsRequest,
+};
+
+/// How often the listeners are polled: bounds the report latency.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
+/// The host's vsock CID (contract section 3).
+pub const HOST_CID: u32 = 2;
+
+/// The forwarder_guest arguments for one forwarding item.
+pub fn forwarder_args(item: &ForwardingRequestItem) -> anyhow::Result<(Endpoint, Endpoint)> {
+    let port = u16::try_from(item.guest_tcp_port)
+        .ok()
+        .filter(|p| *p != 0)
+        .with_context(|| {
+            format!(
+                "ForwardingRequestItem.guest_tcp_port {} is not a TCP port",
+                item.guest_tcp_port
+            )
+        })?;
+    let vsock_port = u32::try_from(item.vsock_port).with_context(|| {
+        format!(
+            "ForwardingRequestItem.vsock_port {} is not a vsock port",
+            item.vsock_port
+        )
+    })?;
+    Ok((
+        Endpoint::Tcp(([127, 0, 0, 1], port).into()),
+        Endpoint::Vsock {
+            cid: HOST_CID,
+            port: vsock_port,
+        },
+    ))
+}
+
+/// Turns the launcher's command line for a forwarder into argv.
+pub fn forwarder_argv(local: &Endpoint, remote: &Endpoint) -> Vec<OsString> {
+    vec![
+        "--local".into(),
+        local.to_string().into(),
+        "--remote".into(),
+        remote.to_string().into(),
+    ]
+}
+
+/// Starts forwarder_guest as a child process and reaps it in the background.
+pub fn spawn_forwarder(
+    program: &PathBuf,
+    local: &Endpoint,
+    remote: &Endpoint,
+) -> anyhow::Result<()> {
+    let mut child = tokio::process::Command::new(program)
+        .args(forwarder_argv(local, remote))
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {}", program.display()))?;
+    tokio::spawn(async move {
+        match child.wait().await {
+            Ok(s) if !s.success() => eprintln!("forwarder_guest exited: {s}"),
+            Err(e) => eprintln!("waiting for forwarder_guest: {e}"),
+            Ok(_) => {}
+        }
+    });
+    Ok(())
+}
+
+/// Serves the forwarding queue: for every item, `spawn(local, remote)`.
+/// Returns when the host ends the stream; a broken stream is an error.
+pub async fn serve_forwarding<S>(
+    mut client: DebianServiceClient<Channel>,
+    cid: u32,
+    mut spawn: S,
+) -> anyhow::Result<()>
+where
+    S: FnMut(Endpoint, Endpoint) -> anyhow::Result<()>,
+{
+    let cid = i32::try_from(cid).with_context(|| format!("local vsock CID {cid} does not fit"))?;
+    let mut stream = client
+        .open_forwarding_request_queue(QueueOpeningRequest { cid })
+        .await
+        .context("opening the forwarding request queue")?
+        .into_inner();
+    while let Some(item) = stream
+        .message()
+        .await
+        .context("reading the forwarding request queue")?
+    {
+        // A bad item or a failed spawn loses one connection, not the queue.
+        match forwarder_args(&item).and_then(|(l, r)| spawn(l, r)) {
+            Ok(()) => {}
+            Err(e) => eprintln!("forwarding {item:?}: {e:#}"),
+        }
+    }
+    eprintln!("the Terminal app closed the forwarding queue");
+    Ok(())
+}
+
+/// Reports a full snapshot at start and again whenever it changes, polling
+/// every `interval`. Runs until an RPC fails.
+pub async fn report_ports(
+    mut client: DebianServiceClient<Channel>,
+    mut watcher: Watcher,
+    interval: Duration,
+) -> anyhow::Result<()> {
+    let mut reported: Option<Snapshot> = None;
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let now = watcher.snapshot().context("listing listening sockets")?;
+        if let Some(old) = &reported {
+            let diff = Diff::between(old, &now);
+            if diff.is_empty() {
+                continue;
+            }
+            eprintln!(
+                "listeners changed: +{:?} -{:?} ~{:?}",
+                diff.added, diff.removed, diff.changed
+            );
+        }
+        let ports = now
+            .iter()
+            .map(|(port, comm)| ActivePort {
+                port: i32::from(*port),
+                comm: comm.clone(),
+            })
+            .collect();
+        let ok = client
+            .report_vm_active_ports(ReportVmActivePortsRequest { ports })
+            .await
+            .context("ReportVmActivePorts")?
+            .into_inner()
+            .success;
+        if ok {
+            reported = Some(now);
+        } else {
+            // Not recorded as reported: sent again on the next poll.
+            eprintln!("the Terminal app did not accept the port report; retrying");
+        }
+    }
+}
+
+/// Both halves together; whichever ends first ends the launcher.
+pub async fn run<S>(
+    client: DebianServiceClient<Channel>,
+    cid: u32,
+    watcher: Watcher,
+    interval: Duration,
+    spawn: S,
+) -> anyhow::Result<()>
+where
+    S: FnMut(Endpoint, Endpoint) -> anyhow::Result<()>,
+{
+    tokio::select! {
+        r = serve_forwarding(client.clone(), cid, spawn) => r,
+        r = report_ports(client, watcher, interval) => r,
+    }
+}

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The test command: sets a fresh machine up, builds what the tests need
+# (cached outside the checkout, keyed by input hashes) and runs every test.
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$repo"
+
+export AVF_CACHE=${AVF_CACHE:-/var/cache/arch-avf}
+export AVF_OUT=${AVF_OUT:-$repo/out}
+export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+
+step() { printf '\n==> %s (%s)\n' "$*" "$(date -u +%T)" >&2; }
+
+step "host setup"
+bash ci/setup-host.sh
+
+step "image: debian base, direct layout"
+image-build/build-all.sh --base debian --layout direct
+step "image: debian base, efi layout"
+image-build/build-all.sh --base debian --layout efi
+
+step "tests"
+cargo nextest run --workspace --profile ci "$@"

@@ -1,0 +1,193 @@
+//! One process group per VM: QEMU and its sidecars join it, each with
+//! PR_SET_PDEATHSIG so they die with the harness even under SIGKILL; the
+//! group is SIGKILLed on drop (normal exit, panic unwinding, timeout) and
+//! from a SIGINT/SIGTERM handler that knows every live group.
+
+use std::fs::File;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+/// Live process groups, readable from a signal handler (atomics only).
+static LIVE: [AtomicI32; 64] = [const { AtomicI32::new(0) }; 64];
+static HANDLERS: Once = Once::new();
+
+extern "C" fn on_signal(sig: libc::c_int) {
+    for slot in &LIVE {
+        let pg = slot.load(Ordering::SeqCst);
+        if pg > 0 {
+            // SAFETY: kill is async-signal-safe.
+            unsafe { libc::kill(-pg, libc::SIGKILL) };
+        }
+    }
+    // Re-raise with the default action so the exit status tells the truth.
+    unsafe {
+        libc::signal(sig, libc::SIG_DFL);
+        libc::raise(sig);
+    }
+}
+
+/// Installs the SIGINT/SIGTERM/SIGHUP handlers once per process.
+pub fn install_signal_handlers() {
+    HANDLERS.call_once(|| unsafe {
+        for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            libc::signal(s, on_signal as *const () as libc::sighandler_t);
+        }
+    });
+}
+
+fn register(pg: i32) {
+    for slot in &LIVE {
+        if slot
+            .compare_exchange(0, pg, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+        {
+            return;
+        }
+    }
+}
+
+fn unregister(pg: i32) {
+    for slot in &LIVE {
+        let _ = slot.compare_exchange(pg, 0, Ordering::SeqCst, Ordering::SeqCst);
+    }
+}
+
+pub struct Member {
+    pub name: String,
+    pub child: Child,
+}
+
+/// The VM's processes. The first spawned becomes the group leader.
+#[derive(Default)]
+pub struct ProcessGroup {
+    pgid: Option<i32>,
+    members: Vec<Member>,
+}
+
+impl ProcessGroup {
+    pub fn new() -> ProcessGroup {
+        install_signal_handlers();
+        ProcessGroup::default()
+    }
+
+    pub fn pgid(&self) -> Option<i32> {
+        self.pgid
+    }
+
+    /// Spawns `cmd` into the group with stdout/stderr appended to `log`.
+    pub fn spawn(&mut self, name: &str, mut cmd: Command, log: &Path) -> std::io::Result<u32> {
+        let out = File::options().create(true).append(true).open(log)?;
+        cmd.stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out);
+        let target = self.pgid.unwrap_or(0);
+        let parent = std::process::id() as i32;
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setpgid(0, target) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The parent may have died before prctl took effect.
+                if libc::getppid() != parent {
+                    libc::_exit(1);
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().map_err(|e| {
+            std::io::Error::new(e.kind(), format!("cannot start {name} ({cmd:?}): {e}"))
+        })?;
+        let pid = child.id();
+        if self.pgid.is_none() {
+            self.pgid = Some(pid as i32);
+            register(pid as i32);
+        }
+        self.members.push(Member {
+            name: name.to_string(),
+            child,
+        });
+        Ok(pid)
+    }
+
+    /// Non-blocking: which member exited, with its status.
+    pub fn try_wait(&mut self, name: &str) -> std::io::Result<Option<ExitStatus>> {
+        match self.members.iter_mut().find(|m| m.name == name) {
+            Some(m) => m.child.try_wait(),
+            None => Ok(None),
+        }
+    }
+
+    /// Waits up to `timeout` for member `name` to exit.
+    pub fn wait_for(&mut self, name: &str, timeout: Duration) -> std::io::Result<Option<ExitStatus>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.try_wait(name)? {
+                return Ok(Some(s));
+            }
+            if Instant::now() >= deadline {
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn pids(&self) -> Vec<(String, u32)> {
+        self.members
+            .iter()
+            .map(|m| (m.name.clone(), m.child.id()))
+            .collect()
+    }
+
+    /// SIGKILLs the whole group and reaps every member.
+    pub fn kill_all(&mut self) {
+        if let Some(pg) = self.pgid {
+            unsafe { libc::kill(-pg, libc::SIGKILL) };
+        }
+        for m in &mut self.members {
+            let _ = m.child.kill();
+            let _ = m.child.wait();
+        }
+        if let Some(pg) = self.pgid.take() {
+            unregister(pg);
+        }
+        self.members.clear();
+    }
+}
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        self.kill_all();
+    }
+}
+
+/// Processes (pid, comm) in process group `pgid`, from /proc.
+pub fn group_members(pgid: i32) -> Vec<(i32, String)> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // Fields after the parenthesised comm: state ppid pgrp ...
+        let Some(close) = stat.rfind(')') else { continue };
+        let comm = stat[stat.find('(').map_or(0, |i| i + 1)..close].to_string();
+        let rest: Vec<&str> = stat[close + 2..].split(' ').collect();
+        if rest.get(2).and_then(|p| p.parse::<i32>().ok()) == Some(pgid) && rest.first() != Some(&"Z") {
+            out.push((pid, comm));
+        }
+    }
+    out
+}

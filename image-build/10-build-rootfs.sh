@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# 10-build-rootfs.sh --base debian|archlinuxarm [--kernel stock|avf] [--dry-run]
+#
+# Bootstraps the aarch64 root filesystem of the base with its distro packages.
+# Output: a directory in $AVF_CACHE/<base>/, keyed by the inputs; its path is
+# the last line of stdout. Re-running with the same inputs reuses it.
+set -euo pipefail
+STAGE=10-build-rootfs
+# shellcheck source=lib/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
+parse_common_args "$@"
+
+# Keyed by what decides the tree's content (the bootstrap code and package
+# list), not by unrelated edits to the shared files.
+key=$(hash_inputs -s "$(declare -f base_bootstrap base_packages)" \
+  -s "suite=${BASE_SUITE:-} kernel=$KERNEL stage=10v1")
+final="$AVF_CACHE/$BASE/10-rootfs-$key"
+
+if [[ $AVF_DRY_RUN == 1 ]]; then
+  base_bootstrap "$final"
+  printf '%s\n' "$final"
+  exit 0
+fi
+
+if [[ -d $final ]]; then
+  log "cached: $final"
+  printf '%s\n' "$final"
+  exit 0
+fi
+
+need_tools "${BASE_TOOLS[@]}"
+base_mirror_check
+tmp=$(mktemp_near "$AVF_CACHE/$BASE" "10-rootfs-$key")
+log "bootstrapping $BASE into $tmp"
+start=$SECONDS
+base_bootstrap "$tmp"
+publish "$tmp" "$final"
+log "bootstrap took $((SECONDS - start)) s"
+printf '%s\n' "$final"

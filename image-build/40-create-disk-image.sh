@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# 40-create-disk-image.sh --base B --layout efi|direct --in ROOTFS_DIR [--kernel K]
+#
+# Makes the partition files without mounting anything: root_part with
+# mkfs.ext4 -d, efi_part with mkfs.vfat + mtools (systemd-boot, loader entry,
+# kernel and initrd). The app builds the GPT from vm_config.json, so no
+# partition table is written here. For --layout direct the kernel and initrd
+# also go into the payload. Output: $AVF_OUT/.staging/<base>-<layout> (not the
+# output name; stage 50 finishes and publishes it), printed last on stdout.
+set -euo pipefail
+STAGE=40-create-disk-image
+# shellcheck source=lib/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
+parse_common_args "$@"
+[[ -n $IN_DIR ]] || die "--in ROOTFS_DIR (the output of 30-configure-system.sh) is required"
+if [[ $AVF_DRY_RUN == 1 ]]; then
+  log "dry run: would make root_part (${AVF_ROOT_MIB} MiB ext4) and efi_part (${AVF_EFI_MIB} MiB vfat) from $IN_DIR"
+  exit 0
+fi
+[[ -d $IN_DIR ]] || die "--in $IN_DIR: no such directory"
+need_tools mkfs.ext4 debugfs mkfs.vfat mmd mcopy
+((AVF_ROOT_MIB % 4 == 0 && AVF_EFI_MIB % 4 == 0)) || die "AVF_ROOT_MIB and AVF_EFI_MIB must be multiples of 4"
+
+r=$IN_DIR
+export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git -C "$AVF_REPO" log -1 --format=%ct 2>/dev/null || echo 1735689600)}
+export E2FSPROGS_FAKE_TIME=$SOURCE_DATE_EPOCH
+
+# build_id: <name>/<arch>/<version>-<n>-<date> (contract section 1).
+n=$(git -C "$AVF_REPO" rev-list --count HEAD 2>/dev/null || echo 0)
+ver=$(sed -n 's/^version = "\(.*\)"/\1/p' "$AVF_REPO/Cargo.toml" | head -n1)
+build_id="$BASE/aarch64/${ver:-0.1.0}-$n-$(date -u -d "@$SOURCE_DATE_EPOCH" +%Y%m%d)"
+
+# The kernel: ours from linux-avf (no initrd), or the base's stock one.
+if [[ $KERNEL == avf ]]; then
+  kimg=$(cd "$r" && find usr/lib/modules -mindepth 2 -maxdepth 2 -name vmlinuz -path '*avf*' | sort | tail -n1)
+  [[ -n $kimg ]] || die "--kernel avf: no usr/lib/modules/*avf*/vmlinuz in $r (linux-avf not installed?)"
+  kinit=-
+  krel=$(basename "$(dirname "$kimg")")
+else
+  read -r kimg kinit krel < <(base_kernel_files "$r")
+  [[ $kimg != - ]] || die "no stock kernel in $r/boot (base $BASE)"
+fi
+root_guid=$(avf_guid "$BASE" ROOT)
+efi_guid=$(avf_guid "$BASE" EFI)
+params="root=PARTUUID=$root_guid rw rootwait console=ttyS0,115200n8"
+
+out="$AVF_OUT/.staging/$BASE-$LAYOUT"
+tmp=$(mktemp_near "$AVF_OUT/.staging" "$BASE-$LAYOUT")
+pl="$tmp/payload"
+mkdir -p "$pl" "$tmp/meta"
+
+log "root_part: ${AVF_ROOT_MIB} MiB ext4 from $r"
+fs_uuid=$(avf_guid "$BASE" root-fs)
+mkfs.ext4 -q -F -L ROOT -U "$fs_uuid" -E "hash_seed=$fs_uuid" -O ^orphan_file \
+  -d "$r" "$pl/root_part" "${AVF_ROOT_MIB}M" >&2 ||
+  die "mkfs.ext4 failed writing $pl/root_part (disk full?)"
+
+# The boot marker reads the build id; written after mkfs so the cached rootfs
+# stays independent of the date.
+printf '%s\n' "$build_id" >"$tmp/meta/build_id"
+chmod 644 "$tmp/meta/build_id"
+debugfs -w -R "write $tmp/meta/build_id /usr/lib/avf/build_id" "$pl/root_part" >/dev/null 2>&1
+got=$(debugfs -R 'cat /usr/lib/avf/build_id' "$pl/root_part" 2>/dev/null)
+[[ $got == "$build_id" ]] || die "could not write /usr/lib/avf/build_id into $pl/root_part (is avf-config installed?)"
+
+log "efi_part: ${AVF_EFI_MIB} MiB vfat, systemd-boot"
+sdboot="$r/usr/lib/systemd/boot/efi/systemd-bootaa64.efi"
+[[ -f $sdboot ]] || die "$sdboot missing (systemd-boot not installed in the image)"
+volid=$(avf_guid "$BASE" efi-fs | cut -c1-8)
+mkfs.vfat -C -F 32 -n EFI -i "$volid" "$pl/efi_part" $((AVF_EFI_MIB * 1024)) >/dev/null ||
+  die "mkfs.vfat failed writing $pl/efi_part (disk full?)"
+m=(-i "$pl/efi_part")
+mmd "${m[@]}" ::/EFI ::/EFI/BOOT ::/EFI/systemd ::/loader ::/loader/entries
+mcopy "${m[@]}" "$sdboot" ::/EFI/BOOT/BOOTAA64.EFI
+mcopy "${m[@]}" "$sdboot" ::/EFI/systemd/systemd-bootaa64.efi
+mcopy "${m[@]}" "$r/$kimg" ::/vmlinuz
+entry="$tmp/meta/avf.conf"
+{
+  printf 'title   %s (AVF)\n' "$BASE"
+  printf 'version %s\n' "$krel"
+  printf 'linux   /vmlinuz\n'
+  [[ $kinit == - ]] || printf 'initrd  /initrd.img\n'
+  printf 'options %s\n' "$params"
+} >"$entry"
+[[ $kinit == - ]] || mcopy "${m[@]}" "$r/$kinit" ::/initrd.img
+printf 'default avf.conf\ntimeout 0\nconsole-mode keep\neditor no\n' >"$tmp/meta/loader.conf"
+mcopy "${m[@]}" "$tmp/meta/loader.conf" ::/loader/loader.conf
+mcopy "${m[@]}" "$entry" ::/loader/entries/avf.conf
+
+if [[ $LAYOUT == direct ]]; then
+  cp "$r/$kimg" "$pl/vmlinuz"
+  [[ $kinit == - ]] || cp "$r/$kinit" "$pl/initrd.img"
+fi
+
+printf '%s\n' "$build_id" >"$pl/build_id"
+printf '%s\n' "$krel" >"$tmp/meta/kernel_release"
+printf '%s\n' "$params" >"$tmp/meta/params"
+printf '%s\n' "$root_guid" >"$tmp/meta/root_guid"
+printf '%s\n' "$efi_guid" >"$tmp/meta/efi_guid"
+printf '%s\n' "$r" >"$tmp/meta/rootfs"
+publish "$tmp" "$out"
+printf '%s\n' "$out"

@@ -1,0 +1,84 @@
+# shellcheck shell=bash
+# Base "debian": trixie arm64 by mmdebstrap, ttyd from sid (trixie has none),
+# AVF packages installed by extracting the same pkg.tar.zst files the Arch
+# base installs with pacman. Sourced by the stages.
+
+BASE_NAME=debian
+BASE_SUITE=trixie
+DEBIAN_MIRROR=${AVF_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+BASE_TOOLS=(mmdebstrap arch-test bsdtar zstd curl)
+BASE_NATIVE_PKGS=()
+
+# What the guest needs (docs/layout.md "Guest facts"), by Debian name.
+base_packages() {
+  local p=(
+    systemd systemd-sysv systemd-resolved udev dbus libpam-systemd login passwd sudo
+    avahi-daemon libnss-mdns ttyd nftables systemd-zram-generator openssl ca-certificates
+    qemu-guest-agent e2fsprogs iproute2 procps util-linux kmod bash less
+    systemd-boot-efi systemd-boot-tools
+  )
+  [[ $KERNEL == stock ]] && p+=(linux-image-cloud-arm64 initramfs-tools)
+  printf '%s\n' "${p[@]}"
+}
+
+# AVF packages built from image-build/pkgbuilds for this base. avf-ttyd is
+# not among them: Debian's ttyd (sid) is used instead.
+base_avf_packages() {
+  printf '%s\n' avf-agents avf-config
+}
+
+# Fails within seconds when the registry cannot be reached.
+base_mirror_check() {
+  curl -fsS --max-time 8 -o /dev/null "$DEBIAN_MIRROR/dists/$BASE_SUITE/Release" 2>/dev/null ||
+    die "Debian mirror $DEBIAN_MIRROR unreachable (set AVF_DEBIAN_MIRROR to a reachable mirror)"
+}
+
+base_bootstrap() {
+  local target=$1 pkgs
+  pkgs=$(base_packages | paste -sd, -)
+  # shellcheck disable=SC2016 # the hooks are expanded by mmdebstrap's shell
+  # sid only for ttyd: pinned below trixie, ttyd itself pinned to sid. The
+  # sid Release file expires within days; its signature is still checked.
+  run mmdebstrap --mode=root --arch=arm64 --variant=apt --format=directory \
+    --include="$pkgs" \
+    --setup-hook='mkdir -p "$1/etc/apt/preferences.d" && printf "Package: *\nPin: release n=sid\nPin-Priority: 100\n\nPackage: ttyd\nPin: release n=sid\nPin-Priority: 990\n" > "$1/etc/apt/preferences.d/avf-sid-ttyd"' \
+    --customize-hook='rm -f "$1"/etc/ssh/ssh_host_* "$1"/var/cache/apt/*.bin; rm -rf "$1"/var/lib/apt/lists/*' \
+    "$BASE_SUITE" "$target" \
+    "deb $DEBIAN_MIRROR $BASE_SUITE main" \
+    "deb [check-valid-until=no] $DEBIAN_MIRROR sid main"
+}
+
+# base_install_avf ROOT PKGFILE...: unpack package payloads (no pacman on
+# Debian); the metadata files stay out of the tree.
+base_install_avf() {
+  local root=$1 f
+  shift
+  for f in "$@"; do
+    run bsdtar -xpf "$f" -C "$root" --exclude .PKGINFO --exclude .BUILDINFO \
+      --exclude .MTREE --exclude .INSTALL
+  done
+  # linux-avf ships modules; make them loadable.
+  local rel
+  for rel in "$root"/usr/lib/modules/*/; do
+    [[ -d $rel ]] || continue
+    run_in "$root" depmod "$(basename "$rel")"
+  done
+}
+
+# Prints "kernel initrd|- release" (paths relative to ROOT) for the stock kernel.
+base_kernel_files() {
+  local root=$1 k i rel
+  k=$(cd "$root" && find boot -maxdepth 1 -name 'vmlinuz-*' | LC_ALL=C sort -V | tail -n1)
+  [[ -n $k ]] || { printf '%s\n' "- - -"; return; }
+  rel=${k#boot/vmlinuz-}
+  i="boot/initrd.img-$rel"
+  [[ -e $root/$i ]] || i=-
+  printf '%s %s %s\n' "$k" "$i" "$rel"
+}
+
+base_configure() {
+  local root=$1
+  # C.UTF-8 is built into glibc: no locales package needed.
+  printf 'LANG=C.UTF-8\n' >"$root/etc/default/locale"
+  # Debian names the unit ssh-less avahi-daemon; nothing else differs here.
+}

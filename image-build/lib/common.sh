@@ -1,0 +1,213 @@
+# shellcheck shell=bash
+# Shared by every stage: paths, logging, one-line errors, tool checks, cache
+# keys, atomic publishing and dry-run. Sourced, never executed.
+
+AVF_REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+IB="$AVF_REPO/image-build"
+AVF_OUT=${AVF_OUT:-$AVF_REPO/out}
+AVF_CACHE=${AVF_CACHE:-/var/cache/arch-avf}
+AVF_PKGBUILDS=${AVF_PKGBUILDS:-$IB/pkgbuilds}
+AVF_BUILD_USER=${AVF_BUILD_USER:-avfbuild}
+AVF_DRY_RUN=${AVF_DRY_RUN:-0}
+STAGE=${STAGE:-$(basename "$0" .sh)}
+# Partition sizes (multiples of 4 MiB, the app rounds to that).
+AVF_ROOT_MIB=${AVF_ROOT_MIB:-2048}
+AVF_EFI_MIB=${AVF_EFI_MIB:-256}
+export AVF_REPO AVF_OUT AVF_CACHE AVF_PKGBUILDS AVF_BUILD_USER AVF_DRY_RUN
+
+log() { printf '[%s] %s\n' "$STAGE" "$*" >&2; }
+
+# The one line a failed build ends with. Cleanup traps run after it.
+die() {
+  printf '%s: error: %s\n' "$STAGE" "$*" >&2
+  exit 1
+}
+
+# Any failing command not handled explicitly becomes one line naming it.
+_on_err() {
+  local rc=$? cmd=$BASH_COMMAND
+  printf '%s: error: command failed (exit %d): %s\n' "$STAGE" "$rc" "$cmd" >&2
+  exit "$rc"
+}
+trap _on_err ERR
+set -o errtrace
+
+# Temp dirs registered here are removed on any exit; publish() unregisters.
+_TMP_DIRS=()
+_cleanup() {
+  local d
+  for d in "${_TMP_DIRS[@]}"; do
+    [[ -n $d && -e $d ]] && rm -rf --one-file-system "$d"
+  done
+  return 0
+}
+trap _cleanup EXIT
+
+# mktemp_near DIR NAME: a temp dir beside DIR/NAME (same filesystem, so the
+# final rename is atomic), removed on exit unless published.
+mktemp_near() {
+  local parent=$1 name=$2 t
+  mkdir -p "$parent"
+  t=$(mktemp -d "$parent/.tmp-$name.XXXXXX")
+  _TMP_DIRS+=("$t")
+  printf '%s\n' "$t"
+}
+
+# publish TMP FINAL: replace FINAL by TMP with renames only.
+publish() {
+  local tmp=$1 final=$2 old=""
+  if [[ -e $final ]]; then
+    old="$final.old.$$"
+    mv "$final" "$old"
+  fi
+  mv "$tmp" "$final"
+  [[ -n $old ]] && rm -rf --one-file-system "$old"
+  local i
+  for i in "${!_TMP_DIRS[@]}"; do
+    [[ ${_TMP_DIRS[$i]} == "$tmp" ]] && unset '_TMP_DIRS[i]'
+  done
+  return 0
+}
+
+# Which package provides each host tool, as "debian-package arch-package".
+declare -A TOOL_PKG=(
+  [mmdebstrap]="mmdebstrap mmdebstrap"
+  [makepkg]="makepkg pacman"
+  [repo-add]="pacman-package-manager pacman"
+  [pacman]="pacman-package-manager pacman"
+  [mkfs.ext4]="e2fsprogs e2fsprogs"
+  [tune2fs]="e2fsprogs e2fsprogs"
+  [debugfs]="e2fsprogs e2fsprogs"
+  [e2fsck]="e2fsprogs e2fsprogs"
+  [mkfs.vfat]="dosfstools dosfstools"
+  [fsck.fat]="dosfstools dosfstools"
+  [mcopy]="mtools mtools"
+  [mmd]="mtools mtools"
+  [mdir]="mtools mtools"
+  [bsdtar]="libarchive-tools libarchive"
+  [zstd]="zstd zstd"
+  [pigz]="pigz pigz"
+  [tar]="tar tar"
+  [jq]="jq jq"
+  [curl]="curl curl"
+  [runuser]="util-linux util-linux"
+  [arch-test]="arch-test arch-test"
+  [arch-chroot]="arch-install-scripts arch-install-scripts"
+  [sha256sum]="coreutils coreutils"
+  [md5sum]="coreutils coreutils"
+  [gpg]="gpg gnupg"
+  [aarch64-linux-gnu-gcc]="gcc-aarch64-linux-gnu aarch64-linux-gnu-gcc"
+  [rustup]="rustup rustup"
+  [git]="git git"
+)
+
+# need_tools TOOL...: fail on the first missing one, naming its package.
+need_tools() {
+  local t pk
+  for t in "$@"; do
+    if ! command -v "$t" >/dev/null 2>&1; then
+      pk=${TOOL_PKG[$t]:-"? ?"}
+      die "missing tool '$t' (install package '${pk%% *}' on Debian/Ubuntu, '${pk##* }' on Arch)"
+    fi
+  done
+}
+
+# hash_inputs PATH|-s STRING ...: one sha256 over files (sorted, by content
+# and relative name) and literal strings.
+hash_inputs() {
+  {
+    while (($#)); do
+      if [[ $1 == -s ]]; then
+        printf 'str:%s\n' "$2"
+        shift 2
+        continue
+      fi
+      if [[ -d $1 ]]; then
+        (cd "$1" && find . -type f ! -name '*.swp' -print0 | LC_ALL=C sort -z | xargs -0r sha256sum)
+      elif [[ -e $1 ]]; then
+        printf 'file:%s ' "$(basename "$1")"
+        sha256sum <"$1"
+      else
+        printf 'absent:%s\n' "$1"
+      fi
+      shift
+    done
+  } | sha256sum | cut -c1-16
+}
+
+# run CMD...: execute, or in dry-run print it shell-quoted on stdout.
+run() {
+  if [[ $AVF_DRY_RUN == 1 ]]; then
+    printf '+'
+    printf ' %q' "$@"
+    printf '\n'
+  else
+    local rc=0
+    "$@" || rc=$?
+    ((rc == 0)) || die "command failed (exit $rc): $(printf '%.200s' "$*")"
+  fi
+}
+
+# run_in ROOT CMD...: run an aarch64 command inside ROOT (chroot with the
+# API filesystems that pacman/apt scriptlets expect).
+run_in() {
+  local root=$1
+  shift
+  if [[ $AVF_DRY_RUN == 1 ]]; then
+    run arch-chroot "$root" "$@"
+    return
+  fi
+  arch-chroot "$root" "$@"
+}
+
+# Partition GUIDs are derived from a seed, so rebuilding the same inputs gives
+# the same GUIDs and vm_config.json. Independent of the layout on purpose:
+# fstab is written before the layout is chosen.
+avf_guid() {
+  local base=$1 label=$2 h
+  h=$(printf 'arch-avf:%s:%s:%s' "${AVF_GUID_SEED:-v1}" "$base" "$label" | sha256sum | cut -c1-32)
+  # RFC 4122 version 4 / variant 1 bits, so tools accept it as a random UUID.
+  printf '%s-%s-4%s-%x%s-%s\n' "${h:0:8}" "${h:8:4}" "${h:13:3}" \
+    $(((0x${h:16:1} & 0x3) | 0x8)) "${h:17:3}" "${h:20:12}"
+}
+
+# Parses the common flags into BASE, LAYOUT, KERNEL, IN_DIR.
+parse_common_args() {
+  BASE=archlinuxarm LAYOUT=efi KERNEL=stock IN_DIR=""
+  while (($#)); do
+    case $1 in
+      --base) BASE=${2:-}; shift 2 ;;
+      --layout) LAYOUT=${2:-}; shift 2 ;;
+      --kernel) KERNEL=${2:-}; shift 2 ;;
+      --in) IN_DIR=${2:-}; shift 2 ;;
+      --dry-run) AVF_DRY_RUN=1; shift ;;
+      -h | --help) usage; exit 0 ;;
+      *) die "unknown argument '$1' (see --help)" ;;
+    esac
+  done
+  case $BASE in debian | archlinuxarm) ;; *) die "--base must be debian or archlinuxarm, not '$BASE'" ;; esac
+  case $LAYOUT in efi | direct) ;; *) die "--layout must be efi or direct, not '$LAYOUT'" ;; esac
+  case $KERNEL in stock | avf) ;; *) die "--kernel must be stock or avf, not '$KERNEL'" ;; esac
+  export BASE LAYOUT KERNEL AVF_DRY_RUN
+  # shellcheck source=bases/debian.sh
+  source "$IB/bases/$BASE.sh"
+}
+
+usage() {
+  sed -n 's/^# \{0,1\}//; 2,/^$/p' "$0" >&2
+}
+
+# as_builder CMD...: run as the unprivileged build user, with makepkg's and
+# cargo's writable directories in that user's home (the repo stays read-only).
+as_builder() {
+  local home
+  home=$(getent passwd "$AVF_BUILD_USER" | cut -d: -f6)
+  [[ -n $home ]] || die "build user $AVF_BUILD_USER does not exist (run 00-prepare-environment.sh)"
+  runuser -u "$AVF_BUILD_USER" -- mkdir -p "$home/build" "$home/srcdest" "$home/pkgdest" "$home/cache/target"
+  runuser -u "$AVF_BUILD_USER" -- env HOME="$home" BUILDDIR="$home/build" SRCDEST="$home/srcdest" \
+    PKGDEST="$home/pkgdest" LOGDEST="$home/build" CARGO_HOME="$home/.cargo" \
+    CARGO_TARGET_DIR="$home/cache/target" "$@"
+}
+
+# The local pacman repo of AVF packages (layout.md).
+repo_dir() { printf '%s\n' "$AVF_OUT/repo/aarch64"; }

@@ -1,0 +1,320 @@
+//! Finding ttyd over mDNS: service `ttyd`, type `_http._tcp` (contract §4).
+//!
+//! Both modes send one-shot ("legacy unicast") DNS-SD queries from an
+//! ephemeral port, which responders such as avahi answer by unicast to the
+//! sender: to a given UDP address in QEMU user-mode networking (a host port
+//! forwarded to the guest's 5353), or to the mDNS group on an interface in
+//! the TAP mode.
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::time::Duration;
+
+use hickory_proto::op::{Message, MessageType, OpCode, Query};
+use hickory_proto::rr::{Name, RData, RecordType};
+use tokio::net::UdpSocket;
+
+/// The instance name the app looks for.
+pub const TTYD_INSTANCE: &str = "ttyd._http._tcp.local.";
+/// The app's boot timeout for finding ttyd (upper end of the contract's 20–60 s).
+pub const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
+/// Time between query retries.
+pub const RETRY_INTERVAL: Duration = Duration::from_secs(1);
+/// The mDNS group.
+pub const MDNS_GROUP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(224, 0, 0, 251), 5353);
+
+/// Where queries go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MdnsTransport {
+    /// Unicast to this address (a host port forwarded to the guest's 5353).
+    Unicast(SocketAddr),
+    /// Multicast to 224.0.0.251:5353 out of the interface with this address.
+    Multicast { interface: Ipv4Addr },
+}
+
+/// What discovery found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TtydService {
+    /// SRV target host name.
+    pub host: String,
+    /// SRV port.
+    pub port: u16,
+    /// The target's IPv4 address.
+    pub addr: Ipv4Addr,
+}
+
+impl TtydService {
+    /// The address to connect to, as the app would (guest IP and SRV port).
+    pub fn socket_addr(&self) -> SocketAddr {
+        SocketAddr::from((self.addr, self.port))
+    }
+}
+
+/// Discovery errors.
+#[derive(Debug, thiserror::Error)]
+pub enum MdnsError {
+    /// The socket could not be set up.
+    #[error("mDNS: socket setup for {transport:?} failed: {source}")]
+    Socket {
+        transport: MdnsTransport,
+        source: std::io::Error,
+    },
+    /// Nothing usable came back in time.
+    #[error("mDNS: {TTYD_INSTANCE} not found via {transport:?} within {timeout:?} ({queries} queries, last problem: {last})")]
+    Timeout {
+        transport: MdnsTransport,
+        timeout: Duration,
+        queries: u32,
+        last: String,
+    },
+}
+
+/// Queries until ttyd's SRV and A records arrive or `timeout` passes.
+pub async fn discover_ttyd(
+    transport: MdnsTransport,
+    timeout: Duration,
+) -> Result<TtydService, MdnsError> {
+    let sock = bind(transport)
+        .await
+        .map_err(|source| MdnsError::Socket { transport, source })?;
+    let dest: SocketAddr = match transport {
+        MdnsTransport::Unicast(a) => a,
+        MdnsTransport::Multicast { .. } => MDNS_GROUP.into(),
+    };
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut queries = 0u32;
+    let mut last = String::from("no answer");
+    let mut srv: Option<(String, u16)> = None;
+    let mut id: u16 = rand_id();
+    let mut buf = vec![0u8; 9000];
+    loop {
+        // Ask for what is still missing: the SRV first, then the target's A.
+        id = id.wrapping_add(1);
+        let query = match &srv {
+            None => query_bytes(id, TTYD_INSTANCE, RecordType::SRV),
+            Some((host, _)) => query_bytes(id, host, RecordType::A),
+        };
+        queries += 1;
+        if let Err(e) = sock.send_to(&query, dest).await {
+            // e.g. ECONNREFUSED from a forward that is not up yet: retry.
+            last = format!("send to {dest}: {e}");
+        }
+        let round_end = (tokio::time::Instant::now() + RETRY_INTERVAL).min(deadline);
+        while let Ok(received) = tokio::time::timeout_at(round_end, sock.recv_from(&mut buf)).await
+        {
+            let len = match received {
+                Ok((len, _)) => len,
+                Err(e) => {
+                    last = format!("receive: {e}");
+                    // ICMP errors surface here immediately; don't spin.
+                    tokio::time::sleep_until(round_end).await;
+                    break;
+                }
+            };
+            let msg = match Message::from_vec(&buf[..len]) {
+                Ok(m) => m,
+                Err(e) => {
+                    last = format!("undecodable reply: {e}");
+                    continue;
+                }
+            };
+            if msg.message_type() != MessageType::Response {
+                continue;
+            }
+            let found = parse_reply(&msg, srv.as_ref());
+            if let Some(s) = found.srv {
+                srv = Some(s);
+            }
+            if let (Some((host, port)), Some(addr)) = (&srv, found.addr) {
+                return Ok(TtydService {
+                    host: host.clone(),
+                    port: *port,
+                    addr,
+                });
+            }
+            if srv.is_some() {
+                last = "SRV without an A record for its target".into();
+                // Ask for the A record at once.
+                break;
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(MdnsError::Timeout {
+                transport,
+                timeout,
+                queries,
+                last,
+            });
+        }
+    }
+}
+
+async fn bind(transport: MdnsTransport) -> std::io::Result<UdpSocket> {
+    match transport {
+        MdnsTransport::Unicast(dest) => {
+            let local: SocketAddr = if dest.is_ipv4() {
+                (Ipv4Addr::UNSPECIFIED, 0).into()
+            } else {
+                (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+            };
+            UdpSocket::bind(local).await
+        }
+        MdnsTransport::Multicast { interface } => {
+            let sock = socket2::Socket::new(
+                socket2::Domain::IPV4,
+                socket2::Type::DGRAM,
+                Some(socket2::Protocol::UDP),
+            )?;
+            sock.set_multicast_if_v4(&interface)?;
+            sock.set_multicast_ttl_v4(255)?;
+            sock.set_nonblocking(true)?;
+            // An ephemeral source port (not 5353) asks for unicast replies.
+            sock.bind(&SocketAddr::from((interface, 0)).into())?;
+            UdpSocket::from_std(sock.into())
+        }
+    }
+}
+
+fn rand_id() -> u16 {
+    // Only needs to differ between runs; the clock is enough.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    (nanos ^ std::process::id()) as u16
+}
+
+fn query_bytes(id: u16, name: &str, rtype: RecordType) -> Vec<u8> {
+    let mut msg = Message::new();
+    msg.set_id(id)
+        .set_message_type(MessageType::Query)
+        .set_op_code(OpCode::Query)
+        .set_recursion_desired(false);
+    // Names come from constants or from a parsed SRV: always valid.
+    let name = Name::from_ascii(name).unwrap_or_else(|_| Name::root());
+    msg.add_query(Query::query(name, rtype));
+    msg.to_vec().unwrap_or_default()
+}
+
+#[derive(Default)]
+struct Found {
+    srv: Option<(String, u16)>,
+    addr: Option<Ipv4Addr>,
+}
+
+/// Picks ttyd's SRV and its target's A record out of a reply's sections.
+fn parse_reply(msg: &Message, known: Option<&(String, u16)>) -> Found {
+    let instance = Name::from_ascii(TTYD_INSTANCE).unwrap_or_else(|_| Name::root());
+    let mut found = Found::default();
+    let records = || msg.answers().iter().chain(msg.additionals());
+    for r in records() {
+        if let RData::SRV(srv) = r.data() {
+            if r.name().eq_case(&instance) || r.name() == &instance {
+                found.srv = Some((srv.target().to_ascii(), srv.port()));
+            }
+        }
+    }
+    let target = found.srv.as_ref().or(known).map(|(h, _)| h.clone());
+    if let Some(target) = target {
+        let target = Name::from_ascii(&target).unwrap_or_else(|_| Name::root());
+        for r in records() {
+            if let RData::A(a) = r.data() {
+                if r.name() == &target {
+                    found.addr = Some(a.0);
+                }
+            }
+        }
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hickory_proto::rr::rdata::{A, SRV};
+    use hickory_proto::rr::Record;
+
+    /// A tiny responder: answers SRV queries for ttyd (with or without the A
+    /// record in the additional section) and A queries for its host, after
+    /// ignoring the first `ignore` queries.
+    async fn responder(ignore: usize, with_additional: bool) -> SocketAddr {
+        let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = sock.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 9000];
+            let mut seen = 0;
+            loop {
+                let (len, from) = sock.recv_from(&mut buf).await.unwrap();
+                seen += 1;
+                // Junk first, to show it is ignored.
+                sock.send_to(b"\x00\x01junk", from).await.unwrap();
+                if seen <= ignore {
+                    continue;
+                }
+                let q = Message::from_vec(&buf[..len]).unwrap();
+                let query = q.queries()[0].clone();
+                let host = Name::from_ascii("avf-guest.local.").unwrap();
+                let mut r = Message::new();
+                r.set_id(q.id())
+                    .set_message_type(MessageType::Response)
+                    .set_authoritative(true);
+                r.add_query(query.clone());
+                let a = Record::from_rdata(host.clone(), 10, RData::A(A::new(10, 0, 2, 15)));
+                match query.query_type() {
+                    RecordType::SRV => {
+                        r.add_answer(Record::from_rdata(
+                            query.name().clone(),
+                            10,
+                            RData::SRV(SRV::new(0, 0, 7681, host.clone())),
+                        ));
+                        if with_additional {
+                            r.add_additional(a);
+                        }
+                    }
+                    RecordType::A if query.name() == &host => {
+                        r.add_answer(a);
+                    }
+                    _ => continue,
+                }
+                sock.send_to(&r.to_vec().unwrap(), from).await.unwrap();
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn finds_ttyd_from_srv_and_additional_a() {
+        let addr = responder(0, true).await;
+        let svc = discover_ttyd(MdnsTransport::Unicast(addr), Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(svc.port, 7681);
+        assert_eq!(svc.addr, Ipv4Addr::new(10, 0, 2, 15));
+        assert_eq!(svc.host, "avf-guest.local.");
+        assert_eq!(svc.socket_addr(), "10.0.2.15:7681".parse().unwrap());
+    }
+
+    #[tokio::test]
+    async fn retries_and_asks_for_the_a_record_separately() {
+        let addr = responder(2, false).await;
+        let t = std::time::Instant::now();
+        let svc = discover_ttyd(MdnsTransport::Unicast(addr), Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert_eq!(svc.addr, Ipv4Addr::new(10, 0, 2, 15));
+        assert!(t.elapsed() >= Duration::from_secs(2), "two retries of 1 s");
+    }
+
+    #[tokio::test]
+    async fn times_out_with_a_clear_error() {
+        // Nobody listens there: the error names the instance and transport.
+        let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let dead = sock.local_addr().unwrap();
+        drop(sock);
+        let err = discover_ttyd(MdnsTransport::Unicast(dead), Duration::from_millis(1500))
+            .await
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("ttyd._http._tcp.local."), "{text}");
+        assert!(matches!(err, MdnsError::Timeout { queries: 2, .. }), "{text}");
+    }
+}
