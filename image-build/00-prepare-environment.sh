@@ -24,14 +24,16 @@ need_tools tar sha256sum md5sum curl jq runuser makepkg repo-add bsdtar zstd pig
 [[ $KERNEL == avf ]] || need_tools aarch64-linux-gnu-gcc
 
 # e2fsprogs must know orphan_file to turn it off (1.47+).
-mkfs.ext4 -V 2>&1 | grep -Eq 'mke2fs 1\.(4[7-9]|[5-9][0-9])' ||
-  die "e2fsprogs $(mkfs.ext4 -V 2>&1 | head -n1 | awk '{print $2}') too old: need 1.47 or later (Debian: e2fsprogs from bookworm-backports)"
+# (sed -n 1p reads all input: head would close the pipe and trip pipefail.)
+e2v=$(mkfs.ext4 -V 2>&1 | sed -n 1p)
+[[ $e2v =~ mke2fs\ 1\.(4[7-9]|[5-9][0-9]) ]] ||
+  die "e2fsprogs too old ($e2v): need 1.47 or later (Debian: e2fsprogs from bookworm-backports)"
 
 # aarch64 chroots run through qemu-user.
 if [[ ! -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ]]; then
   mountpoint -q /proc/sys/fs/binfmt_misc || mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc ||
     die "cannot mount binfmt_misc"
-  conf=$(find /usr/lib/binfmt.d -name 'qemu-aarch64*.conf' 2>/dev/null | sort | head -n1)
+  conf=$(find /usr/lib/binfmt.d -name 'qemu-aarch64*.conf' 2>/dev/null | sort | sed -n 1p)
   [[ -n $conf ]] || die "missing qemu-aarch64 binfmt (install package 'qemu-user-binfmt' on Debian/Ubuntu, 'qemu-user-static-binfmt' on Arch)"
   log "registering qemu-aarch64 binfmt from $conf"
   cat "$conf" >/proc/sys/fs/binfmt_misc/register
@@ -78,7 +80,7 @@ for pb in "$AVF_PKGBUILDS"/*/PKGBUILD; do
   err=$(mktemp)
   _TMP_DIRS+=("$err")
   if ! srcinfo=$(cd "$dir" && as_builder makepkg --config "$conf" --printsrcinfo 2>"$err"); then
-    cause=$(sed -e 's/^==> ERROR: //' -e 's/\x1b\[[0-9;]*m//g' "$err" | grep -v '^\s*$' | head -n1)
+    cause=$(sed -e 's/^==> ERROR: //' -e 's/\x1b\[[0-9;]*m//g' "$err" | grep -v '^\s*$' | sed -n 1p)
     die "$rel: makepkg cannot parse it: ${cause:-unknown error}"
   fi
   [[ -f $dir/.SRCINFO ]] || die "$rel: .SRCINFO missing (run image-build/pkgbuilds/update.sh)"

@@ -27,13 +27,15 @@ export E2FSPROGS_FAKE_TIME=$SOURCE_DATE_EPOCH
 
 # build_id: <name>/<arch>/<version>-<n>-<date> (contract section 1).
 n=$(git -C "$AVF_REPO" rev-list --count HEAD 2>/dev/null || echo 0)
-ver=$(sed -n 's/^version = "\(.*\)"/\1/p' "$AVF_REPO/Cargo.toml" | head -n1)
+ver=$(sed -n 's/^version = "\(.*\)"/\1/p' "$AVF_REPO/Cargo.toml" | sed -n 1p)
 build_id="$BASE/aarch64/${ver:-0.1.0}-$n-$(date -u -d "@$SOURCE_DATE_EPOCH" +%Y%m%d)"
 
 # The kernel: ours from linux-avf (no initrd), or the base's stock one.
 if [[ $KERNEL == avf ]]; then
-  kimg=$(cd "$r" && find usr/lib/modules -mindepth 2 -maxdepth 2 -name vmlinuz -path '*avf*' | sort | tail -n1)
-  [[ -n $kimg ]] || die "--kernel avf: no usr/lib/modules/*avf*/vmlinuz in $r (linux-avf not installed?)"
+  # Arch's kernel layout: vmlinuz next to the modules, named by pkgbase.
+  kimg=$(cd "$r" && grep -lx linux-avf usr/lib/modules/*/pkgbase 2>/dev/null | sort -V | tail -n1)
+  kimg=${kimg%pkgbase}vmlinuz
+  [[ -f $r/$kimg ]] || die "--kernel avf: no usr/lib/modules/<release>/vmlinuz with pkgbase linux-avf in $r (linux-avf not installed?)"
   kinit=-
   krel=$(basename "$(dirname "$kimg")")
 else

@@ -47,7 +47,7 @@ sed -e "s|{root_part_guid}|$root_guid|g" -e "s|{efi_part_guid}|$efi_guid|g" \
   -e "s|{kernel_params}|$params|g" "$tmpl" | jq "$filter" >"$pl/vm_config.json" 2>/dev/null ||
   die "$tmpl: not valid JSON after filling in the placeholders"
 jq -e '.name == "debian"' "$pl/vm_config.json" >/dev/null || die "$tmpl: \"name\" must be \"debian\""
-! grep -q '{[a-z_]*}' "$pl/vm_config.json" || die "$tmpl: unknown placeholder $(grep -o '{[a-z_]*}' "$pl/vm_config.json" | head -n1)"
+! grep -q '{[a-z_]*}' "$pl/vm_config.json" || die "$tmpl: unknown placeholder $(grep -o '{[a-z_]*}' "$pl/vm_config.json" | sed -n 1p)"
 
 members=(build_id vm_config.json root_part efi_part)
 [[ -e $pl/vmlinuz ]] && members+=(vmlinuz)

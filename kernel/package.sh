@@ -61,7 +61,7 @@ trap 'rm -rf "$work"' EXIT
 start=$work/start
 mkdir -p "$start" "$work/pkgs" "$work/build"
 cp "$here/PKGBUILD" "$here/build.sh" "$here/collect-headers.sh" \
-  "$here/linux-avf.preset" "$here/60-linux-avf.hook" "$here/90-linux-avf.hook" \
+  "$here/linux-avf.preset" \
   "$here"/config/*.config "$start/"
 if ((offline == 0)); then
   # Present as the files the PKGBUILD would download (gitiles' base64 form).

@@ -36,7 +36,7 @@ trap 'rm -rf "$work"' EXIT
 mkdir -p "$work/out"
 log "mmdebstrap trixie arm64 (about 4 minutes)"
 mmdebstrap --mode=root --arch=arm64 --variant=apt --quiet \
-  --include=systemd,systemd-sysv,login,udev,kmod,socat,iproute2,procps,zstd,linux-image-cloud-arm64 \
+  --include=systemd,systemd-sysv,login,udev,kmod,mawk,socat,iproute2,procps,zstd,linux-image-cloud-arm64 \
   --customize-hook="$here/test/customize-testroot.sh" \
   trixie "$work/out/rootfs" http://deb.debian.org/debian
 

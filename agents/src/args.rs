@@ -120,7 +120,7 @@ mod tests {
         );
         assert_eq!(
             a.grpc.host_source(),
-            HostSource::Gateway("/proc/net/route".into())
+            HostSource::Gateway("/proc/self/net/route".into())
         );
     }
 

@@ -176,7 +176,7 @@ impl<S: StatFs> Balloon<S> {
         // with f_bfree the user-visible space would end up root's reserve
         // short of what the app asked for.
         let held = self.current_reservation()?;
-        let free = st.bavail.saturating_add(held.saturating_mul(st.frsize));
+        let free = st.bavail.saturating_add(held).saturating_mul(st.frsize);
         let clusters = clusters_to_hold(free, available_bytes, st.frsize);
         let p = &self.reserved_clusters;
         std::fs::write(p, format!("{clusters}\n"))

@@ -3,7 +3,9 @@
 use std::net::Ipv4Addr;
 use std::path::Path;
 
-pub const PROC_NET_ROUTE: &str = "/proc/net/route";
+// Via /proc/self so it also works under ProcSubset=pid (same table: the
+// caller's network namespace).
+pub const PROC_NET_ROUTE: &str = "/proc/self/net/route";
 
 const RTF_UP: u32 = 0x1;
 const RTF_GATEWAY: u32 = 0x2;

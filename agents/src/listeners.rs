@@ -368,9 +368,9 @@ impl Watcher {
         }) {
             Ok(s) => Box::new(s),
             Err(e) => {
-                eprintln!("sock_diag unavailable ({e:#}); polling /proc/net/tcp");
+                eprintln!("sock_diag unavailable ({e:#}); polling /proc/self/net/tcp");
                 Box::new(ProcNetTcp {
-                    path: "/proc/net/tcp".into(),
+                    path: "/proc/self/net/tcp".into(),
                 })
             }
         };
@@ -503,7 +503,7 @@ mod tests {
         let port = listener.local_addr().unwrap().port();
         let mut nl = SockDiag::new().unwrap();
         let mut pr = ProcNetTcp {
-            path: "/proc/net/tcp".into(),
+            path: "/proc/self/net/tcp".into(),
         };
         let a: Vec<_> = nl
             .listeners()

@@ -3,7 +3,10 @@
 
 pub mod console;
 pub mod disk;
+pub mod payload;
+pub mod plan;
 pub mod qmp;
+pub mod scenario;
 pub mod spec;
 pub mod timeouts;
 pub mod vm;

@@ -70,8 +70,7 @@ impl Instance {
         let files = app.join("files");
         let payload = files.join("linux");
         let phone = root.join("phone");
-        std::fs::create_dir_all(&files)
-            .with_context(|| format!("creating {}", files.display()))?;
+        std::fs::create_dir_all(&files).with_context(|| format!("creating {}", files.display()))?;
         std::fs::create_dir_all(&phone)?;
         let tmp = files.join(".linux.partial");
         let _ = std::fs::remove_dir_all(&tmp);

@@ -40,6 +40,7 @@ base_bootstrap() {
   # sid only for ttyd: pinned below trixie, ttyd itself pinned to sid. The
   # sid Release file expires within days; its signature is still checked.
   run mmdebstrap --mode=root --arch=arm64 --variant=apt --format=directory \
+    --dpkgopt=force-unsafe-io \
     --include="$pkgs" \
     --setup-hook='mkdir -p "$1/etc/apt/preferences.d" && printf "Package: *\nPin: release n=sid\nPin-Priority: 100\n\nPackage: ttyd\nPin: release n=sid\nPin-Priority: 990\n" > "$1/etc/apt/preferences.d/avf-sid-ttyd"' \
     --customize-hook='rm -f "$1"/etc/ssh/ssh_host_* "$1"/var/cache/apt/*.bin; rm -rf "$1"/var/lib/apt/lists/*' \
@@ -57,11 +58,11 @@ base_install_avf() {
     run bsdtar -xpf "$f" -C "$root" --exclude .PKGINFO --exclude .BUILDINFO \
       --exclude .MTREE --exclude .INSTALL
   done
-  # linux-avf ships modules; make them loadable.
-  local rel
-  for rel in "$root"/usr/lib/modules/*/; do
-    [[ -d $rel ]] || continue
-    run_in "$root" depmod "$(basename "$rel")"
+  # linux-avf ships modules (no pacman hook runs depmod here).
+  local pb
+  for pb in "$root"/usr/lib/modules/*/pkgbase; do
+    [[ -f $pb ]] || continue
+    run_in "$root" depmod "$(basename "$(dirname "$pb")")"
   done
 }
 

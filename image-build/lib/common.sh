@@ -194,7 +194,7 @@ parse_common_args() {
 }
 
 usage() {
-  sed -n 's/^# \{0,1\}//; 2,/^$/p' "$0" >&2
+  sed -n '2,/^[^#]/{/^#/!d; s/^# \{0,1\}//; p}' "$0" >&2
 }
 
 # as_builder CMD...: run as the unprivileged build user, with makepkg's and

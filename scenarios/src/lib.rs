@@ -1,1 +1,15 @@
-//! Scenario definitions.
+//! Scenario files (`cases/*.toml`) and their golden snapshots
+//! (`snapshots/`); the runner lives in `avf_harness::scenario`, the test
+//! target (`tests/scenarios.rs`) turns each file into a nextest test.
+
+use std::path::PathBuf;
+
+/// `scenarios/cases/`.
+pub fn cases_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("cases")
+}
+
+/// `scenarios/snapshots/`.
+pub fn snapshots_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("snapshots")
+}

@@ -98,7 +98,10 @@ impl MemoryBalloonPolicy {
 
     /// The changes made so far.
     pub fn history(&self) -> Vec<BalloonStep> {
-        self.history.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.history
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }
 
@@ -228,11 +231,13 @@ impl StorageBalloonPolicy {
                     Ok(a) => {
                         let reported = storage_report(a);
                         sink.send(reported).await;
-                        h.lock().unwrap_or_else(|e| e.into_inner()).push(StorageStep {
-                            at: Instant::now(),
-                            allocatable: a,
-                            reported,
-                        });
+                        h.lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push(StorageStep {
+                                at: Instant::now(),
+                                allocatable: a,
+                                reported,
+                            });
                         storage_interval(a)
                     }
                     Err(e) => {
@@ -248,7 +253,10 @@ impl StorageBalloonPolicy {
 
     /// The reports made so far.
     pub fn history(&self) -> Vec<StorageStep> {
-        self.history.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.history
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }
 
@@ -263,6 +271,8 @@ impl Drop for StorageBalloonPolicy {
 pub fn allocatable_bytes(path: &Path) -> std::io::Result<u64> {
     let st = nix::sys::statvfs::statvfs(path)
         .map_err(|e| std::io::Error::other(format!("statvfs {}: {e}", path.display())))?;
+    // fsblkcnt_t and c_ulong are u64 here but narrower on 32-bit hosts.
+    #[allow(clippy::useless_conversion)]
     Ok(u64::from(st.blocks_available()) * u64::from(st.fragment_size()))
 }
 
@@ -300,7 +310,10 @@ mod tests {
         // Scale 60: a 60 s step takes 1 s.
         let policy = MemoryBalloonPolicy::spawn(rec.clone(), ram, 60.0);
         settle().await;
-        assert!(rec.0.lock().unwrap().is_empty(), "foreground at start: nothing");
+        assert!(
+            rec.0.lock().unwrap().is_empty(),
+            "foreground at start: nothing"
+        );
 
         let t0 = Instant::now();
         policy.set_app_state(AppState::Background);

@@ -108,10 +108,7 @@ mod tests {
 
         // The key is an EC P-256 key rustls can sign with.
         let provider = rustls::crypto::ring::default_provider();
-        let signing = provider
-            .key_provider
-            .load_private_key(a.key_der())
-            .unwrap();
+        let signing = provider.key_provider.load_private_key(a.key_der()).unwrap();
         assert_eq!(signing.algorithm(), rustls::SignatureAlgorithm::ECDSA);
 
         // Nothing but ca.crt is left behind (temp file renamed).
@@ -125,9 +122,10 @@ mod tests {
     #[test]
     fn unwritable_share_names_the_file() {
         let a = ClientCert::generate("x").unwrap();
-        let err = a
-            .write_ca(Path::new("/nonexistent/avf-share"))
-            .unwrap_err();
-        assert!(err.to_string().contains("/nonexistent/avf-share/ca.crt"), "{err}");
+        let err = a.write_ca(Path::new("/nonexistent/avf-share")).unwrap_err();
+        assert!(
+            err.to_string().contains("/nonexistent/avf-share/ca.crt"),
+            "{err}"
+        );
     }
 }

@@ -41,7 +41,10 @@ pub enum Event {
     /// `ReportVmIpAddr` (Android 15 QPR2).
     VmIpAddr(String),
     /// A call was refused; `method` names the RPC.
-    Refused { method: &'static str, reason: String },
+    Refused {
+        method: &'static str,
+        reason: String,
+    },
 }
 
 /// An event with its time and the caller's address.
@@ -171,7 +174,11 @@ impl EventLog {
         mut pred: impl FnMut(&[ActivePort]) -> bool,
     ) -> Result<Vec<ActivePort>, WaitTimeout> {
         let record = self
-            .wait_for(from, timeout, |e| matches!(e, Event::ActivePorts(p) if pred(p)))
+            .wait_for(
+                from,
+                timeout,
+                |e| matches!(e, Event::ActivePorts(p) if pred(p)),
+            )
             .await?;
         match record.event {
             Event::ActivePorts(p) => Ok(p),

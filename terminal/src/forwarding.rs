@@ -12,7 +12,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::future::Future;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -157,7 +157,13 @@ impl Forwarder {
         let wanted: BTreeSet<u16> = active
             .iter()
             .copied()
-            .filter(|p| self.inner.config.enabled.as_ref().is_none_or(|e| e.contains(p)))
+            .filter(|p| {
+                self.inner
+                    .config
+                    .enabled
+                    .as_ref()
+                    .is_none_or(|e| e.contains(p))
+            })
             .collect();
         let to_add: Vec<u16> = {
             let mut published = self.lock();
@@ -168,11 +174,21 @@ impl Forwarder {
                 .filter(|p| !published.contains_key(p))
                 .collect()
         };
+        // One port that cannot be published (host port taken) must not keep
+        // the others from being published: report the first failure after.
+        let mut first_err = None;
         for guest_port in to_add {
-            let entry = self.publish(guest_port).await?;
-            self.lock().insert(guest_port, entry);
+            match self.publish(guest_port).await {
+                Ok(entry) => {
+                    self.lock().insert(guest_port, entry);
+                }
+                Err(e) => {
+                    tracing::warn!("{e}");
+                    first_err.get_or_insert(e);
+                }
+            }
         }
-        Ok(())
+        first_err.map_or(Ok(()), Err)
     }
 
     /// The host addresses a guest port is published on (IPv4 first).
@@ -281,14 +297,6 @@ async fn bridge(inner: &Inner, mut tcp: TcpStream, guest_port: u16) -> Result<()
     Ok(())
 }
 
-/// Whether an address is a loopback one (what the app listens on).
-pub fn is_loopback(addr: &SocketAddr) -> bool {
-    match addr.ip() {
-        IpAddr::V4(a) => a.is_loopback(),
-        IpAddr::V6(a) => a.is_loopback(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -301,7 +309,15 @@ mod tests {
     struct FakeGuest {
         uds: PathBuf,
         seen: mpsc::UnboundedSender<(u16, u32)>,
-        connect: bool,
+        mode: Mode,
+    }
+
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mode {
+        Echo,
+        Never,
+        /// Connects, then hangs up at once on every other request.
+        HangUpOdd,
     }
 
     impl RequestSink for FakeGuest {
@@ -312,9 +328,11 @@ mod tests {
         ) -> Pin<Box<dyn Future<Output = Result<(), ServiceError>> + Send + '_>> {
             let _ = self.seen.send((guest_port, vsock_port));
             let path = vsock_path(&self.uds, vsock_port);
-            let connect = self.connect;
+            let mode = self.mode;
             Box::pin(async move {
-                if connect {
+                if mode == Mode::HangUpOdd && vsock_port % 2 == 1 {
+                    drop(UnixStream::connect(&path).await.unwrap());
+                } else if mode != Mode::Never {
                     tokio::spawn(async move {
                         let mut s = UnixStream::connect(&path).await.unwrap();
                         // The guest server: reply with every byte + 1.
@@ -346,13 +364,13 @@ mod tests {
             FakeGuest {
                 uds: uds.clone(),
                 seen: tx,
-                connect: true,
+                mode: Mode::Echo,
             },
         );
         fwd.update(&[8080, 7000]).await.unwrap();
         assert_eq!(fwd.published(), vec![7000, 8080]);
         let addr = fwd.host_addrs(8080).unwrap()[0];
-        assert!(is_loopback(&addr));
+        assert!(addr.ip().is_loopback(), "the app listens on loopback only");
 
         let data: Vec<u8> = (0..1u32 << 20).map(|i| (i * 7 + i / 13) as u8).collect();
         let mut tcp = TcpStream::connect(addr).await.unwrap();
@@ -398,7 +416,7 @@ mod tests {
             FakeGuest {
                 uds: uds.clone(),
                 seen: tx,
-                connect: false,
+                mode: Mode::Never,
             },
         );
         fwd.update(&[9000, 9001]).await.unwrap();
@@ -415,5 +433,64 @@ mod tests {
             .unwrap_or(0);
         assert_eq!(n, 0);
         assert!(!vsock_path(&uds, vp).exists(), "socket file removed");
+    }
+
+    #[tokio::test]
+    async fn guest_hanging_up_closes_that_connection_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let uds = dir.path().join("vsock.sock");
+        let (tx, _seen) = mpsc::unbounded_channel();
+        let fwd = Forwarder::new(
+            ForwardingConfig::new(&uds),
+            FakeGuest {
+                uds: uds.clone(),
+                seen: tx,
+                mode: Mode::HangUpOdd,
+            },
+        );
+        fwd.update(&[8080]).await.unwrap();
+        let addr = fwd.host_addrs(8080).unwrap()[0];
+        let mut ok = 0;
+        let mut hung_up = 0;
+        for _ in 0..4 {
+            let mut tcp = TcpStream::connect(addr).await.unwrap();
+            let _ = tcp.write_all(b"ping").await;
+            let mut buf = [0u8; 4];
+            match tokio::time::timeout(Duration::from_secs(5), tcp.read_exact(&mut buf)).await {
+                Ok(Ok(_)) => {
+                    assert_eq!(&buf, b"qjoh");
+                    ok += 1;
+                }
+                Ok(Err(_)) => hung_up += 1,
+                Err(_) => panic!("host side neither answered nor closed"),
+            }
+        }
+        assert_eq!((ok, hung_up), (2, 2));
+    }
+
+    #[tokio::test]
+    async fn a_taken_host_port_does_not_block_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, _seen) = mpsc::unbounded_channel();
+        let mut config = ForwardingConfig::new(dir.path().join("vsock.sock"));
+        config.host_ports = HostPorts::Same;
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let taken_port = taken.local_addr().unwrap().port();
+        let free_port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let fwd = Forwarder::new(
+            config,
+            FakeGuest {
+                uds: dir.path().join("vsock.sock"),
+                seen: tx,
+                mode: Mode::Never,
+            },
+        );
+        let err = fwd.update(&[taken_port, free_port]).await.unwrap_err();
+        assert!(err.to_string().contains(&taken_port.to_string()), "{err}");
+        assert_eq!(fwd.published(), vec![free_port]);
+        assert_eq!(fwd.host_addrs(free_port).unwrap()[0].port(), free_port);
     }
 }

@@ -9,9 +9,11 @@ pub mod balloon;
 pub mod cert;
 pub mod events;
 pub mod forwarding;
-pub mod mdns;
 mod fsutil;
+pub mod host;
+pub mod mdns;
 pub mod service;
+pub mod ttyd;
 
 /// Generated DebianService messages, server and client.
 pub mod proto {
@@ -19,5 +21,12 @@ pub mod proto {
     tonic::include_proto!("com.android.virtualization.terminal.proto");
 }
 
+pub use balloon::{AppState, MemoryBalloon};
 pub use cert::ClientCert;
 pub use events::{ActivePort, Event, EventLog};
+pub use forwarding::HostPorts;
+pub use host::{
+    HostError, Profile, ShutdownOutcome, TerminalHost, TerminalHostConfig, TtydRoute, VsockEndpoint,
+};
+pub use mdns::MdnsTransport;
+pub use ttyd::{CommandOutput, Handshake, TtydClient};

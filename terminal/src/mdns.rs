@@ -239,6 +239,11 @@ mod tests {
     async fn responder(ignore: usize, with_additional: bool) -> SocketAddr {
         let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let addr = sock.local_addr().unwrap();
+        serve(sock, ignore, with_additional);
+        addr
+    }
+
+    fn serve(sock: UdpSocket, ignore: usize, with_additional: bool) {
         tokio::spawn(async move {
             let mut buf = vec![0u8; 9000];
             let mut seen = 0;
@@ -278,7 +283,34 @@ mod tests {
                 sock.send_to(&r.to_vec().unwrap(), from).await.unwrap();
             }
         });
-        addr
+    }
+
+    #[tokio::test]
+    async fn multicast_query_on_an_interface() {
+        // A responder on the mDNS group, joined on loopback (the TAP mode
+        // does the same on the TAP's host address).
+        let s = socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::DGRAM,
+            Some(socket2::Protocol::UDP),
+        )
+        .unwrap();
+        s.set_reuse_address(true).unwrap();
+        s.set_nonblocking(true).unwrap();
+        s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, 5353)).into())
+            .unwrap();
+        s.join_multicast_v4(MDNS_GROUP.ip(), &Ipv4Addr::LOCALHOST)
+            .unwrap();
+        serve(UdpSocket::from_std(s.into()).unwrap(), 0, true);
+        let svc = discover_ttyd(
+            MdnsTransport::Multicast {
+                interface: Ipv4Addr::LOCALHOST,
+            },
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+        assert_eq!(svc.socket_addr(), "10.0.2.15:7681".parse().unwrap());
     }
 
     #[tokio::test]
@@ -315,6 +347,9 @@ mod tests {
             .unwrap_err();
         let text = err.to_string();
         assert!(text.contains("ttyd._http._tcp.local."), "{text}");
-        assert!(matches!(err, MdnsError::Timeout { queries: 2, .. }), "{text}");
+        assert!(
+            matches!(err, MdnsError::Timeout { queries: 2, .. }),
+            "{text}"
+        );
     }
 }

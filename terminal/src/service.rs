@@ -5,6 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -16,6 +17,9 @@ use crate::events::{ActivePort, Event, EventLog, Queue};
 use crate::fsutil::write_atomic;
 use crate::proto;
 use crate::proto::debian_service_server::{DebianService, DebianServiceServer};
+
+/// How long [`DebianServer::stop`] waits for clients to hang up.
+pub const STOP_GRACE: Duration = Duration::from_secs(3);
 
 /// Name of the port file in the internal share.
 pub const PORT_FILE: &str = "debian_service_port";
@@ -67,6 +71,8 @@ struct Queues {
 
 struct Shared {
     config: ServiceConfig,
+    // Starts as `config.allowed_peers`; grows when the VM's address is learnt.
+    allowed: Mutex<HashSet<IpAddr>>,
     log: EventLog,
     queues: Mutex<Queues>,
     ports: watch::Sender<Vec<ActivePort>>,
@@ -80,7 +86,12 @@ impl Shared {
     /// Refuses callers that are not the VM.
     fn admit<T>(&self, req: &Request<T>, method: &'static str) -> Result<(), Status> {
         let peer = req.remote_addr();
-        let allowed = peer.is_some_and(|p| self.config.allowed_peers.contains(&p.ip()));
+        let allowed = peer.is_some_and(|p| {
+            self.allowed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(&p.ip())
+        });
         if allowed {
             return Ok(());
         }
@@ -136,7 +147,8 @@ impl<S: Stream + Unpin> Stream for Tracked<S> {
 
 impl<S> Drop for Tracked<S> {
     fn drop(&mut self) {
-        self.log.push(self.peer, Event::QueueClosed { queue: self.queue });
+        self.log
+            .push(self.peer, Event::QueueClosed { queue: self.queue });
     }
 }
 
@@ -177,7 +189,8 @@ impl DebianService for Svc {
         let cid = request.into_inner().cid;
         if let Some(expected) = self.0.config.expected_cid {
             if cid != expected {
-                let reason = format!("QueueOpeningRequest.cid {cid} is not the VM's CID {expected}");
+                let reason =
+                    format!("QueueOpeningRequest.cid {cid} is not the VM's CID {expected}");
                 self.0.log.push(
                     peer,
                     Event::Refused {
@@ -236,7 +249,9 @@ impl DebianService for Svc {
         self.0
             .log
             .push(peer, Event::VmIpAddr(request.into_inner().addr));
-        Ok(Response::new(proto::ReportVmIpAddrResponse { success: true }))
+        Ok(Response::new(proto::ReportVmIpAddrResponse {
+            success: true,
+        }))
     }
 }
 
@@ -263,6 +278,7 @@ impl DebianServer {
             source,
         })?;
         let shared = Arc::new(Shared {
+            allowed: Mutex::new(config.allowed_peers.clone()),
             config,
             log,
             queues: Mutex::new(Queues::default()),
@@ -289,6 +305,15 @@ impl DebianServer {
     /// Where the server listens.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Also accepts calls from `peer` (the VM's address, once known).
+    pub fn allow_peer(&self, peer: IpAddr) {
+        self.shared
+            .allowed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(peer);
     }
 
     /// The call log.
@@ -363,9 +388,14 @@ impl DebianServer {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        if let Some(task) = self.task.take() {
-            if let Err(e) = task.await {
-                tracing::warn!("DebianService task ended badly: {e}");
+        if let Some(mut task) = self.task.take() {
+            // Graceful shutdown waits for clients to hang up; a guest that
+            // never does must not hold the host.
+            match tokio::time::timeout(STOP_GRACE, &mut task).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => tracing::warn!("DebianService ended with: {e}"),
+                Ok(Err(e)) => tracing::warn!("DebianService task failed: {e}"),
+                Err(_) => task.abort(),
             }
         }
     }
@@ -460,10 +490,9 @@ impl crate::balloon::StorageSink for StorageBalloonQueue {
 /// Public so a scenario can also plant a stale port.
 pub fn write_port_file(internal: &Path, port: u16) -> Result<PathBuf, ServiceError> {
     let path = internal.join(PORT_FILE);
-    write_atomic(&path, port.to_string().as_bytes())
-        .map_err(|source| ServiceError::PortFile {
-            path: path.clone(),
-            source,
-        })?;
+    write_atomic(&path, port.to_string().as_bytes()).map_err(|source| ServiceError::PortFile {
+        path: path.clone(),
+        source,
+    })?;
     Ok(path)
 }

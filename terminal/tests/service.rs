@@ -93,7 +93,11 @@ async fn records_active_ports_and_ip_addr() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
-    assert!(err.message().contains("ActivePort.port"), "{}", err.message());
+    assert!(
+        err.message().contains("ActivePort.port"),
+        "{}",
+        err.message()
+    );
 }
 
 #[tokio::test]
@@ -134,7 +138,13 @@ async fn shutdown_sends_one_item_then_ends_the_stream() {
         .into_inner();
     srv.log()
         .wait_for(from, WAIT, |e| {
-            matches!(e, Event::QueueOpened { queue: Queue::Shutdown, .. })
+            matches!(
+                e,
+                Event::QueueOpened {
+                    queue: Queue::Shutdown,
+                    ..
+                }
+            )
         })
         .await
         .unwrap();
@@ -227,9 +237,8 @@ async fn survives_garbage_and_a_client_that_vanishes_mid_stream() {
         "/com.android.virtualization.terminal.proto.DebianService/ReportVmActivePorts",
     );
     let bad: Vec<u8> = vec![0x0a, 0xff, 0xff, 0x01];
-    let result: Result<tonic::Response<proto::ReportVmActivePortsResponse>, _> = raw
-        .unary(tonic::Request::new(bad), path, BytesCodec)
-        .await;
+    let result: Result<tonic::Response<proto::ReportVmActivePortsResponse>, _> =
+        raw.unary(tonic::Request::new(bad), path, BytesCodec).await;
     assert!(result.is_err(), "undecodable request must fail");
 
     // A client that opens a stream and disappears.
@@ -243,11 +252,19 @@ async fn survives_garbage_and_a_client_that_vanishes_mid_stream() {
     }
     srv.log()
         .wait_for(from, WAIT, |e| {
-            matches!(e, Event::QueueClosed { queue: Queue::Shutdown })
+            matches!(
+                e,
+                Event::QueueClosed {
+                    queue: Queue::Shutdown
+                }
+            )
         })
         .await
         .unwrap();
-    assert!(!srv.request_shutdown().await, "a vanished stream takes nothing");
+    assert!(
+        !srv.request_shutdown().await,
+        "a vanished stream takes nothing"
+    );
 
     // Still serving.
     let resp = c
@@ -264,7 +281,8 @@ async fn survives_garbage_and_a_client_that_vanishes_mid_stream() {
 #[derive(Clone, Copy)]
 struct BytesCodec;
 
-type Prost = tonic_prost::ProstCodec<proto::ReportVmActivePortsRequest, proto::ReportVmActivePortsResponse>;
+type Prost =
+    tonic_prost::ProstCodec<proto::ReportVmActivePortsRequest, proto::ReportVmActivePortsResponse>;
 
 impl tonic::codec::Codec for BytesCodec {
     type Encode = Vec<u8>;
@@ -293,4 +311,27 @@ impl tonic::codec::Encoder for RawEncoder {
         bytes::BufMut::put_slice(dst, &item);
         Ok(())
     }
+}
+
+#[tokio::test]
+async fn stop_does_not_wait_forever_on_connected_guests() {
+    let srv = server(&[localhost()], None).await;
+    let mut c = client(&srv).await;
+    let _stream = c
+        .open_storage_balloon_request_queue(proto::StorageBalloonQueueOpeningRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    // A raw TCP client that never speaks HTTP/2 nor hangs up.
+    let _silent = tokio::net::TcpStream::connect(srv.local_addr())
+        .await
+        .unwrap();
+    let addr = srv.local_addr();
+    let t = std::time::Instant::now();
+    tokio::time::timeout(WAIT, srv.stop()).await.unwrap();
+    assert!(t.elapsed() <= avf_terminal::service::STOP_GRACE + Duration::from_millis(500));
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "no longer listening"
+    );
 }

@@ -1,1 +1,302 @@
-fn main() {}
+//! avf-harness: boot an AVF Terminal payload in QEMU as the phone's crosvm
+//! would, or run a scenario against it.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use avf_harness::plan::{Firmware, NetMode, Options};
+use avf_harness::scenario::{Runner, Scenario};
+use avf_harness::spec::ShareTag;
+use avf_harness::vm::{LaunchRequest, Vm};
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(
+    name = "avf-harness",
+    about = "Boot an AVF Terminal payload (dir or images.tar.gz with vm_config.json) in QEMU the way the phone's crosvm does",
+    after_help = "Payloads are built by image-build/build-all.sh into $AVF_OUT/<base>-<layout>/payload.\nTimeouts scale with AVF_TIMEOUT_SCALE (e.g. 2 on a slow host)."
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum NetArg {
+    /// QEMU user-mode networking (guest 10.0.2.15, host reachable at 10.0.2.2)
+    User,
+    /// TAP in a network namespace with DHCP (not implemented yet)
+    Tap,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum FirmwareArg {
+    /// Debian's u-boot-qemu (what the phone falls back to)
+    Uboot,
+    /// EDK2 / AAVMF
+    Edk2,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Boot a payload and attach its input console (Ctrl-] detaches)
+    Boot {
+        /// Payload directory or images.tar.gz
+        payload: PathBuf,
+        /// After detaching, keep the VM running (this process serves its disk) until it powers off or Ctrl-C
+        #[arg(long)]
+        keep: bool,
+        #[arg(long, value_enum, default_value = "user")]
+        net: NetArg,
+        /// Firmware when vm_config.json has no kernel
+        #[arg(long, value_enum, default_value = "uboot")]
+        firmware: FirmwareArg,
+        /// Use the payload dir as is (root_part is written in place) instead of a per-run copy
+        #[arg(long)]
+        in_place: bool,
+        /// Where logs and the QEMU command line go
+        #[arg(long, default_value = "target/avf-artefacts/boot")]
+        artefacts: PathBuf,
+        /// Override the vCPU count (default: from cpu_topology)
+        #[arg(long)]
+        vcpus: Option<u32>,
+        /// Override memory_mib
+        #[arg(long)]
+        memory_mib: Option<u64>,
+    },
+    /// Run one scenario file (scenarios/cases/<name>.toml)
+    Run {
+        scenario: PathBuf,
+        /// Snapshot directory (default: ../snapshots next to the scenario file)
+        #[arg(long)]
+        snapshots: Option<PathBuf>,
+    },
+    /// Parse and validate a vm_config.json (exit 1 with the field on error)
+    Check {
+        /// Payload directory
+        payload: PathBuf,
+    },
+    /// Fail if any qemu/virtiofsd/vhost-device-vsock started by the harness is still running
+    CheckLeaks,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match rt.block_on(real_main(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("avf-harness: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn real_main(cli: Cli) -> Result<()> {
+    match cli.cmd {
+        Cmd::Boot {
+            payload,
+            keep,
+            net,
+            firmware,
+            in_place,
+            artefacts,
+            vcpus,
+            memory_mib,
+        } => {
+            let options = Options {
+                firmware: match firmware {
+                    FirmwareArg::Uboot => Firmware::Uboot,
+                    FirmwareArg::Edk2 => Firmware::Edk2,
+                },
+                net: match net {
+                    NetArg::User => NetMode::User,
+                    NetArg::Tap => NetMode::Tap,
+                },
+                vcpus,
+                memory_mib,
+                ..Options::default()
+            };
+            eprintln!("[avf] installing payload and starting QEMU…");
+            let vm = Vm::launch(LaunchRequest {
+                payload,
+                in_place,
+                options,
+                artefacts,
+                keep_instance: keep,
+            })
+            .await?;
+            describe(&vm);
+            eprintln!("[avf] attached to the input console; Ctrl-] detaches\r");
+            attach(&vm).await?;
+            if keep {
+                eprintln!("[avf] detached; VM keeps running. Ctrl-C stops it.");
+                let mut vm = vm;
+                while !vm.qemu_exited() {
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => break,
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    }
+                }
+                vm.stop().await;
+            } else {
+                vm.stop().await;
+            }
+            Ok(())
+        }
+        Cmd::Run {
+            scenario,
+            snapshots,
+        } => {
+            let sc = Scenario::load(&scenario)?;
+            let snapshot_dir = match snapshots {
+                Some(s) => s,
+                None => scenario
+                    .canonicalize()?
+                    .parent()
+                    .and_then(|p| p.parent())
+                    .map(|p| p.join("snapshots"))
+                    .context("scenario file has no parent dir")?,
+            };
+            let r = Runner {
+                snapshot_dir,
+                progress: true,
+            }
+            .run(&sc)
+            .await?;
+            eprintln!(
+                "[avf] {} passed in {:.1}s (boot marker {:.1}s, agent {:.1}s)",
+                sc.name,
+                r.total.as_secs_f64(),
+                r.boot_to_marker.map_or(0.0, |d| d.as_secs_f64()),
+                r.boot_to_agent.map_or(0.0, |d| d.as_secs_f64())
+            );
+            Ok(())
+        }
+        Cmd::Check { payload } => {
+            let scratch = tempfile_dir()?;
+            let inst = avf_harness::payload::Instance::in_place(&payload, &scratch)?;
+            let r = avf_harness::spec::VmSpec::load(&inst.vm_config(), &inst.expansion());
+            let _ = std::fs::remove_dir_all(&scratch);
+            let spec = r?;
+            println!(
+                "{}: ok ({} disk(s), {} share(s), kernel: {})",
+                spec.source.display(),
+                spec.disks.len(),
+                spec.shares.len(),
+                spec.kernel.is_some()
+            );
+            Ok(())
+        }
+        Cmd::CheckLeaks => {
+            let leaks = avf_harness::vm::procs::leaked_processes();
+            if leaks.is_empty() {
+                println!("no harness processes left");
+                Ok(())
+            } else {
+                for (pid, cmd) in &leaks {
+                    println!("{pid} {cmd}");
+                }
+                bail!("{} harness process(es) still running", leaks.len())
+            }
+        }
+    }
+}
+
+fn tempfile_dir() -> Result<PathBuf> {
+    let d = std::env::temp_dir().join(format!("avf-check-{}", std::process::id()));
+    std::fs::create_dir_all(&d)?;
+    Ok(d)
+}
+
+fn describe(vm: &Vm) {
+    eprintln!("[avf] artefacts: {}", vm.artefacts().display());
+    for tag in [ShareTag::Internal, ShareTag::Android] {
+        if let Some(d) = vm.share_dir(tag) {
+            eprintln!("[avf] share {}: {}", tag.as_str(), d.display());
+        }
+    }
+    eprintln!(
+        "[avf] vsock: CID {} via {}",
+        vm.guest_cid(),
+        vm.vsock_uds().display()
+    );
+    if let Some(a) = vm.forwarded(false, 7681) {
+        eprintln!("[avf] ttyd (guest :7681) at https://{a}/");
+    }
+}
+
+/// Raw-mode stdin ↔ console until Ctrl-] or the VM exits.
+async fn attach(vm: &Vm) -> Result<()> {
+    let _raw = RawMode::enter();
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(16);
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 1024];
+        let mut stdin = std::io::stdin();
+        while let Ok(n) = stdin.read(&mut buf) {
+            if n == 0 || tx.blocking_send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut shown = 0usize;
+    let mut out = std::io::stdout();
+    loop {
+        let t = vm.console().transcript();
+        if t.len() > shown {
+            out.write_all(&t[shown..])?;
+            out.flush()?;
+            shown = t.len();
+        }
+        tokio::select! {
+            input = rx.recv() => match input {
+                None => return Ok(()),
+                Some(bytes) => {
+                    if let Some(p) = bytes.iter().position(|&b| b == 0x1d) {
+                        vm.console().send(&bytes[..p]).await?;
+                        return Ok(());
+                    }
+                    vm.console().send(&bytes).await?;
+                }
+            },
+            _ = tokio::time::sleep(Duration::from_millis(30)) => {
+                if vm.qmp().is_closed() {
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+/// Puts the terminal in raw mode for the console; restored on drop.
+struct RawMode(Option<libc::termios>);
+
+impl RawMode {
+    fn enter() -> RawMode {
+        unsafe {
+            let mut t: libc::termios = std::mem::zeroed();
+            if libc::isatty(0) == 0 || libc::tcgetattr(0, &mut t) != 0 {
+                return RawMode(None);
+            }
+            let saved = t;
+            libc::cfmakeraw(&mut t);
+            libc::tcsetattr(0, libc::TCSANOW, &t);
+            RawMode(Some(saved))
+        }
+    }
+}
+
+impl Drop for RawMode {
+    fn drop(&mut self) {
+        if let Some(t) = self.0 {
+            unsafe { libc::tcsetattr(0, libc::TCSANOW, &t) };
+        }
+    }
+}

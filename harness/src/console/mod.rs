@@ -149,7 +149,12 @@ mod tests {
         let server = tokio::spawn(async move {
             let (mut s, _) = listener.accept().await.unwrap();
             // "é" split across writes, a cursor query split across writes.
-            for part in [&b"boot \xc3"[..], b"\xa9t\xc3\xa9 \x1b[6", b"n", b" AVF-BOOT-OK debian/1\r\n"] {
+            for part in [
+                &b"boot \xc3"[..],
+                b"\xa9t\xc3\xa9 \x1b[6",
+                b"n",
+                b" AVF-BOOT-OK debian/1\r\n",
+            ] {
                 s.write_all(part).await.unwrap();
                 s.flush().await.unwrap();
                 tokio::time::sleep(Duration::from_millis(30)).await;
@@ -160,17 +165,28 @@ mod tests {
         });
         let c = Console::connect(&sock).await.unwrap();
         let m = c
-            .expect(&Regex::new(r"AVF-BOOT-OK (\S+)").unwrap(), Duration::from_secs(5))
+            .expect(
+                &Regex::new(r"AVF-BOOT-OK (\S+)").unwrap(),
+                Duration::from_secs(5),
+            )
             .await
             .unwrap();
         assert_eq!(m, "AVF-BOOT-OK debian/1");
         assert_eq!(&server.await.unwrap(), CPR_REPLY);
-        assert!(String::from_utf8(c.transcript()).unwrap().contains("boot été"));
+        assert!(String::from_utf8(c.transcript())
+            .unwrap()
+            .contains("boot été"));
         // Consumed: the same marker is not matched twice.
         let e = c
-            .expect(&Regex::new("AVF-BOOT-OK").unwrap(), Duration::from_millis(200))
+            .expect(
+                &Regex::new("AVF-BOOT-OK").unwrap(),
+                Duration::from_millis(200),
+            )
             .await
             .unwrap_err();
-        assert!(matches!(e, ConsoleError::Closed { .. } | ConsoleError::Timeout { .. }));
+        assert!(matches!(
+            e,
+            ConsoleError::Closed { .. } | ConsoleError::Timeout { .. }
+        ));
     }
 }

@@ -187,9 +187,16 @@ impl Qga {
                 let b64 = |k: &str| -> Result<Vec<u8>, QgaError> {
                     match s.get(k).and_then(Value::as_str) {
                         None => Ok(Vec::new()),
-                        Some(d) => base64::engine::general_purpose::STANDARD
-                            .decode(d)
-                            .map_err(|e| QgaError::Decode(format!("guest-exec-status {k}"), e.to_string())),
+                        Some(d) => {
+                            base64::engine::general_purpose::STANDARD
+                                .decode(d)
+                                .map_err(|e| {
+                                    QgaError::Decode(
+                                        format!("guest-exec-status {k}"),
+                                        e.to_string(),
+                                    )
+                                })
+                        }
                     }
                 };
                 return Ok(ExecOutput {

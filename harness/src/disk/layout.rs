@@ -128,14 +128,7 @@ impl Layout {
         let entry_bytes = encode_entries(&entries);
         let entries_crc = crc32fast::hash(&entry_bytes);
         let last_usable = total_sectors - ENTRIES_SECTORS - 2;
-        let primary = encode_header(
-            1,
-            total_sectors - 1,
-            2,
-            last_usable,
-            disk_guid,
-            entries_crc,
-        );
+        let primary = encode_header(1, total_sectors - 1, 2, last_usable, disk_guid, entries_crc);
         let backup = encode_header(
             total_sectors - 1,
             1,
@@ -166,7 +159,10 @@ impl Layout {
         }
         segs.pad_to((total_sectors - ENTRIES_SECTORS - 1) * SECTOR);
         segs.push(tail.len() as u64, Backing::Meta(tail));
-        let Segments { list: segments, pos } = segs;
+        let Segments {
+            list: segments,
+            pos,
+        } = segs;
         debug_assert_eq!(pos, total_sectors * SECTOR);
 
         Ok(Layout {

@@ -50,7 +50,9 @@ pub fn read_at(layout: &Layout, buf: &mut [u8], off: u64) -> std::io::Result<()>
         let dst = &mut buf[(from - off) as usize..(to - off) as usize];
         let rel = from - s.start;
         match &s.backing {
-            Backing::Meta(bytes) => dst.copy_from_slice(&bytes[rel as usize..(rel + to - from) as usize]),
+            Backing::Meta(bytes) => {
+                dst.copy_from_slice(&bytes[rel as usize..(rel + to - from) as usize])
+            }
             Backing::Zero => dst.fill(0),
             Backing::File { file, .. } => file.read_exact_at(dst, rel)?,
         }
@@ -74,7 +76,10 @@ pub fn write_at(layout: &Layout, buf: &[u8], off: u64) -> Result<(), WriteError>
         if let Backing::File { file, .. } = &s.backing {
             let from = off.max(s.start);
             let to = (off + len).min(s.start + s.len);
-            file.write_all_at(&buf[(from - off) as usize..(to - off) as usize], from - s.start)?;
+            file.write_all_at(
+                &buf[(from - off) as usize..(to - off) as usize],
+                from - s.start,
+            )?;
         }
     }
     Ok(())

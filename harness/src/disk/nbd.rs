@@ -3,6 +3,7 @@
 //! Enough for QEMU's client: OPT_GO / OPT_EXPORT_NAME, READ, WRITE, FLUSH, DISC.
 
 use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -48,6 +49,8 @@ const MAX_REQUEST: u32 = 32 << 20;
 /// Serves the disk until dropped. Writes are logged to `log` when refused.
 pub struct NbdServer {
     path: PathBuf,
+    /// A handle on the listening socket, to wake `accept` at drop.
+    listener: UnixListener,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -56,6 +59,7 @@ impl NbdServer {
     pub fn start(layout: Arc<Layout>, path: &Path) -> std::io::Result<NbdServer> {
         let _ = std::fs::remove_file(path);
         let listener = UnixListener::bind(path)?;
+        let handle = listener.try_clone()?;
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
         let thread = std::thread::Builder::new()
@@ -77,6 +81,7 @@ impl NbdServer {
             })?;
         Ok(NbdServer {
             path: path.to_owned(),
+            listener: handle,
             stop,
             thread: Some(thread),
         })
@@ -95,8 +100,10 @@ impl NbdServer {
 impl Drop for NbdServer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        // Wake the accept loop so it sees the flag.
-        let _ = UnixStream::connect(&self.path);
+        // Wake the accept loop so it sees the flag: shutdown() on a listening
+        // socket makes a blocked accept() return (Linux), even when the
+        // socket file is already gone.
+        unsafe { libc::shutdown(self.listener.as_raw_fd(), libc::SHUT_RDWR) };
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -135,10 +142,7 @@ fn opt_reply(w: &mut impl Write, opt: u32, ty: u32, data: &[u8]) -> std::io::Res
 }
 
 fn transmission_flags(layout: &Layout) -> u16 {
-    let any_writable = layout
-        .entries
-        .iter()
-        .any(|e| e.writable);
+    let any_writable = layout.entries.iter().any(|e| e.writable);
     let mut f = TF_HAS_FLAGS | TF_SEND_FLUSH;
     if !any_writable {
         f |= TF_READ_ONLY;

@@ -11,8 +11,12 @@ const EFI_GUID: &str = "0b9b7d70-4a43-4bb4-9d49-2c9b7e1d2f30";
 
 fn parts(dir: &std::path::Path) -> Vec<Partition> {
     // Sizes not multiples of 1 MiB (and one not of 512) exercise padding.
-    let efi: Vec<u8> = (0..3 * 1024 * 1024 + 4096).map(|i| (i % 251) as u8).collect();
-    let root: Vec<u8> = (0..5 * 1024 * 1024 + 100).map(|i| (i % 241) as u8).collect();
+    let efi: Vec<u8> = (0..3 * 1024 * 1024 + 4096)
+        .map(|i| (i % 251) as u8)
+        .collect();
+    let root: Vec<u8> = (0..5 * 1024 * 1024 + 100)
+        .map(|i| (i % 241) as u8)
+        .collect();
     std::fs::write(dir.join("efi_part"), efi).unwrap();
     std::fs::write(dir.join("root_part"), root).unwrap();
     vec![
@@ -49,7 +53,10 @@ fn served_disk_has_crosvm_gpt() {
     let layout = Arc::new(Layout::build(&p, true).unwrap());
     let server = NbdServer::start(layout.clone(), &dir.path().join("nbd.sock")).unwrap();
     let img = dir.path().join("disk.raw");
-    run(Command::new("qemu-img").args(["convert", "-f", "raw", "-O", "raw"]).arg(server.url()).arg(&img));
+    run(Command::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "raw"])
+        .arg(server.url())
+        .arg(&img));
     assert_eq!(std::fs::metadata(&img).unwrap().len(), layout.size);
 
     // sgdisk verifies both headers and CRCs.
@@ -60,13 +67,27 @@ fn served_disk_has_crosvm_gpt() {
     let lines: Vec<&str> = dump.lines().filter(|l| l.contains(": start=")).collect();
     assert_eq!(lines.len(), 2, "{dump}");
     for (line, (label, guid)) in lines.iter().zip([("EFI", EFI_GUID), ("ROOT", ROOT_GUID)]) {
-        assert!(line.contains("type=0FC63DAF-8483-4772-8E79-3D69D8477DE4"), "{line}");
-        assert!(line.contains(&format!("uuid={}", guid.to_uppercase())), "{line}");
+        assert!(
+            line.contains("type=0FC63DAF-8483-4772-8E79-3D69D8477DE4"),
+            "{line}"
+        );
+        assert!(
+            line.contains(&format!("uuid={}", guid.to_uppercase())),
+            "{line}"
+        );
         assert!(line.contains(&format!("name=\"{label}\"")), "{line}");
     }
     // Config order, 1 MiB aligned, sizes rounded up to a sector.
-    assert!(lines[0].contains("start=        2048, size=        6152"), "{}", lines[0]);
-    assert!(lines[1].contains("start=       10240, size=       10241"), "{}", lines[1]);
+    assert!(
+        lines[0].contains("start=        2048, size=        6152"),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[1].contains("start=       10240, size=       10241"),
+        "{}",
+        lines[1]
+    );
 
     // Partition contents are the files, byte for byte.
     let disk = std::fs::read(&img).unwrap();
@@ -105,7 +126,10 @@ fn writes_land_in_place_and_read_only_is_refused() {
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout).to_string()
             + &String::from_utf8_lossy(&out.stderr);
-        assert!(text.contains("Operation not permitted"), "offset {off}: {text}");
+        assert!(
+            text.contains("Operation not permitted"),
+            "offset {off}: {text}"
+        );
     }
     assert_eq!(std::fs::read(&efi.path).unwrap(), efi_before);
     drop(server);

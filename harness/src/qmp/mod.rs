@@ -106,7 +106,10 @@ impl Qmp {
         let stream = UnixStream::connect(socket).await?;
         let (rd, wr) = stream.into_split();
         let mut lines = BufReader::new(rd).lines();
-        let logf = std::fs::File::options().create(true).append(true).open(log)?;
+        let logf = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(log)?;
         let shared = Arc::new(Shared {
             events: Mutex::new(Vec::new()),
             notify: Notify::new(),
@@ -282,8 +285,10 @@ mod tests {
     fn unknown_and_odd_events_decode_leniently() {
         let e = QmpEvent::decode(&json!({"event": "NEW_THING_2030", "data": {"x": 1}})).unwrap();
         assert!(matches!(e, QmpEvent::Other { ref name, .. } if name == "NEW_THING_2030"));
-        let e = QmpEvent::decode(&json!({"event": "SHUTDOWN", "data": {"guest": true, "reason": "guest-shutdown"}}))
-            .unwrap();
+        let e = QmpEvent::decode(
+            &json!({"event": "SHUTDOWN", "data": {"guest": true, "reason": "guest-shutdown"}}),
+        )
+        .unwrap();
         assert_eq!(
             e,
             QmpEvent::Shutdown {
@@ -314,12 +319,16 @@ mod tests {
             while let Ok(Some(l)) = lines.next_line().await {
                 let v: Value = serde_json::from_str(&l).unwrap();
                 let id = v["id"].clone();
-                wr.write_all(b"{\"event\": \"SOMETHING_NEW\", \"data\": {\"a\": [1]}}\nnot json at all\n")
-                    .await
-                    .unwrap();
+                wr.write_all(
+                    b"{\"event\": \"SOMETHING_NEW\", \"data\": {\"a\": [1]}}\nnot json at all\n",
+                )
+                .await
+                .unwrap();
                 let reply = match v["execute"].as_str().unwrap() {
                     "query-balloon" => json!({"return": {"actual": 1073741824u64}, "id": id}),
-                    "balloon" => json!({"error": {"class": "DeviceNotActive", "desc": "No balloon device has been activated"}, "id": id}),
+                    "balloon" => {
+                        json!({"error": {"class": "DeviceNotActive", "desc": "No balloon device has been activated"}, "id": id})
+                    }
                     _ => json!({"return": {}, "id": id}),
                 };
                 wr.write_all(format!("{reply}\n").as_bytes()).await.unwrap();
@@ -328,7 +337,9 @@ mod tests {
                     .unwrap();
             }
         });
-        let q = Qmp::connect(&sock, &dir.path().join("qmp.log")).await.unwrap();
+        let q = Qmp::connect(&sock, &dir.path().join("qmp.log"))
+            .await
+            .unwrap();
         assert_eq!(q.query_balloon().await.unwrap(), 1 << 30);
         let e = q.balloon(1).await.unwrap_err();
         assert!(e.to_string().contains("DeviceNotActive"), "{e}");
@@ -345,6 +356,9 @@ mod tests {
             .iter()
             .any(|e| matches!(e, QmpEvent::Other { name, .. } if name == "SOMETHING_NEW")));
         let log = std::fs::read_to_string(dir.path().join("qmp.log")).unwrap();
-        assert!(log.contains("-> {\"execute\":\"qmp_capabilities\""), "{log}");
+        assert!(
+            log.contains("-> {\"execute\":\"qmp_capabilities\""),
+            "{log}"
+        );
     }
 }

@@ -195,12 +195,12 @@ impl Validator<'_> {
             let dir = match name {
                 "PAYLOAD_DIR" => &self.exp.payload_dir,
                 "APP_DATA_DIR" => &self.exp.app_data_dir,
-                _ => {
-                    return Err(self.err(
-                        field,
-                        format!("unknown placeholder `${name}` (expected $PAYLOAD_DIR or $APP_DATA_DIR)"),
-                    ))
-                }
+                _ => return Err(self.err(
+                    field,
+                    format!(
+                        "unknown placeholder `${name}` (expected $PAYLOAD_DIR or $APP_DATA_DIR)"
+                    ),
+                )),
             };
             out.push_str(&dir.to_string_lossy());
             rest = &after[name_len..];
@@ -369,7 +369,10 @@ impl Validator<'_> {
 
         let kernel = match (&raw.kernel, &raw.initrd) {
             (None, Some(_)) => {
-                return Err(self.err("initrd", "given without `kernel` (expected both or neither)"))
+                return Err(self.err(
+                    "initrd",
+                    "given without `kernel` (expected both or neither)",
+                ))
             }
             (None, None) => {
                 if raw.bootloader.is_some() {

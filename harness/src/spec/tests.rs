@@ -54,7 +54,10 @@ fn bad(text: &str, field: &str, problem_has: &str) {
     assert!(e.problem.contains(problem_has), "{e}");
     // The message names the file and the field.
     let msg = e.to_string();
-    assert!(msg.contains("vm_config.json") && msg.contains(field), "{msg}");
+    assert!(
+        msg.contains("vm_config.json") && msg.contains(field),
+        "{msg}"
+    );
 }
 
 fn edit(f: impl FnOnce(&mut serde_json::Value)) -> String {
@@ -133,7 +136,11 @@ fn missing_partitions() {
 
 #[test]
 fn empty_disks() {
-    bad(&edit(|v| v["disks"] = serde_json::json!([])), "disks", "empty");
+    bad(
+        &edit(|v| v["disks"] = serde_json::json!([])),
+        "disks",
+        "empty",
+    );
 }
 
 #[test]
@@ -246,7 +253,11 @@ fn unknown_cpu_topology() {
 
 #[test]
 fn memory_out_of_range() {
-    bad(&edit(|v| v["memory_mib"] = 0.into()), "memory_mib", "out of range");
+    bad(
+        &edit(|v| v["memory_mib"] = 0.into()),
+        "memory_mib",
+        "out of range",
+    );
 }
 
 #[test]

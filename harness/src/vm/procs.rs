@@ -126,7 +126,11 @@ impl ProcessGroup {
     }
 
     /// Waits up to `timeout` for member `name` to exit.
-    pub fn wait_for(&mut self, name: &str, timeout: Duration) -> std::io::Result<Option<ExitStatus>> {
+    pub fn wait_for(
+        &mut self,
+        name: &str,
+        timeout: Duration,
+    ) -> std::io::Result<Option<ExitStatus>> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(s) = self.try_wait(name)? {
@@ -182,12 +186,67 @@ pub fn group_members(pgid: i32) -> Vec<(i32, String)> {
             continue;
         };
         // Fields after the parenthesised comm: state ppid pgrp ...
-        let Some(close) = stat.rfind(')') else { continue };
+        let Some(close) = stat.rfind(')') else {
+            continue;
+        };
         let comm = stat[stat.find('(').map_or(0, |i| i + 1)..close].to_string();
         let rest: Vec<&str> = stat[close + 2..].split(' ').collect();
-        if rest.get(2).and_then(|p| p.parse::<i32>().ok()) == Some(pgid) && rest.first() != Some(&"Z") {
+        if rest.get(2).and_then(|p| p.parse::<i32>().ok()) == Some(pgid)
+            && rest.first() != Some(&"Z")
+        {
             out.push((pid, comm));
         }
     }
     out
+}
+
+/// The harness's own sidecars and QEMUs still running anywhere on the host,
+/// recognised by their run directory (`/tmp/avf-<pid>-<n>/`) on the command
+/// line: (pid, command line).
+pub fn leaked_processes() -> Vec<(i32, String)> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&raw).replace('\0', " ");
+        let prog = cmd.split_whitespace().next().unwrap_or_default();
+        let ours = ["qemu-system-aarch64", "virtiofsd", "vhost-device-vsock"]
+            .iter()
+            .any(|p| prog.ends_with(p));
+        if ours && cmd.contains("/tmp/avf-") {
+            out.push((pid, cmd.trim().to_string()));
+        }
+    }
+    out
+}
+
+/// Removes run and instance dirs left by harness processes that no longer
+/// exist (e.g. SIGKILLed): `<dir>/avf-<pid>-<n>` or `<dir>/<pid>-<n>`.
+pub fn sweep_stale(dir: &std::path::Path, prefix: &str) -> Vec<std::path::PathBuf> {
+    let mut removed = Vec::new();
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return removed;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix(prefix) else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<i32>().ok()) else {
+            continue;
+        };
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists()
+            && std::fs::remove_dir_all(e.path()).is_ok()
+        {
+            removed.push(e.path());
+        }
+    }
+    removed
 }

@@ -10,7 +10,10 @@ pub fn cat(image: &Path, path: &str) -> Result<String, String> {
     // debugfs exits 0 even when the file is missing: check with stat first.
     let kind = file_type(image, path)?;
     if kind != "regular" {
-        return Err(format!("{}: {path} is a {kind}, not a file", image.display()));
+        return Err(format!(
+            "{}: {path} is a {kind}, not a file",
+            image.display()
+        ));
     }
     let o = run(Command::new("debugfs")
         .arg("-R")

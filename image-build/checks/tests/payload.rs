@@ -56,8 +56,14 @@ fn tarball_members(layout: &str) {
     let got: Vec<&str> = m.keys().map(String::as_str).collect();
     assert_eq!(got, want, "{}: members", a.tarball().display());
     for (name, (size, kind)) in &m {
-        assert_eq!(*kind, b'0', "{name}: entry type {:?}, not a plain file (sparse?)", *kind as char);
-        let disk = std::fs::metadata(a.payload(name)).expect("payload file").len();
+        assert_eq!(
+            *kind, b'0',
+            "{name}: entry type {:?}, not a plain file (sparse?)",
+            *kind as char
+        );
+        let disk = std::fs::metadata(a.payload(name))
+            .expect("payload file")
+            .len();
         assert_eq!(*size, disk, "{name}: size in tarball differs from payload/");
     }
 }
@@ -69,13 +75,24 @@ fn build_id_shape(layout: &str) {
     assert!(!id.contains('\n'), "build_id must be one line: {id:?}");
     assert_eq!(id, a.info.build_id);
     let parts: Vec<&str> = id.split('/').collect();
-    assert_eq!(parts.len(), 3, "build_id {id:?}: want <name>/<arch>/<version>-<n>-<date>");
+    assert_eq!(
+        parts.len(),
+        3,
+        "build_id {id:?}: want <name>/<arch>/<version>-<n>-<date>"
+    );
     assert_eq!(parts[0], BASE);
     assert_eq!(parts[1], "aarch64");
     let date = parts[2].rsplit('-').next().unwrap();
     let year: u32 = date.get(..4).and_then(|y| y.parse().ok()).unwrap_or(0);
-    assert!(date.len() == 8 && year >= 2025, "build_id {id:?}: date {date:?} must be YYYYMMDD, year >= 2025");
-    assert_eq!(parts[2].split('-').count(), 3, "build_id {id:?}: <version>-<n>-<date>");
+    assert!(
+        date.len() == 8 && year >= 2025,
+        "build_id {id:?}: date {date:?} must be YYYYMMDD, year >= 2025"
+    );
+    assert_eq!(
+        parts[2].split('-').count(),
+        3,
+        "build_id {id:?}: <version>-<n>-<date>"
+    );
 }
 
 fn root_part_ext4(layout: &str) {
@@ -90,10 +107,17 @@ fn root_part_ext4(layout: &str) {
     assert_eq!(field("Filesystem magic number:"), "0xEF53");
     assert_eq!(field("Filesystem volume name:"), "ROOT", "root_part label");
     let feats = field("Filesystem features:");
-    assert!(!feats.split_whitespace().any(|f| f == "orphan_file"), "orphan_file still on: {feats}");
+    assert!(
+        !feats.split_whitespace().any(|f| f == "orphan_file"),
+        "orphan_file still on: {feats}"
+    );
     assert_eq!(field("Filesystem state:"), "clean");
     let size = std::fs::metadata(&img).unwrap().len();
-    assert_eq!(size % (4 << 20), 0, "root_part size {size} not a multiple of 4 MiB");
+    assert_eq!(
+        size % (4 << 20),
+        0,
+        "root_part size {size} not a multiple of 4 MiB"
+    );
     check(run_ok(Command::new("e2fsck").arg("-fn").arg(&img)));
 }
 
@@ -101,68 +125,142 @@ fn efi_part_vfat(layout: &str) {
     let a = need(BASE, layout);
     let img = a.payload("efi_part");
     check(run_ok(Command::new("fsck.fat").arg("-n").arg(&img)));
-    let boot = check(run_ok(Command::new("mdir").arg("-i").arg(&img).arg("-b").arg("::/EFI/BOOT")));
-    assert!(boot.lines().any(|l| l.trim() == "::/EFI/BOOT/BOOTAA64.EFI"), "no EFI/BOOT/BOOTAA64.EFI: {boot}");
-    let entry = check(run_ok(Command::new("mtype").arg("-i").arg(&img).arg("::/loader/entries/avf.conf")));
+    let boot = check(run_ok(
+        Command::new("mdir")
+            .arg("-i")
+            .arg(&img)
+            .arg("-b")
+            .arg("::/EFI/BOOT"),
+    ));
+    assert!(
+        boot.lines().any(|l| l.trim() == "::/EFI/BOOT/BOOTAA64.EFI"),
+        "no EFI/BOOT/BOOTAA64.EFI: {boot}"
+    );
+    let entry = check(run_ok(
+        Command::new("mtype")
+            .arg("-i")
+            .arg(&img)
+            .arg("::/loader/entries/avf.conf"),
+    ));
     let opts = entry
         .lines()
         .find_map(|l| l.strip_prefix("options"))
         .unwrap_or_else(|| panic!("loader entry has no options line: {entry}"))
         .trim();
     let root = check(a.guid("ROOT"));
-    assert!(opts.contains(&format!("root=PARTUUID={root}")), "entry options {opts:?} must mount root by PARTUUID {root}");
+    assert!(
+        opts.contains(&format!("root=PARTUUID={root}")),
+        "entry options {opts:?} must mount root by PARTUUID {root}"
+    );
     let last = opts.split_whitespace().last().unwrap();
-    assert!(last.starts_with("console=ttyS0"), "console=ttyS0 must be last: {opts:?}");
-    assert!(entry.lines().any(|l| l.starts_with("linux")), "no linux line: {entry}");
-    let top = check(run_ok(Command::new("mdir").arg("-i").arg(&img).arg("-b").arg("::/")));
-    assert!(top.contains("::/vmlinuz"), "kernel missing on the ESP: {top}");
+    assert!(
+        last.starts_with("console=ttyS0"),
+        "console=ttyS0 must be last: {opts:?}"
+    );
+    assert!(
+        entry.lines().any(|l| l.starts_with("linux")),
+        "no linux line: {entry}"
+    );
+    let top = check(run_ok(
+        Command::new("mdir")
+            .arg("-i")
+            .arg(&img)
+            .arg("-b")
+            .arg("::/"),
+    ));
+    assert!(
+        top.contains("::/vmlinuz"),
+        "kernel missing on the ESP: {top}"
+    );
 }
 
 fn vm_config(layout: &str) {
     let a = need(BASE, layout);
     let path = a.payload("vm_config.json");
     let text = std::fs::read_to_string(&path).unwrap();
-    let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let v: Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     assert_eq!(v["name"], "debian");
-    let parts = v["disks"][0]["partitions"].as_array().expect("disks[0].partitions");
+    let parts = v["disks"][0]["partitions"]
+        .as_array()
+        .expect("disks[0].partitions");
     let labels: Vec<&str> = parts.iter().map(|p| p["label"].as_str().unwrap()).collect();
-    let want = if layout == "efi" { ["EFI", "ROOT"] } else { ["ROOT", "EFI"] };
+    let want = if layout == "efi" {
+        ["EFI", "ROOT"]
+    } else {
+        ["ROOT", "EFI"]
+    };
     assert_eq!(labels, want, "partition order for layout {layout}");
     for p in parts {
         let label = p["label"].as_str().unwrap();
-        assert_eq!(p["guid"].as_str().unwrap(), check(a.guid(label)), "{label} guid vs build-info.json");
+        assert_eq!(
+            p["guid"].as_str().unwrap(),
+            check(a.guid(label)),
+            "{label} guid vs build-info.json"
+        );
         let file = p["path"].as_str().unwrap().replace("$PAYLOAD_DIR/", "");
         assert!(a.payload(&file).exists(), "{label}: {file} not in payload");
     }
     if layout == "efi" {
-        assert!(v.get("kernel").is_none() && v.get("bootloader").is_none(), "efi layout must not name a kernel");
+        assert!(
+            v.get("kernel").is_none() && v.get("bootloader").is_none(),
+            "efi layout must not name a kernel"
+        );
     } else {
         assert_eq!(v["kernel"], "$PAYLOAD_DIR/vmlinuz");
         let params = v["params"].as_str().expect("params");
         assert_eq!(params, a.info.kernel_params);
         assert!(params.contains(&format!("root=PARTUUID={}", check(a.guid("ROOT")))));
-        assert!(params.split_whitespace().last().unwrap().starts_with("console=ttyS0"));
+        assert!(params
+            .split_whitespace()
+            .last()
+            .unwrap()
+            .starts_with("console=ttyS0"));
         if let Some(i) = v.get("initrd") {
             assert_eq!(i, "$PAYLOAD_DIR/initrd.img");
             assert!(a.payload("initrd.img").exists());
         }
     }
-    assert!(!text.contains("{root_part_guid}") && !text.contains("{efi_part_guid}"), "placeholder left");
+    assert!(
+        !text.contains("{root_part_guid}") && !text.contains("{efi_part_guid}"),
+        "placeholder left"
+    );
 }
 
 /// Files the contract needs in the root, with a line each must contain.
 const ROOT_FILES: &[(&str, &str)] = &[
-    ("/usr/lib/systemd/system/avf-ttyd.service", "--ssl-ca /mnt/internal/ca.crt"),
-    ("/usr/lib/systemd/system/avf-boot-marker.service", "After=multi-user.target"),
-    ("/usr/lib/systemd/system/mnt-internal.mount", "What=internal"),
+    (
+        "/usr/lib/systemd/system/avf-ttyd.service",
+        "--ssl-ca /mnt/internal/ca.crt",
+    ),
+    (
+        "/usr/lib/systemd/system/avf-boot-marker.service",
+        "After=multi-user.target",
+    ),
+    (
+        "/usr/lib/systemd/system/mnt-internal.mount",
+        "What=internal",
+    ),
     ("/usr/lib/systemd/system/mnt-shared.mount", "What=android"),
-    ("/usr/lib/systemd/system/qemu-guest-agent.service.d/avf.conf", "org.qemu.guest_agent.0"),
-    ("/usr/lib/systemd/system/nftables.service.d/avf.conf", "/usr/lib/avf/nftables.conf"),
-    ("/usr/lib/systemd/system.conf.d/avf.conf", "SYSTEMD_RELAX_ESP_CHECKS=1"),
+    (
+        "/usr/lib/systemd/system/qemu-guest-agent.service.d/avf.conf",
+        "org.qemu.guest_agent.0",
+    ),
+    (
+        "/usr/lib/systemd/system/nftables.service.d/avf.conf",
+        "/usr/lib/avf/nftables.conf",
+    ),
+    (
+        "/usr/lib/systemd/system.conf.d/avf.conf",
+        "SYSTEMD_RELAX_ESP_CHECKS=1",
+    ),
     ("/usr/lib/systemd/network/20-avf-en.network", "Name=en*"),
     ("/usr/lib/avf/nftables.conf", "tcp dport 7681 accept"),
     ("/usr/lib/systemd/zram-generator.conf.d/avf.conf", "[zram0]"),
-    ("/etc/avahi/services/ttyd.service", "<type>_http._tcp</type>"),
+    (
+        "/etc/avahi/services/ttyd.service",
+        "<type>_http._tcp</type>",
+    ),
     ("/etc/avahi/avahi-daemon.conf", "use-ipv6=no"),
     ("/etc/sudoers.d/droid", "droid ALL=(ALL:ALL) NOPASSWD: ALL"),
     ("/etc/passwd", "droid:x:1000:100:"),
@@ -173,11 +271,25 @@ const ROOT_FILES: &[(&str, &str)] = &[
 
 /// Executables the guest needs.
 const ROOT_BINS: &[&str] = &[
-    "/usr/bin/ttyd", "/usr/bin/su", "/usr/bin/sudo", "/usr/sbin/avahi-daemon", "/usr/sbin/nft",
-    "/usr/bin/bootctl", "/usr/bin/openssl", "/usr/sbin/qemu-ga", "/usr/lib/avf/boot-marker",
-    "/usr/lib/avf/ttyd-gen-cert", "/usr/bin/forwarder_guest", "/usr/bin/forwarder_guest_launcher",
-    "/usr/bin/shutdown_runner", "/usr/bin/storage_balloon_agent", "/usr/sbin/mkfs.ext4",
-    "/usr/sbin/ip", "/usr/bin/ps", "/usr/sbin/modprobe", "/usr/lib/systemd/system-generators/zram-generator",
+    "/usr/bin/ttyd",
+    "/usr/bin/su",
+    "/usr/bin/sudo",
+    "/usr/sbin/avahi-daemon",
+    "/usr/sbin/nft",
+    "/usr/bin/bootctl",
+    "/usr/bin/openssl",
+    "/usr/sbin/qemu-ga",
+    "/usr/lib/avf/boot-marker",
+    "/usr/lib/avf/ttyd-gen-cert",
+    "/usr/bin/forwarder_guest",
+    "/usr/bin/forwarder_guest_launcher",
+    "/usr/bin/shutdown_runner",
+    "/usr/bin/storage_balloon_agent",
+    "/usr/sbin/mkfs.ext4",
+    "/usr/sbin/ip",
+    "/usr/bin/ps",
+    "/usr/sbin/modprobe",
+    "/usr/lib/systemd/system-generators/zram-generator",
 ];
 
 /// Units enabled by symlink in /etc/systemd/system.
@@ -196,12 +308,18 @@ fn root_contents(layout: &str) {
     let img = a.payload("root_part");
     for (path, needle) in ROOT_FILES {
         let text = check(debugfs::cat(&img, path));
-        assert!(text.contains(needle), "{path} in root_part lacks {needle:?}");
+        assert!(
+            text.contains(needle),
+            "{path} in root_part lacks {needle:?}"
+        );
     }
     let fstab = check(debugfs::cat(&img, "/etc/fstab"));
     for label in ["ROOT", "EFI"] {
         let g = check(a.guid(label));
-        assert!(fstab.contains(&format!("PARTUUID={g}")), "/etc/fstab does not mount {label} by PARTUUID {g}");
+        assert!(
+            fstab.contains(&format!("PARTUUID={g}")),
+            "/etc/fstab does not mount {label} by PARTUUID {g}"
+        );
     }
     for bin in ROOT_BINS {
         let t = check(debugfs::file_type(&img, bin));
@@ -213,12 +331,29 @@ fn root_contents(layout: &str) {
     }
     let id = check(debugfs::cat(&img, "/usr/lib/avf/build_id"));
     assert_eq!(id.trim(), a.info.build_id, "build id inside the image");
-    assert_eq!(check(debugfs::cat(&img, "/etc/machine-id")), "", "machine-id must be empty (first boot)");
+    assert_eq!(
+        check(debugfs::cat(&img, "/etc/machine-id")),
+        "",
+        "machine-id must be empty (first boot)"
+    );
     for secret in ["/etc/ttyd/server.key", "/etc/ttyd/server.crt"] {
-        assert!(debugfs::file_type(&img, secret).is_err(), "{secret} baked into the image");
+        assert!(
+            debugfs::file_type(&img, secret).is_err(),
+            "{secret} baked into the image"
+        );
     }
-    let ttyd_unit = check(debugfs::cat(&img, "/usr/lib/systemd/system/avf-ttyd.service"));
-    for flag in ["--port 7681", "--ssl ", "--ssl-cert /etc/ttyd/server.crt", "--ssl-key /etc/ttyd/server.key", " -W ", "-t disableLeaveAlert=true"] {
+    let ttyd_unit = check(debugfs::cat(
+        &img,
+        "/usr/lib/systemd/system/avf-ttyd.service",
+    ));
+    for flag in [
+        "--port 7681",
+        "--ssl ",
+        "--ssl-cert /etc/ttyd/server.crt",
+        "--ssl-key /etc/ttyd/server.key",
+        " -W ",
+        "-t disableLeaveAlert=true",
+    ] {
         assert!(ttyd_unit.contains(flag), "avf-ttyd.service lacks {flag:?}");
     }
 }
@@ -228,13 +363,24 @@ fn units_verify(layout: &str) {
     let a = need(BASE, layout);
     let img = a.payload("root_part");
     let tmp = tempfile::tempdir().unwrap();
-    check(run_ok(Command::new("debugfs").arg("-R").arg(format!("rdump / {}", tmp.path().display())).arg(&img)));
+    check(run_ok(
+        Command::new("debugfs")
+            .arg("-R")
+            .arg(format!("rdump / {}", tmp.path().display()))
+            .arg(&img),
+    ));
     let root = tmp.path();
     let sd = root.join("usr/lib/systemd/system");
-    let mut units: Vec<String> = ["avf-boot-marker.service", "avf-ttyd.service", "avf-ttyd-cert.service", "mnt-internal.mount", "mnt-shared.mount"]
-        .iter()
-        .map(|u| sd.join(u).display().to_string())
-        .collect();
+    let mut units: Vec<String> = [
+        "avf-boot-marker.service",
+        "avf-ttyd.service",
+        "avf-ttyd-cert.service",
+        "mnt-internal.mount",
+        "mnt-shared.mount",
+    ]
+    .iter()
+    .map(|u| sd.join(u).display().to_string())
+    .collect();
     let agents = avf_image_checks::repo_root().join("agents/systemd");
     if let Ok(rd) = std::fs::read_dir(&agents) {
         for e in rd.flatten() {
@@ -257,9 +403,17 @@ fn units_verify(layout: &str) {
     let ours: Vec<&str> = o
         .stderr
         .lines()
-        .filter(|l| units.iter().any(|u| l.contains(u.rsplit('/').next().unwrap())))
+        .filter(|l| {
+            units
+                .iter()
+                .any(|u| l.contains(u.rsplit('/').next().unwrap()))
+        })
         .collect();
-    assert!(ours.is_empty(), "systemd-analyze verify on the AVF units:\n{}", ours.join("\n"));
+    assert!(
+        ours.is_empty(),
+        "systemd-analyze verify on the AVF units:\n{}",
+        ours.join("\n")
+    );
 }
 
 macro_rules! per_layout {
@@ -268,4 +422,12 @@ macro_rules! per_layout {
         mod direct { $( #[test] fn $f() { super::$f("direct") } )* }
     };
 }
-per_layout!(tarball_members, build_id_shape, root_part_ext4, efi_part_vfat, vm_config, root_contents, units_verify);
+per_layout!(
+    tarball_members,
+    build_id_shape,
+    root_part_ext4,
+    efi_part_vfat,
+    vm_config,
+    root_contents,
+    units_verify
+);

@@ -1,0 +1,103 @@
+//! Waiting for the port file and reaching the service.
+mod common;
+
+use std::time::{Duration, Instant};
+
+use avf_agents::args::{HostSource, PortSource};
+use avf_agents::connect::{connect, WaitPolicy};
+use common::FakeApp;
+
+fn policy(attempts: u32) -> WaitPolicy {
+    WaitPolicy {
+        attempts,
+        interval: Duration::from_millis(100),
+        connect_timeout: Duration::from_secs(1),
+    }
+}
+
+fn localhost() -> HostSource {
+    HostSource::Fixed("127.0.0.1".parse().unwrap())
+}
+
+#[tokio::test]
+async fn missing_file_gives_up_naming_it() {
+    let d = tempfile::tempdir().unwrap();
+    let f = d.path().join("debian_service_port");
+    let start = Instant::now();
+    let e = connect(&PortSource::File(f.clone()), &localhost(), policy(3))
+        .await
+        .unwrap_err();
+    let msg = format!("{e:#}");
+    assert!(msg.contains("after 3 attempts"), "{msg}");
+    assert!(msg.contains(&f.display().to_string()), "{msg}");
+    assert!(start.elapsed() >= Duration::from_millis(200));
+}
+
+#[tokio::test]
+async fn garbage_gives_up_with_the_content() {
+    let d = tempfile::tempdir().unwrap();
+    let f = d.path().join("debian_service_port");
+    std::fs::write(&f, "hello").unwrap();
+    let e = connect(&PortSource::File(f), &localhost(), policy(2))
+        .await
+        .unwrap_err();
+    let msg = format!("{e:#}");
+    assert!(msg.contains("\"hello\" is not a TCP port"), "{msg}");
+}
+
+#[tokio::test]
+async fn file_written_late_is_picked_up() {
+    let app = FakeApp::start();
+    let d = tempfile::tempdir().unwrap();
+    let f = d.path().join("debian_service_port");
+    let (f2, port) = (f.clone(), app.addr.port());
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        std::fs::write(f2, port.to_string()).unwrap();
+    });
+    connect(&PortSource::File(f), &localhost(), policy(10))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn stale_port_then_the_right_one() {
+    let app = FakeApp::start();
+    let stale = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let d = tempfile::tempdir().unwrap();
+    let f = d.path().join("debian_service_port");
+    std::fs::write(&f, stale.to_string()).unwrap();
+    let (f2, port) = (f.clone(), app.addr.port());
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        std::fs::write(f2, port.to_string()).unwrap();
+    });
+    connect(&PortSource::File(f), &localhost(), policy(10))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn gateway_source_reads_the_route_table() {
+    let d = tempfile::tempdir().unwrap();
+    let route = d.path().join("route");
+    std::fs::write(
+        &route,
+        "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n",
+    )
+    .unwrap();
+    let e = connect(
+        &PortSource::Fixed(1),
+        &HostSource::Gateway(route.clone()),
+        policy(1),
+    )
+    .await
+    .unwrap_err();
+    let msg = format!("{e:#}");
+    assert!(msg.contains("no default IPv4 route"), "{msg}");
+    assert!(msg.contains(&route.display().to_string()), "{msg}");
+}

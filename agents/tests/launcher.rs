@@ -1,0 +1,217 @@
+//! forwarder_guest_launcher against a fake app: port reports from the host's
+//! real sockets, and forwarding items carried through the copy loop.
+mod common;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use avf_agents::forward::{self, Endpoint};
+use avf_agents::launcher;
+use avf_agents::listeners::Watcher;
+use avf_agents::proto::ForwardingRequestItem;
+use common::{client, FakeApp};
+
+/// The latest report containing / not containing `port`, after `since`.
+fn seen(app: &FakeApp, port: u16, since: Instant) -> Option<(Instant, bool, String)> {
+    app.reports()
+        .into_iter()
+        .rev()
+        .find(|(t, _)| *t >= since)
+        .map(|(t, ports)| {
+            let hit = ports.iter().find(|p| p.port == i32::from(port));
+            (
+                t,
+                hit.is_some(),
+                hit.map(|p| p.comm.clone()).unwrap_or_default(),
+            )
+        })
+}
+
+async fn wait_report(app: &FakeApp, port: u16, present: bool, since: Instant) -> Duration {
+    loop {
+        if let Some((t, hit, _)) = seen(app, port, since) {
+            if hit == present {
+                return t - since;
+            }
+        }
+        assert!(
+            since.elapsed() < Duration::from_secs(3),
+            "port {port} present={present} not reported; reports: {:?}",
+            app.reports().iter().map(|(_, p)| p).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listener_appears_within_a_second_and_goes_away() {
+    let app = FakeApp::start();
+    let cl = client(&app).await;
+    let started = Instant::now();
+    let reporter = tokio::spawn(launcher::report_ports(
+        cl,
+        Watcher::system(),
+        launcher::POLL_INTERVAL,
+    ));
+    // The snapshot at start comes at once, even with nothing new.
+    while app.reports().is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "no initial report"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let initial = app.reports()[0].1.clone();
+    assert!(
+        initial.iter().all(|p| p.port >= 1024 && p.port != 7681),
+        "{initial:?}"
+    );
+
+    let l = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let opened = Instant::now();
+    let latency = wait_report(&app, port, true, opened).await;
+    assert!(
+        latency <= Duration::from_secs(1),
+        "appeared after {latency:?}"
+    );
+    let (_, _, comm) = seen(&app, port, opened).unwrap();
+    let me = std::fs::read_to_string("/proc/self/comm").unwrap();
+    assert_eq!(comm, me.trim_end());
+    drop(l);
+    let closed = Instant::now();
+    let latency = wait_report(&app, port, false, closed).await;
+    assert!(
+        latency <= Duration::from_secs(1),
+        "went away after {latency:?}"
+    );
+
+    // No change, no report.
+    let n = app.reports().len();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(app.reports().len() <= n + 1, "reports without a change");
+    reporter.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reporter_fails_when_the_app_dies() {
+    let mut app = FakeApp::start();
+    let cl = client(&app).await;
+    let reporter = tokio::spawn(launcher::report_ports(
+        cl,
+        Watcher::system(),
+        Duration::from_millis(50),
+    ));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    app.kill();
+    // The next change triggers an RPC, which fails.
+    let _l = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(10), reporter)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(format!("{:#}", r.unwrap_err()).contains("ReportVmActivePorts"));
+}
+
+/// An echo server standing for the guest's service.
+async fn echo_server() -> u16 {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = l.accept().await.unwrap();
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                tokio::io::copy(&mut r, &mut w).await.unwrap();
+                w.shutdown().await.unwrap();
+            });
+        }
+    });
+    port
+}
+
+fn pattern(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i * 7 + i / 251) as u8).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarding_items_reach_the_guest_service() {
+    let mut app = FakeApp::start();
+    let guest_port = echo_server().await;
+    // The host's side of vsock port V, played by a TCP listener here (this
+    // host has no vsock loopback); the launcher's spawn maps vsock:2:V to it.
+    let host = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let host_addr = host.local_addr().unwrap();
+    let vsock_port = 40_001;
+    let routes = HashMap::from([(vsock_port, host_addr)]);
+    let cl = client(&app).await;
+    let mut spawned = Vec::new();
+    let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel();
+    let forwarding = tokio::spawn(launcher::serve_forwarding(
+        cl,
+        2048,
+        move |local, remote| {
+            seen_tx.send((local.clone(), remote.clone())).unwrap();
+            let Endpoint::Vsock { cid: 2, port } = remote else {
+                anyhow::bail!("unexpected remote {remote}");
+            };
+            let remote = Endpoint::Tcp(*routes.get(&port).expect("known vsock port"));
+            spawned.push(tokio::spawn(async move {
+                forward::forward(&local, &remote).await
+            }));
+            Ok(())
+        },
+    ));
+    // A bad item is skipped, the queue goes on.
+    app.forwarding
+        .send(Ok(ForwardingRequestItem {
+            guest_tcp_port: 70_000,
+            vsock_port: 1,
+        }))
+        .await
+        .unwrap();
+    app.forwarding
+        .send(Ok(ForwardingRequestItem {
+            guest_tcp_port: i32::from(guest_port),
+            vsock_port: vsock_port as i32,
+        }))
+        .await
+        .unwrap();
+    let (mut conn, _) = tokio::time::timeout(Duration::from_secs(5), host.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    let (local, remote) = seen_rx.recv().await.unwrap();
+    assert_eq!(local, Endpoint::Tcp(([127, 0, 0, 1], guest_port).into()));
+    assert_eq!(
+        remote,
+        Endpoint::Vsock {
+            cid: 2,
+            port: vsock_port
+        }
+    );
+    assert_eq!(app.record.lock().unwrap().forwarding_cids, vec![2048]);
+
+    let data = pattern(1 << 20);
+    let (mut r, mut w) = conn.split();
+    let send = async {
+        w.write_all(&data).await.unwrap();
+        w.shutdown().await.unwrap();
+    };
+    let mut back = Vec::new();
+    let recv = r.read_to_end(&mut back);
+    let (_, n) = tokio::join!(send, recv);
+    assert_eq!(n.unwrap(), data.len());
+    assert!(back == data, "echoed bytes differ");
+
+    // The app ends the queue: the launcher's forwarding half returns Ok.
+    let tx = std::mem::replace(&mut app.forwarding, tokio::sync::mpsc::channel(1).0);
+    drop(tx);
+    tokio::time::timeout(Duration::from_secs(5), forwarding)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}

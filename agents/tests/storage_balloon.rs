@@ -1,0 +1,153 @@
+//! storage_balloon_agent against a fake app, on a fake sysfs tree.
+mod common;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use avf_agents::balloon::{self, Balloon, FsStats, Paths, StatFs};
+use avf_agents::proto::StorageBalloonRequestItem;
+use common::{client, FakeApp};
+
+const FRSIZE: u64 = 4096;
+
+/// Like ext4_statfs: f_bavail = bfree - root reserve - reserved_clusters.
+struct FakeExt4 {
+    bfree: u64,
+    r_blocks: u64,
+    reserved: PathBuf,
+}
+
+impl StatFs for FakeExt4 {
+    fn stat(&self) -> anyhow::Result<FsStats> {
+        let resv: u64 = std::fs::read_to_string(&self.reserved)?.trim().parse()?;
+        Ok(FsStats {
+            bavail: self.bfree.saturating_sub(self.r_blocks + resv),
+            frsize: FRSIZE,
+        })
+    }
+}
+
+fn fake_root(dir: &std::path::Path) -> Paths {
+    let sys = dir.join("sys");
+    std::fs::create_dir_all(sys.join("dev/block/254:2")).unwrap();
+    std::fs::write(
+        sys.join("dev/block/254:2/uevent"),
+        "MAJOR=254\nMINOR=2\nDEVNAME=vda2\nDEVTYPE=partition\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(sys.join("fs/ext4/vda2")).unwrap();
+    std::fs::write(sys.join("fs/ext4/vda2/reserved_clusters"), "4096\n").unwrap();
+    // Another ext4 that is not the root must be left alone.
+    std::fs::create_dir_all(sys.join("fs/ext4/vda1")).unwrap();
+    std::fs::write(sys.join("fs/ext4/vda1/reserved_clusters"), "7\n").unwrap();
+    let mi = dir.join("mountinfo");
+    std::fs::write(
+        &mi,
+        "21 1 254:2 / / rw,relatime shared:1 - ext4 /dev/vda2 rw\n\
+         30 21 254:1 / /boot rw,relatime shared:2 - ext4 /dev/vda1 rw\n",
+    )
+    .unwrap();
+    Paths {
+        root: dir.into(),
+        mountinfo: mi,
+        sysfs: sys,
+    }
+}
+
+#[tokio::test]
+async fn requests_follow_the_contract_and_the_stream_end_is_clean() {
+    let d = tempfile::tempdir().unwrap();
+    let paths = fake_root(d.path());
+    let rc = balloon::reserved_clusters_path(&paths).unwrap();
+    assert!(rc.ends_with("fs/ext4/vda2/reserved_clusters"));
+    let b = Balloon {
+        reserved_clusters: rc.clone(),
+        stat: FakeExt4 {
+            bfree: 2_000_000,
+            r_blocks: 100_000,
+            reserved: rc.clone(),
+        },
+    };
+    let mut app = FakeApp::start();
+    let tx = app.storage.take().unwrap();
+    let mut cl = client(&app).await;
+    let task = tokio::spawn(async move {
+        let r = balloon::run(&mut cl, &b).await;
+        (r, b)
+    });
+    let avail_of = |b: &Balloon<FakeExt4>| b.stat.stat().unwrap().bavail * FRSIZE;
+    // 1 GiB available: hold the rest (users may get 1.9M blocks without a hold).
+    tx.send(Ok(StorageBalloonRequestItem {
+        available_bytes: 1 << 30,
+    }))
+    .await
+    .unwrap();
+    tx.send(Ok(StorageBalloonRequestItem {
+        available_bytes: 1 << 30,
+    }))
+    .await
+    .unwrap();
+    wait_for(&rc, &(1_900_000 - (1u64 << 30) / FRSIZE).to_string()).await;
+    // More room: the hold shrinks.
+    tx.send(Ok(StorageBalloonRequestItem {
+        available_bytes: 3 << 30,
+    }))
+    .await
+    .unwrap();
+    wait_for(&rc, &(1_900_000 - (3u64 << 30) / FRSIZE).to_string()).await;
+    drop(tx);
+    let (r, b) = tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .unwrap()
+        .unwrap();
+    r.unwrap();
+    assert_eq!(avail_of(&b), 3 << 30);
+    let other =
+        std::fs::read_to_string(d.path().join("sys/fs/ext4/vda1/reserved_clusters")).unwrap();
+    assert_eq!(other, "7\n");
+}
+
+#[tokio::test]
+async fn app_dying_mid_stream_is_an_error() {
+    let d = tempfile::tempdir().unwrap();
+    let paths = fake_root(d.path());
+    let rc = balloon::reserved_clusters_path(&paths).unwrap();
+    let b = Balloon {
+        reserved_clusters: rc.clone(),
+        stat: FakeExt4 {
+            bfree: 1000,
+            r_blocks: 0,
+            reserved: rc,
+        },
+    };
+    let mut app = FakeApp::start();
+    let mut cl = client(&app).await;
+    let task = tokio::spawn(async move { balloon::run(&mut cl, &b).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    app.kill();
+    let e = tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        format!("{e:#}").contains("storage balloon request queue"),
+        "{e:#}"
+    );
+}
+
+async fn wait_for(path: &std::path::Path, want: &str) {
+    let start = std::time::Instant::now();
+    loop {
+        let got = std::fs::read_to_string(path).unwrap();
+        if got.trim() == want {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{} is {got:?}, want {want}",
+            path.display()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

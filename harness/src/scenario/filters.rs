@@ -1,0 +1,108 @@
+//! Normalisation for golden snapshots: strip terminal noise, then replace
+//! what changes from run to run (times, UUIDs, MACs, IPs, PIDs, sizes,
+//! durations) with placeholders.
+
+use regex::Regex;
+
+/// (pattern, replacement), applied in order, line by line.
+pub const FILTERS: &[(&str, &str)] = &[
+    // Kernel printk timestamps.
+    (r"^\[\s*\d+\.\d+\]\s?", "[TIME] "),
+    (
+        r"(?i)\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b",
+        "[UUID]",
+    ),
+    (r"(?i)\b[0-9a-f]{2}(:[0-9a-f]{2}){5}\b", "[MAC]"),
+    (r"\b\d{1,3}(\.\d{1,3}){3}(/\d+)?\b", "[IP]"),
+    (r"(?i)\b0x[0-9a-f]+\b", "[HEX]"),
+    (r"\b\d+(\.\d+)?\s?(ns|us|µs|ms|s|sec|min)\b", "[DUR]"),
+    (r"\b\d+(\.\d+)?\s?([KMGT]i?B|[KMGT])\b", "[SIZE]"),
+    (r"\[\d+\]", "[PID]"),
+    // Dates and clock times.
+    (
+        r"\b\d{4}-\d{2}-\d{2}([ T]\d{2}:\d{2}(:\d{2})?)?\b",
+        "[DATE]",
+    ),
+    (r"\b\d{2}:\d{2}:\d{2}\b", "[CLOCK]"),
+];
+
+/// Removes ANSI/VT escape sequences and carriage returns.
+pub fn strip_terminal(s: &str) -> String {
+    let esc = Regex::new(
+        r"\x1b(\[[0-9;?!>]*[ -/]*[@-~]|\][^\x07\x1b]*(\x07|\x1b\\)|[()][0-9A-B]|[=>78cDEHM])",
+    )
+    .expect("static regex");
+    let s = esc.replace_all(s, "");
+    s.chars()
+        .filter(|&c| c != '\r' && (c == '\n' || c == '\t' || !c.is_control()))
+        .collect()
+}
+
+pub struct Normaliser {
+    rules: Vec<(Regex, &'static str)>,
+}
+
+impl Default for Normaliser {
+    fn default() -> Self {
+        Normaliser {
+            rules: FILTERS
+                .iter()
+                .map(|(p, r)| (Regex::new(&format!("(?m){p}")).expect("static regex"), *r))
+                .collect(),
+        }
+    }
+}
+
+impl Normaliser {
+    pub fn line(&self, l: &str) -> String {
+        let mut s = l.trim_end().to_string();
+        for (re, rep) in &self.rules {
+            s = re.replace_all(&s, *rep).into_owned();
+        }
+        s
+    }
+
+    /// Strips, filters (keep/drop), normalises, and drops empty lines.
+    pub fn text(&self, text: &str, keep: &[Regex], drop: &[Regex]) -> String {
+        let clean = strip_terminal(text);
+        let mut out = String::new();
+        for l in clean.lines() {
+            if l.trim().is_empty() {
+                continue;
+            }
+            if !keep.is_empty() && !keep.iter().any(|r| r.is_match(l)) {
+                continue;
+            }
+            if drop.iter().any(|r| r.is_match(l)) {
+                continue;
+            }
+            out.push_str(&self.line(l));
+            out.push('\n');
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalises_run_specific_values() {
+        let n = Normaliser::default();
+        let t = "[    1.234567] virtio_net virtio1 enp0s2: MAC 52:54:00:a7:f0:01 ip 10.0.2.15/24\r\n\
+                 \x1b[0;32m  OK  \x1b[0m] Mounted PARTUUID=6d0e8c4e-9ef5-4d7b-a7c4-1b2a3c4d5e6f in 23ms, 4.0 GiB, pid [345]\n\
+                 \n\
+                 racy line\n";
+        let out = n.text(t, &[], &[Regex::new("racy").unwrap()]);
+        assert_eq!(
+            out,
+            "[TIME] virtio_net virtio1 enp0s2: MAC [MAC] ip [IP]\n  OK  ] Mounted PARTUUID=[UUID] in [DUR], [SIZE], pid [PID]\n"
+        );
+    }
+
+    #[test]
+    fn strips_queries() {
+        assert_eq!(strip_terminal("a\x1b[6nb\x1b[!pc\x1b[?25hd"), "abcd");
+    }
+}

@@ -1,0 +1,249 @@
+//! Bad inputs: each gives a one-line cause, a non-zero exit and nothing
+//! half-written under the output name.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use avf_image_checks::exec::{is_root, run, Outcome};
+use avf_image_checks::repo_root;
+
+/// A scratch AVF_OUT and AVF_CACHE, readable by the build user.
+struct Scratch {
+    out: tempfile::TempDir,
+    cache: tempfile::TempDir,
+}
+
+impl Scratch {
+    fn new() -> Self {
+        let s = Self {
+            out: tempfile::tempdir().unwrap(),
+            cache: tempfile::tempdir().unwrap(),
+        };
+        for d in [s.out.path(), s.cache.path()] {
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        s
+    }
+
+    fn build(&self, args: &[&str], env: &[(&str, &str)]) -> Outcome {
+        let mut c = Command::new(repo_root().join("image-build/build-all.sh"));
+        c.args(args)
+            .env("AVF_OUT", self.out.path())
+            .env("AVF_CACHE", self.cache.path());
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        run(&mut c).unwrap()
+    }
+}
+
+/// Nothing under the output name, and no temp dirs left behind.
+fn assert_clean(dirs: &[&Path], name: &str) {
+    for d in dirs {
+        assert!(
+            !d.join(name).exists(),
+            "{} left under the output name",
+            d.join(name).display()
+        );
+        let mut stack = vec![d.to_path_buf()];
+        while let Some(p) = stack.pop() {
+            for e in std::fs::read_dir(&p).into_iter().flatten().flatten() {
+                let n = e.file_name().to_string_lossy().into_owned();
+                assert!(
+                    !n.starts_with(".tmp-"),
+                    "temp dir left: {}",
+                    e.path().display()
+                );
+                if e.path().is_dir() && !e.path().is_symlink() {
+                    stack.push(e.path());
+                }
+            }
+        }
+    }
+}
+
+fn assert_one_line_cause(o: &Outcome, needle: &str) {
+    assert_ne!(o.code, Some(0), "build succeeded on bad input");
+    let last = o.last_err_line();
+    assert!(
+        last.contains(": error: ") && last.contains(needle),
+        "want a cause naming {needle:?}, last line: {last:?}\nstderr:\n{}",
+        o.stderr
+    );
+    let errors = o.stderr.lines().filter(|l| l.contains(": error: ")).count();
+    assert_eq!(errors, 1, "more than one error line:\n{}", o.stderr);
+}
+
+fn require_root() {
+    assert!(
+        is_root(),
+        "this test runs the build, which needs root: run the tests as root (CI does)"
+    );
+}
+
+#[test]
+fn missing_tool_names_the_package() {
+    require_root();
+    // A PATH holding every host tool except mkfs.vfat.
+    let bin = tempfile::tempdir().unwrap();
+    let path = std::env::var("PATH").unwrap();
+    let mut seen = std::collections::HashSet::new();
+    for dir in path
+        .split(':')
+        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"])
+    {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let n = e.file_name();
+            if n == "mkfs.vfat" || !seen.insert(n.clone()) {
+                continue;
+            }
+            std::os::unix::fs::symlink(e.path(), bin.path().join(&n)).unwrap();
+        }
+    }
+    let s = Scratch::new();
+    let o = s.build(
+        &["--base", "debian", "--layout", "efi"],
+        &[("PATH", bin.path().to_str().unwrap())],
+    );
+    assert_one_line_cause(&o, "missing tool 'mkfs.vfat' (install package 'dosfstools'");
+    assert_clean(&[s.out.path(), s.cache.path()], "debian-efi");
+}
+
+#[test]
+fn unreachable_debian_mirror_fails_fast() {
+    require_root();
+    let s = Scratch::new();
+    let t = Instant::now();
+    let o = s.build(
+        &["--base", "debian", "--layout", "direct"],
+        &[("AVF_DEBIAN_MIRROR", "http://127.0.0.1:9/debian")],
+    );
+    assert_one_line_cause(&o, "Debian mirror http://127.0.0.1:9/debian unreachable");
+    assert!(t.elapsed().as_secs() < 60, "took {:?}", t.elapsed());
+    assert_clean(&[s.out.path(), s.cache.path()], "debian-direct");
+}
+
+fn broken_pkgbuild(fixture: &str) {
+    require_root();
+    // The real PKGBUILDs plus one broken one from fixtures/bad.
+    let pk = tempfile::tempdir().unwrap();
+    let src = repo_root().join("image-build/pkgbuilds");
+    let copy = |from: &Path, to: &Path| {
+        let o = run(Command::new("cp").arg("-r").arg(from).arg(to)).unwrap();
+        assert_eq!(o.code, Some(0), "{}", o.stderr);
+    };
+    for e in std::fs::read_dir(&src).unwrap().flatten() {
+        if e.path().is_dir() {
+            copy(&e.path(), pk.path());
+        }
+    }
+    let broken: PathBuf = pk.path().join("avf-broken");
+    copy(&repo_root().join("fixtures/bad").join(fixture), &broken);
+    let o = run(Command::new("chmod").arg("-R").arg("a+rX").arg(pk.path())).unwrap();
+    assert_eq!(o.code, Some(0));
+    let s = Scratch::new();
+    let o = s.build(
+        &["--base", "debian"],
+        &[("AVF_PKGBUILDS", pk.path().to_str().unwrap())],
+    );
+    assert_one_line_cause(
+        &o,
+        &format!(
+            "{}: makepkg cannot parse it",
+            broken.join("PKGBUILD").display()
+        ),
+    );
+    assert_clean(&[s.out.path(), s.cache.path()], "debian-efi");
+}
+
+#[test]
+fn broken_pkgbuild_syntax() {
+    broken_pkgbuild("pkgbuild-syntax");
+}
+
+#[test]
+fn broken_pkgbuild_without_pkgver() {
+    broken_pkgbuild("pkgbuild-no-pkgver");
+}
+
+/// A full disk: AVF_OUT on a 32 MiB tmpfs.
+#[test]
+fn full_disk_is_one_line() {
+    require_root();
+    let mnt = tempfile::tempdir().unwrap();
+    let o = run(Command::new("mount")
+        .args([
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=32m,mode=0755",
+            "avf-full-disk-test",
+        ])
+        .arg(mnt.path()))
+    .unwrap();
+    assert_eq!(o.code, Some(0), "mount tmpfs: {}", o.stderr);
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _guard = Unmount(mnt.path());
+    let cache = tempfile::tempdir().unwrap();
+    let o = run(Command::new(repo_root().join("image-build/build-all.sh"))
+        .args(["--base", "debian", "--layout", "efi"])
+        .env("AVF_OUT", mnt.path())
+        .env("AVF_CACHE", cache.path()))
+    .unwrap();
+    assert_one_line_cause(
+        &o,
+        &format!("not enough free space in {}", mnt.path().display()),
+    );
+    assert_clean(&[mnt.path(), cache.path()], "debian-efi");
+}
+
+/// The disk fills up while the root image is written (past the up-front
+/// check): stage 40 on a 64 MiB tmpfs, from the cached configured rootfs.
+#[test]
+fn full_disk_while_writing_root_part() {
+    require_root();
+    let a = avf_image_checks::artefact::need("debian", "efi");
+    let info: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(a.dir.join("build-info.json")).unwrap())
+            .unwrap();
+    let rootfs = info["rootfs_cache"]
+        .as_str()
+        .expect("build-info.json: rootfs_cache")
+        .to_string();
+    assert!(Path::new(&rootfs).is_dir(), "{rootfs} gone from the cache: rebuild with `image-build/build-all.sh --base debian --layout efi`");
+    let mnt = tempfile::tempdir().unwrap();
+    let o = run(Command::new("mount")
+        .args([
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=64m,mode=0755",
+            "avf-full-disk-test",
+        ])
+        .arg(mnt.path()))
+    .unwrap();
+    assert_eq!(o.code, Some(0), "mount tmpfs: {}", o.stderr);
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _guard = Unmount(mnt.path());
+    let o = run(
+        Command::new(repo_root().join("image-build/40-create-disk-image.sh"))
+            .args(["--base", "debian", "--layout", "efi", "--in", &rootfs])
+            .env("AVF_OUT", mnt.path()),
+    )
+    .unwrap();
+    assert_one_line_cause(&o, "mkfs.ext4 failed writing");
+    assert_clean(&[mnt.path()], ".staging/debian-efi");
+    assert_clean(&[mnt.path()], "debian-efi");
+}
