@@ -139,3 +139,78 @@ fn copy_dir_sparse(src: &Path, dst: &Path) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn make_payload(dir: &Path) {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join("vm_config.json"), b"{}").unwrap();
+        std::fs::write(dir.join("build_id"), b"debian/aarch64/x-1-20251125\n").unwrap();
+        // A sparse 64 MiB root_part with data at 1 MiB.
+        let f = std::fs::File::create(dir.join("root_part")).unwrap();
+        f.set_len(64 << 20).unwrap();
+        use std::os::unix::fs::FileExt;
+        f.write_all_at(b"ext4-ish", 1 << 20).unwrap();
+    }
+
+    fn allocated(p: &Path) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(p).unwrap().blocks() * 512
+    }
+
+    #[test]
+    fn installs_a_directory_sparsely() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("payload");
+        make_payload(&src);
+        let inst = Instance::install(&src, &t.path().join("inst")).unwrap();
+        let root = inst.payload_dir.join("root_part");
+        assert_eq!(std::fs::metadata(&root).unwrap().len(), 64 << 20);
+        assert!(allocated(&root) < 8 << 20, "copy is not sparse");
+        assert_eq!(inst.payload_dir, t.path().join("inst/app/files/linux"));
+        assert!(!t.path().join("inst/app/files/.linux.partial").exists());
+    }
+
+    #[test]
+    fn installs_a_tarball() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("payload");
+        make_payload(&src);
+        let tgz = t.path().join("images.tar.gz");
+        let st = Command::new("tar")
+            .arg("-czf")
+            .arg(&tgz)
+            .arg("-C")
+            .arg(&src)
+            .args(["vm_config.json", "build_id", "root_part"])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let inst = Instance::install(&tgz, &t.path().join("inst")).unwrap();
+        let data = std::fs::read(inst.payload_dir.join("root_part")).unwrap();
+        assert_eq!(&data[1 << 20..(1 << 20) + 8], b"ext4-ish");
+    }
+
+    #[test]
+    fn rejects_payload_without_config() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(t.path().join("p")).unwrap();
+        let e = Instance::install(&t.path().join("p"), &t.path().join("i")).unwrap_err();
+        assert!(e.to_string().contains("no vm_config.json"), "{e}");
+        let e = Instance::install(&t.path().join("nope"), &t.path().join("i")).unwrap_err();
+        assert!(e.to_string().contains("no such directory or file"), "{e}");
+    }
+
+    #[test]
+    fn missing_build_names_the_command() {
+        std::env::set_var("AVF_OUT", "/nonexistent-avf-out");
+        let e = built_payload("debian", "direct").unwrap_err().to_string();
+        std::env::remove_var("AVF_OUT");
+        assert!(
+            e.contains("image-build/build-all.sh --base debian --layout direct"),
+            "{e}"
+        );
+    }
+}

@@ -12,6 +12,7 @@ use avf_terminal::ttyd::{probe, Handshake, TtydClient};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 const T: Duration = Duration::from_secs(30);
+const BASH: &str = "bash --norc --noprofile";
 
 fn ttyd_root() -> PathBuf {
     let root = std::env::var_os("AVF_TTYD_ROOT")
@@ -43,7 +44,7 @@ impl Drop for Ttyd {
     }
 }
 
-async fn start_ttyd(ca: &ClientCert) -> Ttyd {
+async fn start_ttyd(ca: &ClientCert, command: &str) -> Ttyd {
     let root = ttyd_root();
     let rel = format!(
         "tmp/avf-terminal-test-{}-{}",
@@ -66,7 +67,7 @@ async fn start_ttyd(ca: &ClientCert) -> Ttyd {
          mount -t devpts -o newinstance,ptmxmode=0666 devpts \"$r/dev/pts\"; \
          exec chroot \"$r\" ttyd --port 0 --interface lo --ssl \
            --ssl-cert /{rel}/server.crt --ssl-key /{rel}/server.key --ssl-ca /{rel}/ca.crt \
-           -W -t disableLeaveAlert=true env -i TERM=xterm-256color HOME=/root bash --norc --noprofile"
+           -W -t disableLeaveAlert=true env -i TERM=xterm-256color HOME=/root {command}"
     );
     let mut child = tokio::process::Command::new("unshare")
         .args([
@@ -121,7 +122,7 @@ fn rand_suffix() -> u32 {
 #[tokio::test]
 async fn real_ttyd_accepts_the_app_cert_and_runs_commands() {
     let app = ClientCert::generate("avf-terminal").unwrap();
-    let ttyd = start_ttyd(&app).await;
+    let ttyd = start_ttyd(&app, BASH).await;
     let addr = ([127, 0, 0, 1], ttyd.port).into();
 
     let mut c = TtydClient::connect(addr, &app, T).await.unwrap();
@@ -157,7 +158,7 @@ async fn real_ttyd_accepts_the_app_cert_and_runs_commands() {
 async fn real_ttyd_refuses_missing_and_foreign_certs() {
     let app = ClientCert::generate("avf-terminal").unwrap();
     let other = ClientCert::generate("avf-terminal").unwrap();
-    let ttyd = start_ttyd(&app).await;
+    let ttyd = start_ttyd(&app, BASH).await;
     let addr = ([127, 0, 0, 1], ttyd.port).into();
     assert_eq!(
         probe(addr, Some(&app), T).await.unwrap(),
@@ -167,4 +168,19 @@ async fn real_ttyd_refuses_missing_and_foreign_certs() {
     assert!(matches!(none, Handshake::TlsRefused(_)), "{none:?}");
     let foreign = probe(addr, Some(&other), T).await.unwrap();
     assert!(matches!(foreign, Handshake::TlsRefused(_)), "{foreign:?}");
+}
+
+#[tokio::test]
+async fn wait_ready_survives_a_login_that_discards_early_input() {
+    // Like login flushing the tty before the shell starts: whatever is
+    // typed in the first ~1.5 s is read and thrown away.
+    let app = ClientCert::generate("avf-terminal").unwrap();
+    let slow = "bash --norc --noprofile -c 'sleep 1; while read -t 0.5 -r _; do :; done; \
+                exec bash --norc --noprofile'";
+    let ttyd = start_ttyd(&app, slow).await;
+    let addr = ([127, 0, 0, 1], ttyd.port).into();
+    let mut c = TtydClient::connect(addr, &app, T).await.unwrap();
+    c.wait_ready(T).await.unwrap();
+    let out = c.run("echo ready", T).await.unwrap();
+    assert_eq!(out.output, "ready\n");
 }
