@@ -72,6 +72,15 @@ pub struct ShutdownRunnerArgs {
 pub struct StorageBalloonArgs {
     #[command(flatten)]
     pub grpc: GrpcArgs,
+    /// The filesystem to balloon (tests).
+    #[arg(long, value_name = "DIR", default_value = "/", hide = true)]
+    pub root: PathBuf,
+    /// mountinfo to find its device in (tests).
+    #[arg(long, value_name = "FILE", default_value = "/proc/self/mountinfo", hide = true)]
+    pub mountinfo: PathBuf,
+    /// sysfs mount point (tests).
+    #[arg(long, value_name = "DIR", default_value = "/sys", hide = true)]
+    pub sysfs: PathBuf,
 }
 
 #[derive(Parser, Debug)]

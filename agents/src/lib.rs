@@ -17,6 +17,22 @@ pub mod proto;
 pub mod shutdown;
 pub mod vsock_cid;
 
+/// Exit status for "this guest can never do this" (sysexits' EX_CONFIG); the
+/// units list it in `RestartPreventExitStatus=` so systemd stops retrying.
+pub const EXIT_PERMANENT: u8 = 78;
+
+/// Marks an error that retrying cannot fix.
+#[derive(Debug)]
+pub struct Permanent(pub anyhow::Error);
+
+impl std::fmt::Display for Permanent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:#}", self.0)
+    }
+}
+
+impl std::error::Error for Permanent {}
+
 /// Runs an agent's async main on a single-threaded runtime (the agents are
 /// I/O bound and idle most of the time; one thread keeps RSS small) and turns
 /// the result into the process exit status systemd acts on.
@@ -36,6 +52,10 @@ where
     };
     match rt.block_on(fut) {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<Permanent>().is_some() => {
+            eprintln!("{name}: error (not retrying): {e:#}");
+            std::process::ExitCode::from(EXIT_PERMANENT)
+        }
         Err(e) => {
             eprintln!("{name}: error: {e:#}");
             std::process::ExitCode::FAILURE

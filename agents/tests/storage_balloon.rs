@@ -151,3 +151,61 @@ async fn wait_for(path: &std::path::Path, want: &str) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+fn agent(paths: &Paths, port: u16) -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_storage_balloon_agent"));
+    c.args(["--grpc-port", &port.to_string(), "--host-addr", "127.0.0.1"])
+        .arg("--root")
+        .arg(&paths.root)
+        .arg("--mountinfo")
+        .arg(&paths.mountinfo)
+        .arg("--sysfs")
+        .arg(&paths.sysfs);
+    c
+}
+
+#[test]
+fn binary_on_a_non_ext4_root_stops_for_good() {
+    let d = tempfile::tempdir().unwrap();
+    let paths = fake_root(d.path());
+    std::fs::write(&paths.mountinfo, "21 1 0:30 / / rw - btrfs /dev/vda2 rw\n").unwrap();
+    let out = agent(&paths, 1).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // 78 is in the unit's RestartPreventExitStatus=: no restart loop.
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(stderr.contains("btrfs, not ext4"), "{stderr}");
+}
+
+#[test]
+fn binary_with_real_statvfs_writes_the_hold() {
+    let d = tempfile::tempdir().unwrap();
+    let paths = fake_root(d.path());
+    let rc = d.path().join("sys/fs/ext4/vda2/reserved_clusters");
+    std::fs::write(&rc, "0\n").unwrap();
+    let mut app = FakeApp::start();
+    let tx = app.storage.take().unwrap();
+    let mut child = agent(&paths, app.addr.port()).spawn().unwrap();
+    let st = balloon::StatVfs(paths.root.clone()).stat().unwrap();
+    let free = st.bavail * st.frsize;
+    // Leave a quarter of what is free: hold about three quarters.
+    tx.blocking_send(Ok(StorageBalloonRequestItem { available_bytes: free / 4 }))
+        .unwrap();
+    let want = (free - free / 4) / st.frsize;
+    let start = std::time::Instant::now();
+    let got: u64 = loop {
+        let v: u64 = std::fs::read_to_string(&rc).unwrap().trim().parse().unwrap();
+        if v != 0 {
+            break v;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "nothing written");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // Other writers share this filesystem: allow 1 % drift.
+    assert!(got.abs_diff(want) <= want / 100 + 1, "wrote {got}, expected ~{want}");
+    tx.blocking_send(Ok(StorageBalloonRequestItem { available_bytes: u64::MAX }))
+        .unwrap();
+    drop(tx);
+    let status = child.wait().unwrap();
+    assert!(status.success());
+    assert_eq!(std::fs::read_to_string(&rc).unwrap(), "0\n");
+}

@@ -4,15 +4,21 @@ use clap::Parser;
 use avf_agents::args::StorageBalloonArgs;
 use avf_agents::balloon::{self, Balloon, Paths, StatVfs};
 use avf_agents::connect::{connect, WaitPolicy};
+use avf_agents::Permanent;
 
 fn main() -> std::process::ExitCode {
     let args = StorageBalloonArgs::parse();
     avf_agents::run_main("storage_balloon_agent", async move {
         // Find the device before talking to the app: a guest where this
-        // cannot work should say so at once.
-        let paths = Paths::default();
+        // cannot work (root not on ext4) says so once instead of restarting
+        // forever.
+        let paths = Paths {
+            root: args.root.clone(),
+            mountinfo: args.mountinfo.clone(),
+            sysfs: args.sysfs.clone(),
+        };
         let balloon = Balloon {
-            reserved_clusters: balloon::reserved_clusters_path(&paths)?,
+            reserved_clusters: balloon::reserved_clusters_path(&paths).map_err(Permanent)?,
             stat: StatVfs(paths.root.clone()),
         };
         eprintln!("ballooning through {}", balloon.reserved_clusters.display());

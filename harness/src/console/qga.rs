@@ -52,6 +52,7 @@ struct Conn {
     stream: UnixStream,
     buf: Vec<u8>,
     next_id: u64,
+    log: Option<std::fs::File>,
 }
 
 pub struct Qga {
@@ -59,9 +60,17 @@ pub struct Qga {
 }
 
 impl Conn {
+    fn log(&mut self, dir: &str, line: &str) {
+        use std::io::Write;
+        if let Some(f) = &mut self.log {
+            let _ = writeln!(f, "{dir} {}", line.trim_end());
+        }
+    }
+
     async fn send(&mut self, v: &Value) -> std::io::Result<()> {
         let mut line = v.to_string();
         line.push('\n');
+        self.log("->", &line);
         self.stream.write_all(line.as_bytes()).await
     }
 
@@ -80,6 +89,9 @@ impl Conn {
                     Some(Ok(v)) => {
                         let used = de.byte_offset();
                         self.buf.drain(..used);
+                        // guest-exec output can be large; log its size only.
+                        let text = v.to_string();
+                        self.log("<-", &text[..text.len().min(400)]);
                         return Ok(v);
                     }
                     Some(Err(e)) if e.is_eof() => {}
@@ -106,12 +118,21 @@ impl Conn {
 impl Qga {
     /// Connects and waits until the agent answers a sync (it may not be
     /// running yet: requests queue in the port until the guest opens it).
-    pub async fn connect(socket: &Path, ready_within: Duration) -> Result<Qga, QgaError> {
+    pub async fn connect(
+        socket: &Path,
+        log: Option<&Path>,
+        ready_within: Duration,
+    ) -> Result<Qga, QgaError> {
         let stream = UnixStream::connect(socket).await?;
+        let log = match log {
+            Some(p) => Some(std::fs::File::options().create(true).append(true).open(p)?),
+            None => None,
+        };
         let mut conn = Conn {
             stream,
             buf: Vec::new(),
             next_id: 0x4156_4600,
+            log,
         };
         let deadline = tokio::time::Instant::now() + ready_within;
         loop {

@@ -348,14 +348,15 @@ impl Vm {
     /// Waits for `AVF-BOOT-OK <build_id>` on the console, then for the guest
     /// agent.
     pub async fn wait_boot(&self) -> Result<BootReport> {
-        let re = Regex::new(r"AVF-BOOT-OK (\S+)").expect("static regex");
+        // Whole line: the id may arrive in several chunks.
+        let re = Regex::new(r"AVF-BOOT-OK (\S+)\r?\n").expect("static regex");
         let m = self
             .console
             .expect(&re, Timeout::BootMarker.get())
             .await
             .context("waiting for the boot marker")?;
         let to_marker = self.started.elapsed();
-        let build_id = m.trim_start_matches("AVF-BOOT-OK ").trim().to_string();
+        let build_id = m.trim().trim_start_matches("AVF-BOOT-OK ").to_string();
         if let Ok(expected) = std::fs::read_to_string(self.instance.payload_dir.join("build_id")) {
             if expected.trim() != build_id {
                 bail!(
@@ -376,7 +377,11 @@ impl Vm {
     pub async fn qga(&self) -> Result<&Qga> {
         self.qga
             .get_or_try_init(|| async {
-                Qga::connect(&self.paths.qga(), Timeout::GuestAgent.get())
+                Qga::connect(
+                    &self.paths.qga(),
+                    Some(&self.paths.artefacts.join("qga.log")),
+                    Timeout::GuestAgent.get(),
+                )
                     .await
                     .map_err(anyhow::Error::from)
             })
