@@ -25,6 +25,7 @@ export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git -C "$AVF_REPO" log -1 --form
 tmp=$(mktemp_near "$AVF_OUT" "$BASE-$LAYOUT")
 rmdir "$tmp"
 mv "$IN_DIR" "$tmp"
+chmod 755 "$tmp"
 pl="$tmp/payload"
 meta="$tmp/meta"
 

@@ -53,9 +53,9 @@ boot_once() {
     -drive if=none,id=hd0,format=raw,file="$run/root.img",cache=unsafe -device virtio-blk-pci,drive=hd0 \
     -device virtio-balloon-pci -device virtio-gpu-pci \
     -kernel "$kernel" "${extra[@]}" \
-    -append "root=/dev/vda rw console=ttyAMA0 console=ttyS0" >"$run/qemu.log" 2>&1 &
+    -append "root=/dev/vda rw console=ttyAMA0 console=ttyS0 systemd.default_device_timeout_sec=600" >"$run/qemu.log" 2>&1 &
   qemu=$!
-  for ((i = 0; i < 3000; i++)); do
+  for ((i = 0; i < 6000; i++)); do
     if grep -aqs 'AVF-SHELL-UP' "$run/s0.log" "$run/ama.log"; then
       t1=$(date +%s%N)
       break
@@ -66,7 +66,7 @@ boot_once() {
   kill "$qemu" 2>/dev/null || true
   wait "$qemu" 2>/dev/null || true
   qemu=""
-  [[ -n ${t1:-} ]] || die "$1: no shell within 300 s (ttyS0: $(tail -c 300 "$run/s0.log" 2>/dev/null | tr -d '\r'))"
+  [[ -n ${t1:-} ]] || die "$1: no shell within 600 s (ttyS0: $(tail -c 300 "$run/s0.log" 2>/dev/null | tr -d '\r'))"
   echo "scale=2; ($t1 - $t0) / 1000000000" | bc
 }
 

@@ -82,13 +82,13 @@ qemu-system-aarch64 -M virt -cpu max -smp 2 -m 2048 -accel tcg,thread=multi \
   -device virtio-gpu-pci \
   -audiodev none,id=snd0 -device virtio-sound-pci,audiodev=snd0 \
   -kernel "$kdir/Image" \
-  -append "root=/dev/vda rw console=ttyAMA0 console=ttyS0 avf.selftest" \
+  -append "root=/dev/vda rw console=ttyAMA0 console=ttyS0 systemd.default_device_timeout_sec=600 avf.selftest" \
   >"$run/qemu.log" 2>&1 &
 qemu=$!
 pids+=("$qemu")
 
 ballooned=0
-deadline=$((SECONDS + ${AVF_SMOKE_TIMEOUT:-400}))
+deadline=$((SECONDS + ${AVF_SMOKE_TIMEOUT:-900}))
 while kill -0 "$qemu" 2>/dev/null && ((SECONDS < deadline)); do
   if ((!ballooned)) && grep -q '^SELFTEST-BALLOON-READY' "$run/ttyS0.log" 2>/dev/null; then
     log "guest ready: ballooning 2 GiB -> 1 GiB over QMP"

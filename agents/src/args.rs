@@ -76,7 +76,12 @@ pub struct StorageBalloonArgs {
     #[arg(long, value_name = "DIR", default_value = "/", hide = true)]
     pub root: PathBuf,
     /// mountinfo to find its device in (tests).
-    #[arg(long, value_name = "FILE", default_value = "/proc/self/mountinfo", hide = true)]
+    #[arg(
+        long,
+        value_name = "FILE",
+        default_value = "/proc/self/mountinfo",
+        hide = true
+    )]
     pub mountinfo: PathBuf,
     /// sysfs mount point (tests).
     #[arg(long, value_name = "DIR", default_value = "/sys", hide = true)]

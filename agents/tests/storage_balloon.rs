@@ -188,12 +188,18 @@ fn binary_with_real_statvfs_writes_the_hold() {
     let st = balloon::StatVfs(paths.root.clone()).stat().unwrap();
     let free = st.bavail * st.frsize;
     // Leave a quarter of what is free: hold about three quarters.
-    tx.blocking_send(Ok(StorageBalloonRequestItem { available_bytes: free / 4 }))
-        .unwrap();
+    tx.blocking_send(Ok(StorageBalloonRequestItem {
+        available_bytes: free / 4,
+    }))
+    .unwrap();
     let want = (free - free / 4) / st.frsize;
     let start = std::time::Instant::now();
     let got: u64 = loop {
-        let v: u64 = std::fs::read_to_string(&rc).unwrap().trim().parse().unwrap();
+        let v: u64 = std::fs::read_to_string(&rc)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
         if v != 0 {
             break v;
         }
@@ -201,9 +207,14 @@ fn binary_with_real_statvfs_writes_the_hold() {
         std::thread::sleep(Duration::from_millis(20));
     };
     // Other writers share this filesystem: allow 1 % drift.
-    assert!(got.abs_diff(want) <= want / 100 + 1, "wrote {got}, expected ~{want}");
-    tx.blocking_send(Ok(StorageBalloonRequestItem { available_bytes: u64::MAX }))
-        .unwrap();
+    assert!(
+        got.abs_diff(want) <= want / 100 + 1,
+        "wrote {got}, expected ~{want}"
+    );
+    tx.blocking_send(Ok(StorageBalloonRequestItem {
+        available_bytes: u64::MAX,
+    }))
+    .unwrap();
     drop(tx);
     let status = child.wait().unwrap();
     assert!(status.success());

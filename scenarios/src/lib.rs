@@ -9,7 +9,10 @@ pub fn cases_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("cases")
 }
 
-/// `scenarios/snapshots/`.
+/// `scenarios/snapshots/`, or `$AVF_SNAPSHOT_DIR` (e.g. to try a
+/// throwaway payload without touching the committed goldens).
 pub fn snapshots_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("snapshots")
+    std::env::var_os("AVF_SNAPSHOT_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("snapshots"))
 }

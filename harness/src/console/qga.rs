@@ -244,3 +244,52 @@ impl Qga {
         .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    /// A fake agent: ignores the first sync (as if not yet running), answers
+    /// later ones with the 0xFF delimiter, runs one guest-exec.
+    #[tokio::test]
+    async fn sync_then_exec() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("qga.sock");
+        let listener = tokio::net::UnixListener::bind(&sock).unwrap();
+        tokio::spawn(async move {
+            let (s, _) = listener.accept().await.unwrap();
+            let (rd, mut wr) = s.into_split();
+            let mut lines = BufReader::new(rd).lines();
+            let mut first = true;
+            while let Ok(Some(l)) = lines.next_line().await {
+                let v: Value = serde_json::from_str(&l).unwrap();
+                let reply = match v["execute"].as_str().unwrap() {
+                    "guest-sync-delimited" if first => {
+                        first = false;
+                        continue;
+                    }
+                    "guest-sync-delimited" => {
+                        wr.write_all(&[0xFF]).await.unwrap();
+                        json!({"return": v["arguments"]["id"]})
+                    }
+                    "guest-ping" => json!({"return": {}}),
+                    "guest-exec" => json!({"return": {"pid": 42}}),
+                    "guest-exec-status" => json!({"return": {"exited": true, "exitcode": 3,
+                        "out-data": "aGVsbG8K", "err-data": ""}}),
+                    _ => json!({"error": {"class": "CommandNotFound", "desc": "nope"}}),
+                };
+                wr.write_all(format!("{reply}\n").as_bytes()).await.unwrap();
+            }
+        });
+        let q = Qga::connect(&sock, None, Duration::from_secs(10))
+            .await
+            .unwrap();
+        q.ping().await.unwrap();
+        let out = q.sh("echo hello; exit 3").await.unwrap();
+        assert_eq!(out.exit_code, Some(3));
+        assert_eq!(out.stdout_str(), "hello\n");
+        let e = q.execute("guest-bogus", None).await.unwrap_err();
+        assert!(e.to_string().contains("nope"));
+    }
+}

@@ -195,12 +195,14 @@ impl Validator<'_> {
             let dir = match name {
                 "PAYLOAD_DIR" => &self.exp.payload_dir,
                 "APP_DATA_DIR" => &self.exp.app_data_dir,
-                _ => return Err(self.err(
-                    field,
-                    format!(
+                _ => {
+                    return Err(self.err(
+                        field,
+                        format!(
                         "unknown placeholder `${name}` (expected $PAYLOAD_DIR or $APP_DATA_DIR)"
                     ),
-                )),
+                    ))
+                }
             };
             out.push_str(&dir.to_string_lossy());
             rest = &after[name_len..];

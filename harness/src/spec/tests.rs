@@ -281,3 +281,23 @@ fn missing_file() {
 fn not_an_object() {
     bad("[1, 2]", "(document)", "invalid type");
 }
+
+/// The shared bad-input fixtures (fixtures/bad/vm_config-*.json) are all
+/// rejected with an error naming the file.
+#[test]
+fn shared_bad_fixtures_are_rejected() {
+    let f = fixture();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/bad");
+    let mut n = 0;
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let p = e.unwrap().path();
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        if !(name.starts_with("vm_config") && name.ends_with(".json")) {
+            continue;
+        }
+        n += 1;
+        let err = VmSpec::load(&p, &f.exp).expect_err(&name);
+        assert!(err.to_string().contains(&name), "{err}");
+    }
+    assert!(n >= 3, "expected the shared fixtures in {}", dir.display());
+}

@@ -228,7 +228,11 @@ impl Vm {
         .await;
         let (qmp, console, started) = connected.map_err(|e| {
             let log = std::fs::read_to_string(&qemu_log).unwrap_or_default();
-            e.context(format!("starting QEMU ({}):\n{}", qemu_log.display(), log.trim()))
+            e.context(format!(
+                "starting QEMU ({}):\n{}",
+                qemu_log.display(),
+                log.trim()
+            ))
         })?;
 
         Ok(Vm {
@@ -349,7 +353,7 @@ impl Vm {
     /// agent.
     pub async fn wait_boot(&self) -> Result<BootReport> {
         // Whole line: the id may arrive in several chunks.
-        let re = Regex::new(r"AVF-BOOT-OK (\S+)\r?\n").expect("static regex");
+        let re = Regex::new(r"AVF-BOOT-OK (\S+)[\r\n]").expect("static regex");
         let m = self
             .console
             .expect(&re, Timeout::BootMarker.get())
@@ -382,8 +386,8 @@ impl Vm {
                     Some(&self.paths.artefacts.join("qga.log")),
                     Timeout::GuestAgent.get(),
                 )
-                    .await
-                    .map_err(anyhow::Error::from)
+                .await
+                .map_err(anyhow::Error::from)
             })
             .await
     }
