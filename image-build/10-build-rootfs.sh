@@ -30,7 +30,7 @@ fi
 
 need_tools "${BASE_TOOLS[@]}"
 base_mirror_check
-tmp=$(mktemp_near "$AVF_CACHE/$BASE" "10-rootfs-$key")
+mktemp_near tmp "$AVF_CACHE/$BASE" "10-rootfs-$key"
 log "bootstrapping $BASE into $tmp"
 start=$SECONDS
 base_bootstrap "$tmp"

@@ -52,7 +52,7 @@ build_pkg() {
   log "building package $name"
   if [[ " ${BASE_NATIVE_PKGS[*]} " == *" $name "* ]]; then
     local ntmp
-    ntmp=$(mktemp_near "$AVF_CACHE/pkgs" "$name-$key")
+    mktemp_near ntmp "$AVF_CACHE/pkgs" "$name-$key"
     base_build_native "$name" "$dir" "$ntmp" "$IN_DIR"
     compgen -G "$ntmp/*.pkg.tar.zst" >/dev/null || die "$name: native makepkg produced no package"
     publish "$ntmp" "$final"
@@ -76,7 +76,7 @@ build_pkg() {
   fi
   compgen -G "$work/*.pkg.tar.zst" >/dev/null || die "$name: makepkg produced no package"
   local tmp
-  tmp=$(mktemp_near "$AVF_CACHE/pkgs" "$name-$key")
+  mktemp_near tmp "$AVF_CACHE/pkgs" "$name-$key"
   cp "$work"/*.pkg.tar.zst "$tmp/"
   chmod 755 "$tmp"
   publish "$tmp" "$final"
@@ -92,15 +92,16 @@ for n in "${names[@]}"; do
 done
 
 if [[ $KERNEL == avf ]]; then
-  [[ -x $AVF_REPO/kernel/package.sh ]] ||
+  [[ -f $AVF_REPO/kernel/package.sh ]] ||
     die "--kernel avf needs kernel/package.sh (the linux-avf issue); use --kernel stock"
   kdir="$AVF_CACHE/pkgs/linux-avf-current"
   if [[ $AVF_DRY_RUN == 1 ]]; then
-    run "$AVF_REPO/kernel/package.sh" "$kdir"
+    run bash "$AVF_REPO/kernel/package.sh" "$kdir"
   else
-    ktmp=$(mktemp_near "$AVF_CACHE/pkgs" linux-avf)
+    ktmp=""
+    mktemp_near ktmp "$AVF_CACHE/pkgs" linux-avf
     log "building linux-avf packages (kernel/package.sh)"
-    "$AVF_REPO/kernel/package.sh" "$ktmp" >&2 || die "kernel/package.sh failed"
+    bash "$AVF_REPO/kernel/package.sh" "$ktmp" >&2 || die "kernel/package.sh failed (see its output above)"
     compgen -G "$ktmp/linux-avf-*.pkg.tar.zst" >/dev/null || die "kernel/package.sh produced no linux-avf-*.pkg.tar.zst"
     publish "$ktmp" "$kdir"
   fi
@@ -116,7 +117,7 @@ if [[ $AVF_DRY_RUN == 1 ]]; then
     v=$(sed -n 's/^\tpkgver = //p' "$si")-$(sed -n 's/^\tpkgrel = //p' "$si")
     pkg_files+=("${pkg_dirs[$i]}/${names[$i]}-$v-aarch64.pkg.tar.zst")
   done
-  [[ $KERNEL == avf ]] && pkg_files+=("$kdir/linux-avf-VERSION-aarch64.pkg.tar.zst")
+  [[ $KERNEL == avf ]] && pkg_files+=("$kdir/linux-avf-PKGVER-PKGREL-aarch64.pkg.tar.zst")
 else
   for d in "${pkg_dirs[@]}"; do
     for f in "$d"/*.pkg.tar.zst; do
@@ -132,7 +133,8 @@ repo=$(repo_dir)
 if [[ $AVF_DRY_RUN == 1 ]]; then
   run repo-add "$repo/avf.db.tar.gz" "${pkg_files[@]}"
 else
-  rtmp=$(mktemp_near "$(dirname "$repo")" aarch64)
+  rtmp=""
+  mktemp_near rtmp "$(dirname "$repo")" aarch64
   for d in "${pkg_dirs[@]}"; do cp "$d"/*.pkg.tar.zst "$rtmp/"; done
   repo-add -q "$rtmp/avf.db.tar.gz" "$rtmp"/*.pkg.tar.zst >&2 || die "repo-add failed in $rtmp"
   chmod 755 "$rtmp"
@@ -157,7 +159,7 @@ if [[ -d $final ]]; then
   exit 0
 fi
 
-tmp=$(mktemp_near "$AVF_CACHE/$BASE" "20-packages-$key")
+mktemp_near tmp "$AVF_CACHE/$BASE" "20-packages-$key"
 log "copying rootfs"
 cp -a --reflink=auto "$IN_DIR/." "$tmp/"
 log "installing: $(printf '%s ' "${pkg_files[@]##*/}")"

@@ -28,7 +28,7 @@ if [[ -d $final ]]; then
   exit 0
 fi
 
-tmp=$(mktemp_near "$AVF_CACHE/$BASE" "30-configured-$key")
+mktemp_near tmp "$AVF_CACHE/$BASE" "30-configured-$key"
 log "copying rootfs"
 cp -a --reflink=auto "$IN_DIR/." "$tmp/"
 r=$tmp

@@ -47,7 +47,7 @@ efi_guid=$(avf_guid "$BASE" EFI)
 params="root=PARTUUID=$root_guid rw rootwait console=ttyS0,115200n8"
 
 out="$AVF_OUT/.staging/$BASE-$LAYOUT"
-tmp=$(mktemp_near "$AVF_OUT/.staging" "$BASE-$LAYOUT")
+mktemp_near tmp "$AVF_OUT/.staging" "$BASE-$LAYOUT"
 pl="$tmp/payload"
 mkdir -p "$pl" "$tmp/meta"
 

@@ -22,7 +22,7 @@ fi
 need_tools tune2fs e2fsck fsck.fat jq tar pigz
 export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git -C "$AVF_REPO" log -1 --format=%ct 2>/dev/null || echo 1735689600)}
 
-tmp=$(mktemp_near "$AVF_OUT" "$BASE-$LAYOUT")
+mktemp_near tmp "$AVF_OUT" "$BASE-$LAYOUT"
 rmdir "$tmp"
 mv "$IN_DIR" "$tmp"
 chmod 755 "$tmp"

@@ -88,10 +88,13 @@ async fn listener_appears_within_a_second_and_goes_away() {
         "went away after {latency:?}"
     );
 
-    // No change, no report.
-    let n = app.reports().len();
+    // Reports only on change: no two consecutive reports are the same
+    // (other processes on this host may open ports meanwhile; that is fine).
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    assert!(app.reports().len() <= n + 1, "reports without a change");
+    let reports = app.reports();
+    for pair in reports.windows(2) {
+        assert_ne!(pair[0].1, pair[1].1, "report repeated without a change");
+    }
     reporter.abort();
 }
 

@@ -43,14 +43,15 @@ _cleanup() {
 }
 trap _cleanup EXIT
 
-# mktemp_near DIR NAME: a temp dir beside DIR/NAME (same filesystem, so the
-# final rename is atomic), removed on exit unless published.
+# mktemp_near VAR DIR NAME: sets VAR to a new temp dir beside DIR/NAME
+# (same filesystem, so the final rename is atomic), removed on exit unless
+# published. Not a $(...) function: the registration must reach this shell.
 mktemp_near() {
-  local parent=$1 name=$2 t
+  local var=$1 parent=$2 name=$3 t
   mkdir -p "$parent"
   t=$(mktemp -d "$parent/.tmp-$name.XXXXXX")
   _TMP_DIRS+=("$t")
-  printf '%s\n' "$t"
+  printf -v "$var" '%s' "$t"
 }
 
 # publish TMP FINAL: replace FINAL by TMP with renames only.

@@ -147,7 +147,7 @@ fn failed_run_leaves_nothing() -> Result<()> {
         drop(vm); // the failure path: no orderly stop
         vm::group_is_empty(pgid)?;
         for (pid, comm) in members {
-            if std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            if vm::procs::is_alive(pid) {
                 bail!("{comm} ({pid}) survived");
             }
         }

@@ -14,7 +14,8 @@ pub const FILTERS: &[(&str, &str)] = &[
     ),
     (r"(?i)\b[0-9a-f]{2}(:[0-9a-f]{2}){5}\b", "[MAC]"),
     (r"\b\d{1,3}(\.\d{1,3}){3}(/\d+)?\b", "[IP]"),
-    (r"(?i)\b0x[0-9a-f]+\b", "[HEX]"),
+    // Addresses, not short IDs (PCI vendor/device/class stay readable).
+    (r"(?i)\b0x[0-9a-f]{8,}\b", "[HEX]"),
     (r"\b\d+(\.\d+)?\s?(ns|us|µs|ms|s|sec|min)\b", "[DUR]"),
     (r"\b\d+(\.\d+)?\s?([KMGT]i?B|[KMGT])\b", "[SIZE]"),
     (r"\[\d+\]", "[PID]"),

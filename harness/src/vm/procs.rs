@@ -250,3 +250,15 @@ pub fn sweep_stale(dir: &std::path::Path, prefix: &str) -> Vec<std::path::PathBu
     }
     removed
 }
+
+/// Whether `pid` runs (exists and is not a zombie: in a container, PID 1
+/// may never reap orphans such as virtiofsd's sandbox child).
+pub fn is_alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rfind(')')
+            .and_then(|i| stat.get(i + 2..i + 3))
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}

@@ -298,7 +298,9 @@ const ENABLED: &[&str] = &[
     "multi-user.target.wants/avf-ttyd.service",
     "multi-user.target.wants/mnt-internal.mount",
     "multi-user.target.wants/mnt-shared.mount",
-    "multi-user.target.wants/nftables.service",
+    "sysinit.target.wants/nftables.service",
+    "sysinit.target.wants/systemd-resolved.service",
+    "multi-user.target.wants/systemd-networkd.service",
     "multi-user.target.wants/avahi-daemon.service",
     "getty.target.wants/serial-getty@ttyS0.service",
 ];
