@@ -26,7 +26,7 @@ export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git -C "$AVF_REPO" log -1 --form
 export E2FSPROGS_FAKE_TIME=$SOURCE_DATE_EPOCH
 
 # build_id: <name>/<arch>/<version>-<n>-<date> (contract section 1).
-n=$(git -C "$AVF_REPO" rev-list --count HEAD 2>/dev/null || echo 0)
+n=$(avf_build_number)
 ver=$(sed -n 's/^version = "\(.*\)"/\1/p' "$AVF_REPO/Cargo.toml" | sed -n 1p)
 build_id="$BASE/aarch64/${ver:-0.1.0}-$n-$(date -u -d "@$SOURCE_DATE_EPOCH" +%Y%m%d)"
 

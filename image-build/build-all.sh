@@ -41,7 +41,7 @@ if [[ $AVF_DRY_RUN != 1 ]]; then
   # Stages 40-50 depend on the configured tree, their own code, the
   # template and the date/commit that make the build id.
   sde=${SOURCE_DATE_EPOCH:-$(git -C "$AVF_REPO" log -1 --format=%ct 2>/dev/null || echo 1735689600)}
-  n=$(git -C "$AVF_REPO" rev-list --count HEAD 2>/dev/null || echo 0)
+  n=$(avf_build_number)
   AVF_INPUT_KEY=$(hash_inputs -s "$(basename "$configured")" "$IB/40-create-disk-image.sh" \
     "$IB/50-package-image.sh" "$IB/lib/common.sh" "$AVF_REPO/fixtures/vm_config.$LAYOUT.json" \
     -s "sde=$sde n=$n root=$AVF_ROOT_MIB efi=$AVF_EFI_MIB kernel=$KERNEL")

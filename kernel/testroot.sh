@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
 # Builds (once, cached) a small Debian trixie arm64 root filesystem tree for
 # checking kernels: systemd 257, root autologin on ttyS0 and ttyAMA0, socat
-# (vsock), the stock Debian cloud kernel + initrd (the benchmark's
-# baseline) and the guest half of kernel/smoke.sh (avf-selftest.service, which
-# runs only with `avf.selftest` on the kernel command line).
+# (vsock) and the stock Debian cloud kernel + initrd (the benchmark's
+# baseline). test/mkroot.sh adds linux-avf's modules and the self-test.
 #
 # Output: ${AVF_CACHE:-/var/cache/arch-avf}/kernel-testroot/<key>/ with
 #   rootfs/, vmlinuz (stock), initrd.img (stock), stock-release
@@ -19,7 +18,7 @@ die() {
 [[ $(id -u) == 0 ]] || die "must run as root (mmdebstrap --mode=root)"
 command -v mmdebstrap >/dev/null || die "mmdebstrap not found (ci/setup-host.sh installs it)"
 
-key=$(cat "${BASH_SOURCE[0]}" "$here/test/avf-selftest" "$here/test/customize-testroot.sh" | sha256sum | cut -c1-16)
+key=$(cat "${BASH_SOURCE[0]}" "$here/test/customize-testroot.sh" | sha256sum | cut -c1-16)
 root=${AVF_CACHE:-/var/cache/arch-avf}/kernel-testroot
 out=$root/$key
 if [[ -f $out/stock-release && -d $out/rootfs ]]; then
@@ -36,7 +35,7 @@ trap 'rm -rf "$work"' EXIT
 mkdir -p "$work/out"
 log "mmdebstrap trixie arm64 (about 4 minutes)"
 mmdebstrap --mode=root --arch=arm64 --variant=apt --quiet \
-  --include=systemd,systemd-sysv,login,udev,kmod,mawk,socat,iproute2,procps,zstd,linux-image-cloud-arm64 \
+  --include=systemd,systemd-sysv,dbus,login,udev,kmod,mawk,socat,iproute2,procps,zstd,linux-image-cloud-arm64 \
   --customize-hook="$here/test/customize-testroot.sh" \
   trixie "$work/out/rootfs" http://deb.debian.org/debian
 

@@ -210,5 +210,15 @@ as_builder() {
     CARGO_TARGET_DIR="$home/cache/target" "$@"
 }
 
+# The <n> of the build id: AVF_BUILD_NUMBER, or the commit count.
+avf_build_number() {
+  if [[ -n ${AVF_BUILD_NUMBER:-} ]]; then
+    [[ $AVF_BUILD_NUMBER =~ ^[0-9]+$ ]] || die "AVF_BUILD_NUMBER must be a number, not '$AVF_BUILD_NUMBER'"
+    printf '%s\n' "$AVF_BUILD_NUMBER"
+  else
+    git -C "$AVF_REPO" rev-list --count HEAD 2>/dev/null || echo 0
+  fi
+}
+
 # The local pacman repo of AVF packages (layout.md).
 repo_dir() { printf '%s\n' "$AVF_OUT/repo/aarch64"; }

@@ -2,7 +2,6 @@
 # mmdebstrap customize hook for kernel/testroot.sh; $1 is the root tree.
 set -euo pipefail
 root=$1
-here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
 # Autologin uses `login -f`; a blank root password also lets a human in.
 [[ ! -e $root/etc/shadow ]] || sed -i 's/^root:[^:]*:/root::/' "$root/etc/shadow"
@@ -22,21 +21,4 @@ done
 # shellcheck disable=SC2016 # expanded by the guest's shell
 printf '%s\n' 'echo "AVF-SHELL-UP $(cut -d" " -f1 /proc/uptime) $(tty)"' >"$root/root/.bash_profile"
 
-install -m755 "$here/avf-selftest" "$root/usr/local/sbin/avf-selftest"
-cat >"$root/etc/systemd/system/avf-selftest.service" <<'UNIT'
-[Unit]
-Description=AVF kernel self-test (kernel/smoke.sh)
-ConditionKernelCommandLine=avf.selftest
-After=multi-user.target
-
-[Service]
-Type=oneshot
-ExecStart=/usr/local/sbin/avf-selftest
-StandardOutput=tty
-TTYPath=/dev/ttyS0
-
-[Install]
-WantedBy=multi-user.target
-UNIT
-chroot "$root" systemctl enable avf-selftest.service
 chroot "$root" systemctl mask apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer fstrim.timer

@@ -31,7 +31,14 @@ fn run_scenario(sc: Scenario) -> Result<(), Failed> {
         snapshot_dir: avf_scenarios::snapshots_dir(),
         progress: true,
     };
-    let report = runtime().block_on(runner.run(&sc)).map_err(to_failed)?;
+    // A roomy stack: QEMU-driving futures are large in debug builds.
+    let report = std::thread::Builder::new()
+        .stack_size(64 << 20)
+        .spawn(move || runtime().block_on(Box::pin(runner.run(&sc))).map(|r| (r, sc)))
+        .expect("spawn scenario thread")
+        .join()
+        .map_err(|_| Failed::from("scenario thread panicked"))?;
+    let (report, sc) = report.map_err(to_failed)?;
     // Timings for the record (nextest shows them with --success-output).
     println!(
         "scenario {}: total {:.1}s, boot marker {:.1}s, agent {:.1}s",
@@ -42,6 +49,9 @@ fn run_scenario(sc: Scenario) -> Result<(), Failed> {
     );
     for s in &report.steps {
         println!("  {:>6.1}s {}", s.elapsed.as_secs_f64(), s.step);
+    }
+    for n in &report.notes {
+        println!("  note: {n}");
     }
     Ok(())
 }
@@ -161,20 +171,32 @@ fn main() {
     }
     let args = Arguments::from_args();
     let mut trials = Vec::new();
+    // One trial per file, even when it does not parse: a broken file must
+    // fail under its own name, never vanish from the run.
     let cases = avf_scenarios::cases_dir();
-    match Scenario::load_dir(&cases) {
-        Ok(list) => {
-            trials.push(Trial::test("parse::all_scenario_files", || Ok(())));
-            for sc in list {
-                let name = format!("vm::{}", sc.name);
-                trials.push(Trial::test(name, move || run_scenario(sc)));
-            }
+    let mut files: Vec<_> = std::fs::read_dir(&cases)
+        .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    files.retain(|p| p.extension().is_some_and(|e| e == "toml"));
+    files.sort();
+    let dir_msg = format!("no scenario files in {}", cases.display());
+    let nfiles = files.len();
+    trials.push(Trial::test("parse::all_scenario_files", move || {
+        if nfiles == 0 {
+            Err(dir_msg.into())
+        } else {
+            Ok(())
         }
-        Err(e) => {
-            let msg = format!("{e:#}");
-            trials.push(Trial::test("parse::all_scenario_files", move || {
-                Err(msg.into())
-            }));
+    }));
+    for f in files {
+        let stem = f.file_stem().unwrap_or_default().to_string_lossy().into_owned();
+        let name = format!("vm::{stem}");
+        match Scenario::load(&f) {
+            Ok(sc) => trials.push(Trial::test(name, move || run_scenario(sc))),
+            Err(e) => {
+                let msg = format!("{e:#}");
+                trials.push(Trial::test(name, move || Err(msg.into())));
+            }
         }
     }
     trials.push(Trial::test("vm::process_sigkill_mid_boot", || {

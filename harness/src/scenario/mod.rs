@@ -3,6 +3,7 @@
 
 pub mod filters;
 pub mod model;
+pub mod terminal;
 
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
@@ -43,6 +44,8 @@ pub struct RunReport {
     pub steps: Vec<StepTiming>,
     pub total: Duration,
     pub pgid: Option<i32>,
+    /// What steps measured, for the record (latencies, RSS, ...).
+    pub notes: Vec<String>,
 }
 
 pub struct Runner {
@@ -60,6 +63,15 @@ fn step_name(s: &Step) -> String {
         Step::Balloon { fraction, .. } => format!("balloon {fraction}"),
         Step::Powerdown { .. } => "powerdown".into(),
         Step::HostFsck { label } => format!("host_fsck {label}"),
+        Step::TtydDiscover(_) => "ttyd_discover".into(),
+        Step::TtydProbe(p) => format!("ttyd_probe {:?} {:?}", p.identity, p.expect),
+        Step::TtydRun(r) => format!("ttyd_run `{}`", r.cmd),
+        Step::AgentsConnected(a) => format!("agents_connected {:?}", a.queues),
+        Step::GuestPort(p) => format!("guest_port {} present={}", p.port, p.present),
+        Step::ForwardRoundtrip(f) => format!("forward_roundtrip {} bytes", f.bytes),
+        Step::AppShutdown(_) => "app_shutdown".into(),
+        Step::StorageBalloon(b) => format!("storage_balloon hold {} MiB", b.hold_mib),
+        Step::GuestNote(n) => format!("guest_note {}", n.name),
     }
 }
 
@@ -103,22 +115,39 @@ impl Runner {
             scenario.name,
             payload.display()
         ));
-        let mut vm = Vm::launch(LaunchRequest {
+        let mut vm = Box::pin(Vm::launch_paused(LaunchRequest {
             payload: payload.clone(),
             in_place: false,
             options,
             artefacts: artefacts.clone(),
             keep_instance: false,
-        })
+        }))
         .await?;
+        // The app's side exists before the guest runs (ca.crt for ttyd).
+        let term_opts = scenario.terminal.clone().or_else(|| {
+            scenario
+                .steps
+                .iter()
+                .any(Step::is_terminal)
+                .then(terminal::TerminalOptions::default)
+        });
+        let mut term = match term_opts {
+            Some(o) => Some(Box::pin(terminal::Session::start(&o, &mut vm)).await?),
+            None => None,
+        };
+        vm.resume().await?;
         let mut report = RunReport {
             pgid: vm.pgid(),
             ..RunReport::default()
         };
-        let result = self.steps(scenario, &mut vm, &mut report).await;
+        let result = Box::pin(self.steps(scenario, &mut vm, &mut term, &mut report)).await;
         let repro = vm.repro_command(&payload);
         let pgid = vm.pgid();
         vm.stop().await;
+        let result = match term {
+            Some(t) => result.and(t.finish().await),
+            None => result,
+        };
         if let Some(pg) = pgid {
             // Reaped synchronously in Drop: nothing may remain.
             crate::vm::group_is_empty(pg)?;
@@ -140,13 +169,21 @@ impl Runner {
         }
     }
 
-    async fn steps(&self, sc: &Scenario, vm: &mut Vm, report: &mut RunReport) -> Result<()> {
+    async fn steps(
+        &self,
+        sc: &Scenario,
+        vm: &mut Vm,
+        term: &mut Option<terminal::Session>,
+        report: &mut RunReport,
+    ) -> Result<()> {
         let norm = filters::Normaliser::default();
         for (i, step) in sc.steps.iter().enumerate() {
             let t = Instant::now();
             let name = step_name(step);
             self.progress(&format!("{}: step {i}: {name}", sc.name));
-            self.step(sc, vm, step, &norm, report)
+            // Boxed: the step futures are large, and debug builds on a
+            // test thread's stack overflow otherwise.
+            Box::pin(self.step(sc, vm, term, step, &norm, report))
                 .await
                 .with_context(|| format!("step {i} ({name})"))?;
             report.steps.push(StepTiming {
@@ -166,6 +203,7 @@ impl Runner {
         &self,
         sc: &Scenario,
         vm: &mut Vm,
+        term: &mut Option<terminal::Session>,
         step: &Step,
         norm: &filters::Normaliser,
         report: &mut RunReport,
@@ -222,7 +260,7 @@ impl Runner {
             Step::Balloon {
                 fraction,
                 tolerance_mib,
-            } => self.balloon(vm, *fraction, *tolerance_mib).await?,
+            } => Box::pin(self.balloon(vm, *fraction, *tolerance_mib)).await?,
             Step::Powerdown {
                 reason,
                 within_secs,
@@ -232,6 +270,20 @@ impl Runner {
                 if &r.reason != reason {
                     bail!("SHUTDOWN reason {:?}, expected {reason:?}", r.reason);
                 }
+            }
+            terminal_step @ (Step::TtydDiscover(_)
+            | Step::TtydProbe(_)
+            | Step::TtydRun(_)
+            | Step::AgentsConnected(_)
+            | Step::GuestPort(_)
+            | Step::ForwardRoundtrip(_)
+            | Step::AppShutdown(_)
+            | Step::StorageBalloon(_)
+            | Step::GuestNote(_)) => {
+                let t = term
+                    .as_mut()
+                    .ok_or_else(|| anyhow!("terminal step without the terminal host"))?;
+                report.notes.extend(t.step(vm, terminal_step).await?);
             }
             Step::HostFsck { label } => {
                 if !vm.qemu_exited() {

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::Deserialize;
 
+use super::terminal;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Scenario {
@@ -23,6 +25,9 @@ pub struct Scenario {
     pub vcpus: Option<u32>,
     #[serde(default)]
     pub memory_mib: Option<u64>,
+    /// The Terminal app's host side (issue 4). Implied by any terminal step.
+    #[serde(default)]
+    pub terminal: Option<terminal::TerminalOptions>,
     pub steps: Vec<Step>,
 }
 
@@ -67,6 +72,31 @@ pub enum Step {
     Powerdown { reason: String, within_secs: u64 },
     /// `e2fsck -n` on the host on a partition file (VM must be stopped).
     HostFsck { label: String },
+    // The Terminal app's host side (see `terminal`).
+    TtydDiscover(terminal::TtydDiscover),
+    TtydProbe(terminal::TtydProbe),
+    TtydRun(terminal::TtydRun),
+    AgentsConnected(terminal::AgentsConnected),
+    GuestPort(terminal::GuestPort),
+    ForwardRoundtrip(terminal::ForwardRoundtrip),
+    AppShutdown(terminal::AppShutdown),
+    StorageBalloon(terminal::StorageBalloon),
+    GuestNote(terminal::GuestNote),
+}
+
+impl Step {
+    /// Whether the step needs the Terminal app's host side.
+    pub fn is_terminal(&self) -> bool {
+        !matches!(
+            self,
+            Step::Boot { .. }
+                | Step::Exec { .. }
+                | Step::ConsoleSnapshot { .. }
+                | Step::Balloon { .. }
+                | Step::Powerdown { .. }
+                | Step::HostFsck { .. }
+        )
+    }
 }
 
 fn default_tolerance() -> u64 {
@@ -95,6 +125,10 @@ impl Scenario {
                     stdout_matches: Some(r),
                     ..
                 } => bad_re(r, "stdout_matches")?,
+                Step::TtydRun(terminal::TtydRun {
+                    output_matches: Some(r),
+                    ..
+                }) => bad_re(r, "output_matches")?,
                 Step::ConsoleSnapshot { drop, keep, .. } => {
                     for r in drop {
                         bad_re(r, "drop")?;

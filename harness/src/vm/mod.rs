@@ -122,6 +122,15 @@ impl Vm {
     /// Installs the payload, starts everything (QEMU paused), connects QMP
     /// and the console, then lets the guest run.
     pub async fn launch(req: LaunchRequest) -> Result<Vm> {
+        let mut vm = Vm::launch_paused(req).await?;
+        vm.resume().await?;
+        Ok(vm)
+    }
+
+    /// Like [`Vm::launch`] but leaves the guest paused before its first
+    /// instruction, so host services that must exist before the guest looks
+    /// for them (the Terminal app's `ca.crt`) can start; then [`Vm::resume`].
+    pub async fn launch_paused(req: LaunchRequest) -> Result<Vm> {
         if req.options.net == NetMode::Tap {
             bail!("--net tap is not implemented yet (user-mode networking only)");
         }
@@ -222,7 +231,6 @@ impl Vm {
             let qmp = Qmp::connect(&paths.qmp(), &paths.artefacts.join("qmp.log")).await?;
             let console = Console::connect(&paths.console()).await?;
             let started = Instant::now();
-            qmp.cont().await?;
             anyhow::Ok((qmp, console, started))
         }
         .await;
@@ -252,6 +260,17 @@ impl Vm {
             started,
             exited: false,
         })
+    }
+
+    /// Lets a paused guest run; boot times count from here.
+    pub async fn resume(&mut self) -> Result<()> {
+        self.qmp.cont().await.map_err(|e| {
+            let log = std::fs::read_to_string(self.paths.artefacts.join("qemu.log"))
+                .unwrap_or_default();
+            anyhow!("starting the guest (QMP cont): {e}\nqemu.log:\n{}", log.trim())
+        })?;
+        self.started = Instant::now();
+        Ok(())
     }
 
     pub fn spec(&self) -> &VmSpec {
@@ -397,9 +416,21 @@ impl Vm {
         let from = self.qmp.event_count();
         let t0 = Instant::now();
         self.qmp.system_powerdown().await?;
+        self.wait_shutdown(from, t0, within).await
+    }
+
+    /// Waits for a SHUTDOWN event after QMP event `from` (see
+    /// [`Qmp::event_count`]) and QEMU's exit, `within` from `t0`: for a
+    /// power-off the guest starts itself.
+    pub async fn wait_shutdown(
+        &mut self,
+        from: usize,
+        t0: Instant,
+        within: Duration,
+    ) -> Result<PowerdownReport> {
         let (guest, reason) = self
             .qmp
-            .wait_event("SHUTDOWN", from, within, |e| match e {
+            .wait_event("SHUTDOWN", from, within.saturating_sub(t0.elapsed()), |e| match e {
                 QmpEvent::Shutdown { guest, reason } => Some((*guest, reason.clone())),
                 _ => None,
             })

@@ -16,10 +16,29 @@ fn rebuild_gives_same_guids_and_vm_config() {
     let first = need("debian", "efi");
     assert_ne!(out_dir(), std::path::PathBuf::new());
     let second_out = tempfile::tempdir().unwrap();
-    // Same cache: stages 10-30 are reused, 40-50 run again from scratch.
+    // The same inputs as the first build: its date and build number (the
+    // tree may have gained commits since). Same cache: stages 10-30 are
+    // reused, 40-50 run again from scratch.
+    let info: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(first.dir.join("build-info.json")).unwrap())
+            .unwrap();
+    let sde = info["source_date_epoch"]
+        .as_u64()
+        .expect("build-info.json: source_date_epoch");
+    let n = first
+        .info
+        .build_id
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .split('-')
+        .nth(1)
+        .expect("build number in build_id");
     let o = run(Command::new(repo_root().join("image-build/build-all.sh"))
         .args(["--base", "debian", "--layout", "efi"])
-        .env("AVF_OUT", second_out.path()))
+        .env("AVF_OUT", second_out.path())
+        .env("SOURCE_DATE_EPOCH", sde.to_string())
+        .env("AVF_BUILD_NUMBER", n))
     .unwrap();
     assert_eq!(o.code, Some(0), "rebuild failed: {}", o.last_err_line());
     let tarball = second_out.path().join("debian-efi/images.tar.gz");
