@@ -23,6 +23,7 @@ if [[ $AVF_DRY_RUN == 1 ]]; then
 fi
 
 if [[ -d $final ]]; then
+  cache_hit "$final"
   log "cached: $final"
   printf '%s\n' "$final"
   exit 0
@@ -35,5 +36,6 @@ log "bootstrapping $BASE into $tmp"
 start=$SECONDS
 base_bootstrap "$tmp"
 publish "$tmp" "$final"
+prune_cache "$AVF_CACHE/$BASE" 10-rootfs
 log "bootstrap took $((SECONDS - start)) s"
 printf '%s\n' "$final"

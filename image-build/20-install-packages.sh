@@ -45,6 +45,7 @@ build_pkg() {
     return
   fi
   if compgen -G "$final/*.pkg.tar.zst" >/dev/null; then
+    cache_hit "$final"
     log "cached package: $name ($key)"
     PKG_DIR=$final
     return
@@ -80,6 +81,7 @@ build_pkg() {
   cp "$work"/*.pkg.tar.zst "$tmp/"
   chmod 755 "$tmp"
   publish "$tmp" "$final"
+  prune_cache "$AVF_CACHE/pkgs" "$name"
   PKG_DIR=$final
 }
 
@@ -154,6 +156,7 @@ if [[ $AVF_DRY_RUN == 1 ]]; then
   exit 0
 fi
 if [[ -d $final ]]; then
+  cache_hit "$final"
   log "cached: $final"
   printf '%s\n' "$final"
   exit 0
@@ -165,4 +168,5 @@ cp -a --reflink=auto "$IN_DIR/." "$tmp/"
 log "installing: $(printf '%s ' "${pkg_files[@]##*/}")"
 base_install_avf "$tmp" "${pkg_files[@]}"
 publish "$tmp" "$final"
+prune_cache "$AVF_CACHE/$BASE" 20-packages
 printf '%s\n' "$final"

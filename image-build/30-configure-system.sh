@@ -23,6 +23,7 @@ if [[ $AVF_DRY_RUN == 1 ]]; then
 fi
 [[ -d $IN_DIR ]] || die "--in $IN_DIR: no such directory"
 if [[ -d $final ]]; then
+  cache_hit "$final"
   log "cached: $final"
   printf '%s\n' "$final"
   exit 0
@@ -106,4 +107,5 @@ run_in "$r" systemctl enable "${units[@]}" >&2 2>/dev/null ||
   die "systemctl enable failed in the image for: ${units[*]}"
 
 publish "$tmp" "$final"
+prune_cache "$AVF_CACHE/$BASE" 30-configured
 printf '%s\n' "$final"

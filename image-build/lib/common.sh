@@ -70,6 +70,21 @@ publish() {
   return 0
 }
 
+# cache_hit DIR: mark a reused cache entry as recently used (for pruning).
+cache_hit() { touch "$1" 2>/dev/null || true; }
+
+# prune_cache DIR PREFIX [KEEP]: keep the KEEP (2) most recently used
+# DIR/PREFIX-* entries (e.g. both kernels' rootfs), remove older ones.
+prune_cache() {
+  local dir=$1 prefix=$2 keep=${3:-2} o old=()
+  mapfile -t old < <(find "$dir" -mindepth 1 -maxdepth 1 -type d -name "$prefix-*" -printf '%T@ %p\n' |
+    sort -rn | awk -v k="$keep" 'NR > k { sub(/^[^ ]+ /, ""); print }')
+  for o in "${old[@]}"; do
+    log "pruning old cache entry $o"
+    rm -rf --one-file-system "$o"
+  done
+}
+
 # Which package provides each host tool, as "debian-package arch-package".
 declare -A TOOL_PKG=(
   [mmdebstrap]="mmdebstrap mmdebstrap"

@@ -34,7 +34,11 @@ fn run_scenario(sc: Scenario) -> Result<(), Failed> {
     // A roomy stack: QEMU-driving futures are large in debug builds.
     let report = std::thread::Builder::new()
         .stack_size(64 << 20)
-        .spawn(move || runtime().block_on(Box::pin(runner.run(&sc))).map(|r| (r, sc)))
+        .spawn(move || {
+            runtime()
+                .block_on(Box::pin(runner.run(&sc)))
+                .map(|r| (r, sc))
+        })
         .expect("spawn scenario thread")
         .join()
         .map_err(|_| Failed::from("scenario thread panicked"))?;
@@ -189,7 +193,11 @@ fn main() {
         }
     }));
     for f in files {
-        let stem = f.file_stem().unwrap_or_default().to_string_lossy().into_owned();
+        let stem = f
+            .file_stem()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
         let name = format!("vm::{stem}");
         match Scenario::load(&f) {
             Ok(sc) => trials.push(Trial::test(name, move || run_scenario(sc))),

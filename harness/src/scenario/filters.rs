@@ -10,6 +10,13 @@ pub const FILTERS: &[(&str, &str)] = &[
     (r"AVF-BOOT-OK \S+", "AVF-BOOT-OK [BUILD_ID]"),
     // Kernel printk timestamps.
     (r"^\[\s*\d+\.\d+\]\s?", "[TIME] "),
+    // Well-known GPT type GUIDs are the point of a partition golden: name
+    // them before unique GUIDs are masked.
+    (
+        r"(?i)\b0fc63daf-8483-4772-8e79-3d69d8477de4\b",
+        "type:linux-fs",
+    ),
+    (r"(?i)\bc12a7328-f81f-11d2-ba4b-00a0c93ec93b\b", "type:esp"),
     (
         r"(?i)\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b",
         "[UUID]",
@@ -101,6 +108,15 @@ mod tests {
         assert_eq!(
             out,
             "[TIME] virtio_net virtio1 enp0s2: MAC [MAC] ip [IP]\n  OK  ] Mounted PARTUUID=[UUID] in [DUR], [SIZE], pid [PID]\n"
+        );
+    }
+
+    #[test]
+    fn names_gpt_types_but_masks_unique_guids() {
+        let n = Normaliser::default();
+        assert_eq!(
+            n.line("vda1 0fc63daf-8483-4772-8e79-3d69d8477de4 ROOT ce80a8d8-ec53-446c-9764-90b6fd8661a5"),
+            "vda1 type:linux-fs ROOT [UUID]"
         );
     }
 

@@ -69,9 +69,14 @@ pub enum Step {
         tolerance_mib: u64,
     },
     /// `system_powerdown`; SHUTDOWN with `reason` and QEMU gone in time.
-    Powerdown { reason: String, within_secs: u64 },
+    Powerdown {
+        reason: String,
+        within_secs: u64,
+    },
     /// `e2fsck -n` on the host on a partition file (VM must be stopped).
-    HostFsck { label: String },
+    HostFsck {
+        label: String,
+    },
     // The Terminal app's host side (see `terminal`).
     TtydDiscover(terminal::TtydDiscover),
     TtydProbe(terminal::TtydProbe),

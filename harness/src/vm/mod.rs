@@ -265,9 +265,12 @@ impl Vm {
     /// Lets a paused guest run; boot times count from here.
     pub async fn resume(&mut self) -> Result<()> {
         self.qmp.cont().await.map_err(|e| {
-            let log = std::fs::read_to_string(self.paths.artefacts.join("qemu.log"))
-                .unwrap_or_default();
-            anyhow!("starting the guest (QMP cont): {e}\nqemu.log:\n{}", log.trim())
+            let log =
+                std::fs::read_to_string(self.paths.artefacts.join("qemu.log")).unwrap_or_default();
+            anyhow!(
+                "starting the guest (QMP cont): {e}\nqemu.log:\n{}",
+                log.trim()
+            )
         })?;
         self.started = Instant::now();
         Ok(())
@@ -430,10 +433,15 @@ impl Vm {
     ) -> Result<PowerdownReport> {
         let (guest, reason) = self
             .qmp
-            .wait_event("SHUTDOWN", from, within.saturating_sub(t0.elapsed()), |e| match e {
-                QmpEvent::Shutdown { guest, reason } => Some((*guest, reason.clone())),
-                _ => None,
-            })
+            .wait_event(
+                "SHUTDOWN",
+                from,
+                within.saturating_sub(t0.elapsed()),
+                |e| match e {
+                    QmpEvent::Shutdown { guest, reason } => Some((*guest, reason.clone())),
+                    _ => None,
+                },
+            )
             .await?;
         let left = within
             .saturating_sub(t0.elapsed())
