@@ -20,5 +20,8 @@ image-build/build-all.sh --base debian --layout direct
 step "image: debian base, efi layout"
 image-build/build-all.sh --base debian --layout efi
 
+step "ttyd root for the terminal crate's real-ttyd tests"
+terminal/scripts/ttyd-root.sh >/dev/null
+
 step "tests"
 cargo nextest run --workspace --profile ci "$@"

@@ -232,8 +232,18 @@ impl Session {
         })
     }
 
-    /// Runs one terminal step; returns what it measured, if anything.
+    /// Runs one terminal step; returns what it measured, if anything. On
+    /// failure the guest's view (units, journal, sockets) is saved to
+    /// `guest-diagnostics.txt` in the artefacts.
     pub async fn step(&mut self, vm: &mut Vm, step: &Step) -> Result<Option<String>> {
+        let r = self.step_inner(vm, step).await;
+        if r.is_err() && !vm.qemu_exited() {
+            save_diagnostics(vm).await;
+        }
+        r
+    }
+
+    async fn step_inner(&mut self, vm: &mut Vm, step: &Step) -> Result<Option<String>> {
         Ok(match step {
             Step::TtydDiscover(s) => Some(self.discover(vm, s).await?),
             Step::TtydProbe(s) => self.probe(s).await.map(|_| None)?,
@@ -549,6 +559,28 @@ impl Session {
         let out = guest_sh(vm, &s.sh).await?;
         Ok(format!("{}:\n{}", s.name, out.trim_end()))
     }
+}
+
+/// What the guest says about the units the app depends on.
+const DIAGNOSTICS: &str = "\
+systemctl --no-pager status avahi-daemon avf-ttyd forwarder_guest_launcher shutdown_runner storage_balloon_agent nftables 2>&1
+echo; ip -4 addr; ip -4 route; ss -tulpn
+echo; ls -la /mnt/internal; cat /mnt/internal/debian_service_port; echo
+echo; journalctl -b --no-pager -n 150 -u avahi-daemon -u avf-ttyd -u forwarder_guest_launcher -u shutdown_runner -u storage_balloon_agent -u nftables 2>&1";
+
+async fn save_diagnostics(vm: &Vm) {
+    let text =
+        match tokio::time::timeout(Duration::from_secs(60), guest_sh_any(vm, DIAGNOSTICS)).await {
+            Ok(Ok(t)) => t,
+            Ok(Err(e)) => format!("diagnostics failed: {e:#}"),
+            Err(_) => "diagnostics timed out".into(),
+        };
+    let _ = std::fs::write(vm.artefacts().join("guest-diagnostics.txt"), text);
+}
+
+async fn guest_sh_any(vm: &Vm, sh: &str) -> Result<String> {
+    let out = vm.qga().await?.sh(sh).await?;
+    Ok(format!("{}{}", out.stdout_str(), out.stderr_str()))
 }
 
 /// Runs `sh` through the guest agent; non-zero exit is an error.
