@@ -9,6 +9,8 @@ cd "$repo"
 export AVF_CACHE=${AVF_CACHE:-/var/cache/arch-avf}
 export AVF_OUT=${AVF_OUT:-$repo/out}
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+# TCG on 2 cores shared with the non-VM tests: give every named timeout room.
+export AVF_TIMEOUT_SCALE=${AVF_TIMEOUT_SCALE:-2}
 
 step() { printf '\n==> %s (%s)\n' "$*" "$(date -u +%T)" >&2; }
 
@@ -16,12 +18,15 @@ step "host setup"
 bash ci/setup-host.sh
 
 step "image: debian base, direct layout"
-image-build/build-all.sh --base debian --layout direct
+image-build/build-all.sh --base debian --layout direct --kernel avf
 step "image: debian base, efi layout"
-image-build/build-all.sh --base debian --layout efi
+image-build/build-all.sh --base debian --layout efi --kernel avf
 
 step "ttyd root for the terminal crate's real-ttyd tests"
 terminal/scripts/ttyd-root.sh >/dev/null
 
 step "tests"
 cargo nextest run --workspace --profile ci "$@"
+
+step "no VM process of ours left behind"
+cargo run -q -p avf-harness -- check-leaks

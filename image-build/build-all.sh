@@ -2,7 +2,7 @@
 # build-all.sh [--base debian|archlinuxarm] [--layout efi|direct] [--kernel stock|avf] [--dry-run]
 #
 # Builds the payload the Android Terminal app installs: stages 00 to 50.
-# Defaults: --base archlinuxarm --layout efi --kernel stock.
+# Defaults: --base archlinuxarm --layout efi --kernel avf (our linux-avf; stock = the base's own kernel, kept for the benchmark).
 # Output: $AVF_OUT/<base>-<layout>/{payload/,images.tar.gz,build-info.json};
 # the last line of stdout is the tarball path. Stages 10-30 are cached in
 # $AVF_CACHE by input hash and shared between layouts; 40-50 are skipped

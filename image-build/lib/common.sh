@@ -189,7 +189,7 @@ avf_guid() {
 
 # Parses the common flags into BASE, LAYOUT, KERNEL, IN_DIR.
 parse_common_args() {
-  BASE=archlinuxarm LAYOUT=efi KERNEL=stock IN_DIR=""
+  BASE=archlinuxarm LAYOUT=efi KERNEL=avf IN_DIR=""
   while (($#)); do
     case $1 in
       --base) BASE=${2:-}; shift 2 ;;

@@ -66,6 +66,10 @@ enum Cmd {
         /// Override memory_mib
         #[arg(long)]
         memory_mib: Option<u64>,
+        /// Don't attach: wait for the boot marker and the guest agent, then
+        /// power off through system_powerdown and report the times
+        #[arg(long, conflicts_with = "keep")]
+        smoke: bool,
     },
     /// Run one scenario file (scenarios/cases/<name>.toml)
     Run {
@@ -99,6 +103,37 @@ fn main() -> ExitCode {
     }
 }
 
+/// The main job's single boot: to the marker and the agent, then a clean
+/// power-off; the console transcript stays in the artefacts dir.
+async fn smoke_run(mut vm: Vm) -> Result<()> {
+    let boot = vm.wait_boot().await;
+    let boot = match boot {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("[avf] artefacts: {}", vm.artefacts().display());
+            vm.stop().await;
+            return Err(e.context("smoke boot"));
+        }
+    };
+    eprintln!(
+        "[avf] booted {}: boot marker after {:.1}s, guest agent after {:.1}s",
+        boot.build_id,
+        boot.to_marker.as_secs_f64(),
+        boot.to_agent.as_secs_f64()
+    );
+    let off = vm
+        .powerdown(avf_harness::timeouts::Timeout::Powerdown.get())
+        .await
+        .context("smoke power-off")?;
+    eprintln!(
+        "[avf] powered off: SHUTDOWN reason {} after {:.1}s",
+        off.reason,
+        off.elapsed.as_secs_f64()
+    );
+    vm.stop().await;
+    Ok(())
+}
+
 async fn real_main(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Boot {
@@ -110,6 +145,7 @@ async fn real_main(cli: Cli) -> Result<()> {
             artefacts,
             vcpus,
             memory_mib,
+            smoke,
         } => {
             let options = Options {
                 firmware: match firmware {
@@ -134,6 +170,9 @@ async fn real_main(cli: Cli) -> Result<()> {
             })
             .await?;
             describe(&vm);
+            if smoke {
+                return smoke_run(vm).await;
+            }
             eprintln!("[avf] attached to the input console; Ctrl-] detaches\r");
             attach(&vm).await?;
             if keep {
