@@ -64,6 +64,7 @@ fn step_name(s: &Step) -> String {
         Step::Powerdown { .. } => "powerdown".into(),
         Step::HostFsck { label } => format!("host_fsck {label}"),
         Step::TtydDiscover(_) => "ttyd_discover".into(),
+        Step::PortFileWithoutMdns(_) => "port_file_without_mdns".into(),
         Step::TtydProbe(p) => format!("ttyd_probe {:?} {:?}", p.identity, p.expect),
         Step::TtydRun(r) => format!("ttyd_run `{}`", r.cmd),
         Step::AgentsConnected(a) => format!("agents_connected {:?}", a.queues),
@@ -272,6 +273,7 @@ impl Runner {
                 }
             }
             terminal_step @ (Step::TtydDiscover(_)
+            | Step::PortFileWithoutMdns(_)
             | Step::TtydProbe(_)
             | Step::TtydRun(_)
             | Step::AgentsConnected(_)

@@ -79,6 +79,7 @@ pub enum Step {
     },
     // The Terminal app's host side (see `terminal`).
     TtydDiscover(terminal::TtydDiscover),
+    PortFileWithoutMdns(terminal::PortFileWithoutMdns),
     TtydProbe(terminal::TtydProbe),
     TtydRun(terminal::TtydRun),
     AgentsConnected(terminal::AgentsConnected),

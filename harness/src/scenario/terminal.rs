@@ -6,12 +6,13 @@
 //! internal share before ttyd first starts, as on the phone.
 
 use std::collections::HashSet;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use avf_terminal::events::{Event, Queue};
 use avf_terminal::host::{TerminalHostConfig, TtydRoute, VsockEndpoint};
+use avf_terminal::ttyd::CONNECT_TIMEOUT;
 use avf_terminal::{ClientCert, Handshake, HostPorts, MdnsTransport, TerminalHost, TtydClient};
 use regex::Regex;
 use serde::Deserialize;
@@ -86,6 +87,15 @@ pub struct TtydDiscover {
 fn default_boot_timeout() -> u64 {
     60
 }
+
+/// Writes `debian_service_port` WITHOUT finding ttyd over mDNS first, and
+/// lets the ttyd steps use the host's TCP forward of guest port 7681.
+/// A stand-in for `ttyd_discover` where unicast mDNS cannot reach the guest
+/// (QEMU user-mode networking here: the UDP forward to guest port 5353
+/// delivers nothing); `ttyd_discover` stays the test of mDNS.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortFileWithoutMdns {}
 
 /// TLS handshake with ttyd presenting `identity`.
 #[derive(Debug, Clone, Deserialize)]
@@ -183,6 +193,8 @@ pub struct Session {
     /// `df /` available (bytes) and cluster size before the first storage
     /// request.
     storage_base: Option<(u64, u64)>,
+    /// ttyd reached without discovery (see [`PortFileWithoutMdns`]).
+    ttyd_direct: Option<SocketAddr>,
 }
 
 impl Session {
@@ -229,6 +241,7 @@ impl Session {
             tty: None,
             other: None,
             storage_base: None,
+            ttyd_direct: None,
         })
     }
 
@@ -246,6 +259,7 @@ impl Session {
     async fn step_inner(&mut self, vm: &mut Vm, step: &Step) -> Result<Option<String>> {
         Ok(match step {
             Step::TtydDiscover(s) => Some(self.discover(vm, s).await?),
+            Step::PortFileWithoutMdns(_) => Some(self.port_file_without_mdns(vm)?),
             Step::TtydProbe(s) => self.probe(s).await.map(|_| None)?,
             Step::TtydRun(s) => self.run(s).await.map(|_| None)?,
             Step::AgentsConnected(s) => self.agents(vm, s).await.map(|_| None)?,
@@ -307,6 +321,19 @@ impl Session {
         ))
     }
 
+    pub fn port_file_without_mdns(&mut self, vm: &Vm) -> Result<String> {
+        let ttyd = vm
+            .forwarded(false, 7681)
+            .ok_or_else(|| anyhow!("no host forward of guest TCP 7681"))?;
+        let file = self.host.server().announce(self.host.internal_dir())?;
+        self.ttyd_direct = Some(ttyd);
+        Ok(format!(
+            "{} written at {} s WITHOUT mDNS discovery",
+            file.display(),
+            fmt_secs(vm.since_start())
+        ))
+    }
+
     pub async fn probe(&mut self, s: &TtydProbe) -> Result<()> {
         let id = match s.identity {
             Identity::App => Some(self.host.client_cert()),
@@ -318,7 +345,10 @@ impl Session {
             }
             Identity::None => None,
         };
-        let got = self.host.probe_ttyd(id).await?;
+        let got = match self.ttyd_direct {
+            Some(addr) => avf_terminal::ttyd::probe(addr, id, CONNECT_TIMEOUT).await?,
+            None => self.host.probe_ttyd(id).await?,
+        };
         match (s.expect, &got) {
             (Expect::Accepted, Handshake::Accepted) => Ok(()),
             (Expect::Refused, Handshake::TlsRefused(_)) => Ok(()),
@@ -333,7 +363,15 @@ impl Session {
     pub async fn run(&mut self, s: &TtydRun) -> Result<()> {
         let timeout = Duration::from_secs(s.within_secs).mul_f64(scale());
         if self.tty.is_none() {
-            self.tty = Some(self.host.open_terminal(timeout).await?);
+            self.tty = Some(match self.ttyd_direct {
+                Some(addr) => {
+                    let mut c =
+                        TtydClient::connect(addr, self.host.client_cert(), CONNECT_TIMEOUT).await?;
+                    c.wait_ready(timeout).await?;
+                    c
+                }
+                None => self.host.open_terminal(timeout).await?,
+            });
         }
         let tty = self.tty.as_mut().expect("just opened");
         let out = tty.run(&s.cmd, timeout).await?;
@@ -624,4 +662,64 @@ fn pseudo_random(n: usize) -> Vec<u8> {
 
 fn fmt_secs(d: Duration) -> String {
     format!("{:.2}", d.as_secs_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenario::Scenario;
+
+    fn load(steps: &str) -> Result<Scenario> {
+        let dir = tempfile::tempdir()?;
+        let f = dir.path().join("t.toml");
+        std::fs::write(
+            &f,
+            format!("description = \"d\"\npayload = \"debian-direct\"\n{steps}"),
+        )?;
+        Scenario::load(&f)
+    }
+
+    #[test]
+    fn terminal_steps_parse_and_imply_the_host() {
+        let sc = load(
+            "[[steps]]\nkind = \"ttyd_probe\"\nidentity = \"other\"\nexpect = \"refused\"\n\
+             [[steps]]\nkind = \"guest_port\"\nport = 8080\npresent = true\nwithin_ms = 2000\n",
+        )
+        .unwrap();
+        assert!(sc.terminal.is_none());
+        assert!(sc.steps.iter().all(Step::is_terminal));
+        assert!(!load("[[steps]]\nkind = \"boot\"\n").unwrap().steps[0].is_terminal());
+    }
+
+    #[test]
+    fn bad_terminal_steps_name_the_file_and_field() {
+        let e = format!(
+            "{:#}",
+            load("[[steps]]\nkind = \"ttyd_probe\"\nidentity = \"bogus\"\nexpect = \"refused\"\n")
+                .unwrap_err()
+        );
+        assert!(e.contains("t.toml") && e.contains("bogus"), "{e}");
+        let e = format!(
+            "{:#}",
+            load(
+                "[[steps]]\nkind = \"storage_balloon\"\nhold_mib = 1\nwithin_secs = 1\nextra = 2\n"
+            )
+            .unwrap_err()
+        );
+        assert!(e.contains("extra"), "{e}");
+        let e = format!(
+            "{:#}",
+            load("[[steps]]\nkind = \"ttyd_run\"\ncmd = \"id\"\noutput_matches = \"(\"\n")
+                .unwrap_err()
+        );
+        assert!(e.contains("output_matches"), "{e}");
+    }
+
+    #[test]
+    fn pseudo_random_is_deterministic_and_sized() {
+        let a = pseudo_random(1 << 20);
+        assert_eq!(a.len(), 1 << 20);
+        assert_eq!(a, pseudo_random(1 << 20));
+        assert_ne!(a[..4096], a[4096..8192]);
+    }
 }
