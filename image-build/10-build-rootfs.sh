@@ -16,18 +16,7 @@ key=$(hash_inputs -s "$(declare -f base_bootstrap base_packages)" \
   -s "suite=${BASE_SUITE:-} kernel=$KERNEL stage=10v1")
 final="$AVF_CACHE/$BASE/10-rootfs-$key"
 
-if [[ $AVF_DRY_RUN == 1 ]]; then
-  base_bootstrap "$final"
-  printf '%s\n' "$final"
-  exit 0
-fi
-
-if [[ -d $final ]]; then
-  cache_hit "$final"
-  log "cached: $final"
-  printf '%s\n' "$final"
-  exit 0
-fi
+finish_if_dry_or_cached "$final" base_bootstrap "$final"
 
 need_tools "${BASE_TOOLS[@]}"
 base_mirror_check

@@ -96,16 +96,29 @@ done
 if [[ $KERNEL == avf ]]; then
   [[ -f $AVF_REPO/kernel/package.sh ]] ||
     die "--kernel avf needs kernel/package.sh (the linux-avf issue); use --kernel stock"
-  kdir="$AVF_CACHE/pkgs/linux-avf-current"
   if [[ $AVF_DRY_RUN == 1 ]]; then
+    # The key needs the kernel's (hashing, or compiling, it): a placeholder.
+    kdir="$AVF_CACHE/pkgs/linux-avf-KEY"
     run bash "$AVF_REPO/kernel/package.sh" "$kdir"
   else
-    ktmp=""
-    mktemp_near ktmp "$AVF_CACHE/pkgs" linux-avf
-    log "building linux-avf packages (kernel/package.sh)"
-    bash "$AVF_REPO/kernel/package.sh" "$ktmp" >&2 || die "kernel/package.sh failed (see its output above)"
-    compgen -G "$ktmp/linux-avf-*.pkg.tar.zst" >/dev/null || die "kernel/package.sh produced no linux-avf-*.pkg.tar.zst"
-    publish "$ktmp" "$kdir"
+    # Cached like the other packages, keyed by the kernel's cache key and
+    # the packaging inputs: a warm kernel cache does not re-run makepkg.
+    kkey=$(bash "$AVF_REPO/kernel/package.sh" --cache-key) ||
+      die "kernel/package.sh --cache-key failed (see its output above)"
+    [[ $kkey =~ ^[0-9a-f]{16}$ ]] || die "kernel/package.sh --cache-key printed '$kkey', not a key"
+    kdir="$AVF_CACHE/pkgs/linux-avf-$kkey"
+    if compgen -G "$kdir/linux-avf-*.pkg.tar.zst" >/dev/null; then
+      cache_hit "$kdir"
+      log "cached package: linux-avf ($kkey)"
+    else
+      ktmp=""
+      mktemp_near ktmp "$AVF_CACHE/pkgs" "linux-avf-$kkey"
+      log "building linux-avf packages (kernel/package.sh)"
+      bash "$AVF_REPO/kernel/package.sh" "$ktmp" >&2 || die "kernel/package.sh failed (see its output above)"
+      compgen -G "$ktmp/linux-avf-*.pkg.tar.zst" >/dev/null || die "kernel/package.sh produced no linux-avf-*.pkg.tar.zst"
+      publish "$ktmp" "$kdir"
+      prune_cache "$AVF_CACHE/pkgs" linux-avf
+    fi
   fi
   pkg_dirs+=("$kdir")
 fi
@@ -150,17 +163,7 @@ fi
 key=$(hash_inputs -s "$(basename "$IN_DIR")" -s "$sums" -s "$(declare -f base_install_avf)" -s stage=20v1)
 final="$AVF_CACHE/$BASE/20-packages-$key"
 
-if [[ $AVF_DRY_RUN == 1 ]]; then
-  base_install_avf "$final" "${pkg_files[@]}"
-  printf '%s\n' "$final"
-  exit 0
-fi
-if [[ -d $final ]]; then
-  cache_hit "$final"
-  log "cached: $final"
-  printf '%s\n' "$final"
-  exit 0
-fi
+finish_if_dry_or_cached "$final" base_install_avf "$final" "${pkg_files[@]}"
 
 mktemp_near tmp "$AVF_CACHE/$BASE" "20-packages-$key"
 log "copying rootfs"

@@ -16,18 +16,8 @@ parse_common_args "$@"
 key=$(hash_inputs "$0" -s "$(basename "$IN_DIR")" -s "$(declare -f base_configure)" \
   -s "$(avf_guid "$BASE" ROOT) $(avf_guid "$BASE" EFI)" "$AVF_REPO/agents/systemd")
 final="$AVF_CACHE/$BASE/30-configured-$key"
-if [[ $AVF_DRY_RUN == 1 ]]; then
-  log "dry run: would configure $final from $IN_DIR"
-  printf '%s\n' "$final"
-  exit 0
-fi
-[[ -d $IN_DIR ]] || die "--in $IN_DIR: no such directory"
-if [[ -d $final ]]; then
-  cache_hit "$final"
-  log "cached: $final"
-  printf '%s\n' "$final"
-  exit 0
-fi
+[[ $AVF_DRY_RUN == 1 || -d $IN_DIR ]] || die "--in $IN_DIR: no such directory"
+finish_if_dry_or_cached "$final" log "dry run: would configure $final from $IN_DIR"
 
 mktemp_near tmp "$AVF_CACHE/$BASE" "30-configured-$key"
 log "copying rootfs"

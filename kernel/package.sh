@@ -6,6 +6,9 @@
 # error instead of a second compile).
 #
 # Usage: kernel/package.sh <repo-dir>
+#        kernel/package.sh --cache-key   prints the packages' cache key (the
+#                              kernel's from build.sh, compiling it if cold,
+#                              plus every packaging input) without makepkg
 # Env:   AVF_KERNEL_PATCH_DIR  a directory holding arm64-balloon.patch and
 #                              virtual-cpufreq.patch (AOSP, android-16.0.0_r2);
 #                              without it the packages are built offline
@@ -21,10 +24,15 @@ die() {
   exit 1
 }
 
-(($# == 1)) || die "usage: kernel/package.sh <repo-dir>"
-repo=$1
-mkdir -p "$repo" || die "cannot create repo dir $repo"
-repo=$(cd "$repo" && pwd)
+(($# == 1)) || die "usage: kernel/package.sh <repo-dir> | --cache-key"
+key_only=0
+if [[ $1 == --cache-key ]]; then
+  key_only=1
+else
+  repo=$1
+  mkdir -p "$repo" || die "cannot create repo dir $repo"
+  repo=$(cd "$repo" && pwd)
+fi
 user=${AVF_BUILD_USER:-avfbuild}
 id "$user" >/dev/null 2>&1 || die "build user '$user' does not exist (ci/setup-host.sh creates avfbuild)"
 command -v makepkg >/dev/null || die "makepkg not found (install makepkg, see ci/setup-host.sh)"
@@ -55,14 +63,31 @@ pkgrel=$(sed -n 's/^pkgrel=//p' "$here/PKGBUILD")
 [[ ${release%%-*} == "$pkgver" ]] ||
   die "$here/PKGBUILD: pkgver=$pkgver does not match the kernel source ($release from $src_tarball); update pkgver"
 
+# What makepkg starts from besides the kernel cache dir.
+inputs=("$here/PKGBUILD" "$here/build.sh" "$here/collect-headers.sh"
+  "$here/linux-avf.preset" "$here"/config/*.config)
+
+# The key of the packages this would make: the kernel's cache key (its dir
+# name, which covers the source, patches, config and compiler) and the
+# packaging inputs: this script, the files above, makepkg and its config.
+if ((key_only)); then
+  {
+    printf 'kernel %s\n' "${kdir##*/}"
+    printf 'offline %s\n' "$offline"
+    printf 'makepkg %s\n' "$(makepkg --version | head -n1)"
+    for f in "${BASH_SOURCE[0]}" "${inputs[@]}" /etc/makepkg.conf; do
+      printf 'file %s %s\n' "${f##*/}" "$(sha256sum <"$f" | cut -d' ' -f1)"
+    done
+  } | sha256sum | cut -c1-16
+  exit 0
+fi
+
 # 2. makepkg in a scratch dir the build user owns.
 work=$(mktemp -d /tmp/linux-avf-pkg.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 start=$work/start
 mkdir -p "$start" "$work/pkgs" "$work/build"
-cp "$here/PKGBUILD" "$here/build.sh" "$here/collect-headers.sh" \
-  "$here/linux-avf.preset" \
-  "$here"/config/*.config "$start/"
+cp "${inputs[@]}" "$start/"
 if ((offline == 0)); then
   # Present as the files the PKGBUILD would download (gitiles' base64 form).
   for p in "${avf_patches[@]}"; do

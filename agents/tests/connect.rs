@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use avf_agents::args::{HostSource, PortSource};
 use avf_agents::connect::{connect, WaitPolicy};
-use common::FakeApp;
+use common::{dead_port, port_file, write_port_later, FakeApp};
 
 fn policy(attempts: u32) -> WaitPolicy {
     WaitPolicy {
@@ -21,8 +21,7 @@ fn localhost() -> HostSource {
 
 #[tokio::test]
 async fn missing_file_gives_up_naming_it() {
-    let d = tempfile::tempdir().unwrap();
-    let f = d.path().join("debian_service_port");
+    let (_d, f) = port_file();
     let start = Instant::now();
     let e = connect(&PortSource::File(f.clone()), &localhost(), policy(3))
         .await
@@ -35,8 +34,7 @@ async fn missing_file_gives_up_naming_it() {
 
 #[tokio::test]
 async fn garbage_gives_up_with_the_content() {
-    let d = tempfile::tempdir().unwrap();
-    let f = d.path().join("debian_service_port");
+    let (_d, f) = port_file();
     std::fs::write(&f, "hello").unwrap();
     let e = connect(&PortSource::File(f), &localhost(), policy(2))
         .await
@@ -48,13 +46,8 @@ async fn garbage_gives_up_with_the_content() {
 #[tokio::test]
 async fn file_written_late_is_picked_up() {
     let app = FakeApp::start();
-    let d = tempfile::tempdir().unwrap();
-    let f = d.path().join("debian_service_port");
-    let (f2, port) = (f.clone(), app.addr.port());
-    tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(350)).await;
-        std::fs::write(f2, port.to_string()).unwrap();
-    });
+    let (_d, f) = port_file();
+    write_port_later(f.clone(), app.addr.port(), Duration::from_millis(350));
     connect(&PortSource::File(f), &localhost(), policy(10))
         .await
         .unwrap();
@@ -63,19 +56,10 @@ async fn file_written_late_is_picked_up() {
 #[tokio::test]
 async fn stale_port_then_the_right_one() {
     let app = FakeApp::start();
-    let stale = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let d = tempfile::tempdir().unwrap();
-    let f = d.path().join("debian_service_port");
+    let stale = dead_port();
+    let (_d, f) = port_file();
     std::fs::write(&f, stale.to_string()).unwrap();
-    let (f2, port) = (f.clone(), app.addr.port());
-    tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(350)).await;
-        std::fs::write(f2, port.to_string()).unwrap();
-    });
+    write_port_later(f.clone(), app.addr.port(), Duration::from_millis(350));
     connect(&PortSource::File(f), &localhost(), policy(10))
         .await
         .unwrap();

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use avf_agents::proto::ShutdownRequestItem;
 use avf_agents::shutdown::{run, Outcome};
-use common::{client, FakeApp};
+use common::{client, dead_port, port_file, FakeApp};
 
 #[tokio::test]
 async fn first_item_powers_off_once() {
@@ -108,14 +108,8 @@ fn binary_exits_non_zero_when_the_app_dies() {
 
 #[test]
 fn binary_with_a_stale_port_file_fails_naming_the_service() {
-    // A port nobody listens on: bind, note the port, close.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let d = tempfile::tempdir().unwrap();
-    let f = d.path().join("debian_service_port");
+    let port = dead_port();
+    let (_d, f) = port_file();
     std::fs::write(&f, port.to_string()).unwrap();
     let start = std::time::Instant::now();
     let out = Command::new(env!("CARGO_BIN_EXE_shutdown_runner"))

@@ -3,6 +3,7 @@
 
 pub mod console;
 pub mod disk;
+pub mod net;
 pub mod payload;
 pub mod plan;
 pub mod qmp;

@@ -73,6 +73,27 @@ publish() {
 # cache_hit DIR: mark a reused cache entry as recently used (for pruning).
 cache_hit() { touch "$1" 2>/dev/null || true; }
 
+# finish_if_dry_or_cached FINAL DRY_CMD...: the end of a cached stage that
+# has nothing to do. In a dry run, DRY_CMD... prints what the stage would do
+# and the stage exits printing FINAL; otherwise, if FINAL is already in the
+# cache, it is marked used and the stage exits printing FINAL. Returns only
+# when FINAL must be built. Not a $(...) function: its exit ends the stage.
+finish_if_dry_or_cached() {
+  local final=$1
+  shift
+  if [[ $AVF_DRY_RUN == 1 ]]; then
+    "$@"
+    printf '%s\n' "$final"
+    exit 0
+  fi
+  if [[ -d $final ]]; then
+    cache_hit "$final"
+    log "cached: $final"
+    printf '%s\n' "$final"
+    exit 0
+  fi
+}
+
 # prune_cache DIR PREFIX [KEEP]: keep the KEEP (2) most recently used
 # DIR/PREFIX-* entries (e.g. both kernels' rootfs), remove older ones.
 prune_cache() {

@@ -71,7 +71,11 @@ fn hold_vm(payload: &str) -> ! {
         let vm = Vm::launch(LaunchRequest {
             payload: payload.into(),
             in_place: false,
-            options: Options::default(),
+            // The TAP mode: its dnsmasq and namespace must go too.
+            options: Options {
+                net: avf_harness::plan::NetMode::Tap,
+                ..Options::default()
+            },
             artefacts: avf_harness::scenario::artefacts_dir("sigkill-child"),
             keep_instance: false,
         })
@@ -80,14 +84,16 @@ fn hold_vm(payload: &str) -> ! {
         println!("PGID {}", vm.pgid().expect("group"));
         println!("RUN {}", vm.vsock_uds().parent().unwrap().display());
         println!("INSTANCE {}", vm.instance().root.display());
+        println!("NETNS {}", vm.tap().expect("tap mode").path().display());
         loop {
             tokio::time::sleep(Duration::from_secs(3600)).await;
         }
     })
 }
 
-/// SIGKILL the runner mid-boot: PR_SET_PDEATHSIG must take QEMU, virtiofsd
-/// and vhost-device-vsock with it; the next launch sweeps its dirs.
+/// SIGKILL the runner mid-boot: PR_SET_PDEATHSIG must take QEMU, virtiofsd,
+/// vhost-device-vsock and dnsmasq with it; the next launch sweeps its dirs
+/// and network namespace.
 fn sigkill_mid_boot() -> Result<()> {
     let payload = payload_for_process_tests()?;
     let mut child = Command::new(std::env::current_exe()?)
@@ -105,9 +111,10 @@ fn sigkill_mid_boot() -> Result<()> {
     let pgid: i32 = field("PGID")?.parse()?;
     let run_dir = std::path::PathBuf::from(field("RUN")?);
     let instance = std::path::PathBuf::from(field("INSTANCE")?);
+    let netns = std::path::PathBuf::from(field("NETNS")?);
     let before = vm::procs::group_members(pgid);
-    if before.len() < 3 {
-        bail!("expected qemu + virtiofsd + vsock in group {pgid}, saw {before:?}");
+    if before.len() < 4 {
+        bail!("expected qemu, virtiofsd, vhost-device-vsock and dnsmasq in group {pgid}, saw {before:?}");
     }
     // Mid-boot: the kernel is running but the guest is not up yet.
     std::thread::sleep(Duration::from_secs(4));
@@ -133,8 +140,8 @@ fn sigkill_mid_boot() -> Result<()> {
     }
     // The dead runner could not clean up; the sweep (run by every launch) does.
     let swept = vm::sweep_stale_dirs();
-    if run_dir.exists() || instance.exists() {
-        bail!("stale dirs not swept: {run_dir:?} {instance:?} (swept {swept:?})");
+    if run_dir.exists() || instance.exists() || netns.exists() {
+        bail!("stale dirs not swept: {run_dir:?} {instance:?} {netns:?} (swept {swept:?})");
     }
     Ok(())
 }

@@ -15,6 +15,7 @@ use crate::cert::{CertError, ClientCert};
 use crate::events::EventLog;
 use crate::forwarding::{Forwarder, ForwardingConfig, HostPorts};
 use crate::mdns::{discover_ttyd, MdnsError, MdnsTransport, TtydService, BOOT_TIMEOUT};
+use crate::netns::GuestNet;
 use crate::service::{DebianServer, ServiceConfig, ServiceError};
 use crate::ttyd::{Handshake, TtydClient, TtydError, CONNECT_TIMEOUT};
 
@@ -61,6 +62,8 @@ pub struct TerminalHostConfig {
     /// at, seen from the host (the TAP's host address; 127.0.0.1 behind
     /// QEMU user-mode networking, whose gateway forwards there). Port 0.
     pub service_bind: SocketAddr,
+    /// The namespace the guest network (and `service_bind`) lives in.
+    pub guest_net: GuestNet,
     /// gRPC peers to accept besides the VM's address found by mDNS, which
     /// is always accepted once discovered: 127.0.0.1 with QEMU user-mode
     /// networking, where every guest connection arrives from there.
@@ -92,6 +95,7 @@ impl TerminalHostConfig {
             internal_dir: internal_dir.into(),
             vsock,
             service_bind,
+            guest_net: GuestNet::Current,
             allowed_peers: HashSet::new(),
             mdns,
             ttyd_route: TtydRoute::Discovered,
@@ -165,6 +169,7 @@ impl TerminalHost {
         let server = DebianServer::start(
             ServiceConfig {
                 bind: config.service_bind,
+                net: config.guest_net.clone(),
                 allowed_peers: config.allowed_peers.clone(),
                 expected_cid: i32::try_from(config.vsock.guest_cid).ok(),
             },
@@ -202,7 +207,12 @@ impl TerminalHost {
     /// address found, then writes the port file so the agents can connect,
     /// as the app does.
     pub async fn discover_ttyd(&self) -> Result<TtydService, HostError> {
-        let found = discover_ttyd(self.config.mdns, self.config.boot_timeout).await?;
+        let found = discover_ttyd(
+            &self.config.guest_net,
+            self.config.mdns,
+            self.config.boot_timeout,
+        )
+        .await?;
         self.server.allow_peer(IpAddr::V4(found.addr));
         self.server.announce(&self.config.internal_dir)?;
         *self.ttyd.lock().unwrap_or_else(|e| e.into_inner()) = Some(found.clone());
@@ -221,15 +231,26 @@ impl TerminalHost {
 
     /// Opens a terminal with the app's certificate and waits for the shell.
     pub async fn open_terminal(&self, ready_timeout: Duration) -> Result<TtydClient, HostError> {
-        let mut client =
-            TtydClient::connect(self.ttyd_addr()?, &self.cert, CONNECT_TIMEOUT).await?;
+        let mut client = TtydClient::connect_in(
+            &self.config.guest_net,
+            self.ttyd_addr()?,
+            &self.cert,
+            CONNECT_TIMEOUT,
+        )
+        .await?;
         client.wait_ready(ready_timeout).await?;
         Ok(client)
     }
 
     /// Tries the TLS handshake with `identity` (the app's, another, or none).
     pub async fn probe_ttyd(&self, identity: Option<&ClientCert>) -> Result<Handshake, HostError> {
-        Ok(crate::ttyd::probe(self.ttyd_addr()?, identity, CONNECT_TIMEOUT).await?)
+        Ok(crate::ttyd::probe_in(
+            &self.config.guest_net,
+            self.ttyd_addr()?,
+            identity,
+            CONNECT_TIMEOUT,
+        )
+        .await?)
     }
 
     /// The app's client certificate.

@@ -12,6 +12,7 @@ pub mod forwarding;
 mod fsutil;
 pub mod host;
 pub mod mdns;
+pub mod netns;
 pub mod service;
 pub mod ttyd;
 
@@ -29,4 +30,5 @@ pub use host::{
     HostError, Profile, ShutdownOutcome, TerminalHost, TerminalHostConfig, TtydRoute, VsockEndpoint,
 };
 pub use mdns::MdnsTransport;
+pub use netns::GuestNet;
 pub use ttyd::{CommandOutput, Handshake, TtydClient};

@@ -13,6 +13,8 @@ use hickory_proto::op::{Message, MessageType, OpCode, Query};
 use hickory_proto::rr::{Name, RData, RecordType};
 use tokio::net::UdpSocket;
 
+use crate::netns::GuestNet;
+
 /// The instance name the app looks for.
 pub const TTYD_INSTANCE: &str = "ttyd._http._tcp.local.";
 /// The app's boot timeout for finding ttyd (upper end of the contract's 20–60 s).
@@ -70,12 +72,11 @@ pub enum MdnsError {
 
 /// Queries until ttyd's SRV and A records arrive or `timeout` passes.
 pub async fn discover_ttyd(
+    net: &GuestNet,
     transport: MdnsTransport,
     timeout: Duration,
 ) -> Result<TtydService, MdnsError> {
-    let sock = bind(transport)
-        .await
-        .map_err(|source| MdnsError::Socket { transport, source })?;
+    let sock = bind(net, transport).map_err(|source| MdnsError::Socket { transport, source })?;
     let dest: SocketAddr = match transport {
         MdnsTransport::Unicast(a) => a,
         MdnsTransport::Multicast { .. } => MDNS_GROUP.into(),
@@ -148,7 +149,8 @@ pub async fn discover_ttyd(
     }
 }
 
-async fn bind(transport: MdnsTransport) -> std::io::Result<UdpSocket> {
+fn bind(net: &GuestNet, transport: MdnsTransport) -> std::io::Result<UdpSocket> {
+    let udp = |domain| net.socket(domain, socket2::Type::DGRAM, socket2::Protocol::UDP);
     match transport {
         MdnsTransport::Unicast(dest) => {
             let local: SocketAddr = if dest.is_ipv4() {
@@ -156,14 +158,13 @@ async fn bind(transport: MdnsTransport) -> std::io::Result<UdpSocket> {
             } else {
                 (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
             };
-            UdpSocket::bind(local).await
+            let sock = udp(socket2::Domain::for_address(dest))?;
+            sock.set_nonblocking(true)?;
+            sock.bind(&local.into())?;
+            UdpSocket::from_std(sock.into())
         }
         MdnsTransport::Multicast { interface } => {
-            let sock = socket2::Socket::new(
-                socket2::Domain::IPV4,
-                socket2::Type::DGRAM,
-                Some(socket2::Protocol::UDP),
-            )?;
+            let sock = udp(socket2::Domain::IPV4)?;
             sock.set_multicast_if_v4(&interface)?;
             sock.set_multicast_ttl_v4(255)?;
             sock.set_nonblocking(true)?;
@@ -303,6 +304,7 @@ mod tests {
             .unwrap();
         serve(UdpSocket::from_std(s.into()).unwrap(), 0, true);
         let svc = discover_ttyd(
+            &GuestNet::Current,
             MdnsTransport::Multicast {
                 interface: Ipv4Addr::LOCALHOST,
             },
@@ -316,9 +318,13 @@ mod tests {
     #[tokio::test]
     async fn finds_ttyd_from_srv_and_additional_a() {
         let addr = responder(0, true).await;
-        let svc = discover_ttyd(MdnsTransport::Unicast(addr), Duration::from_secs(5))
-            .await
-            .unwrap();
+        let svc = discover_ttyd(
+            &GuestNet::Current,
+            MdnsTransport::Unicast(addr),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
         assert_eq!(svc.port, 7681);
         assert_eq!(svc.addr, Ipv4Addr::new(10, 0, 2, 15));
         assert_eq!(svc.host, "avf-guest.local.");
@@ -329,9 +335,13 @@ mod tests {
     async fn retries_and_asks_for_the_a_record_separately() {
         let addr = responder(2, false).await;
         let t = std::time::Instant::now();
-        let svc = discover_ttyd(MdnsTransport::Unicast(addr), Duration::from_secs(10))
-            .await
-            .unwrap();
+        let svc = discover_ttyd(
+            &GuestNet::Current,
+            MdnsTransport::Unicast(addr),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
         assert_eq!(svc.addr, Ipv4Addr::new(10, 0, 2, 15));
         assert!(t.elapsed() >= Duration::from_secs(2), "two retries of 1 s");
     }
@@ -342,9 +352,13 @@ mod tests {
         let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let dead = sock.local_addr().unwrap();
         drop(sock);
-        let err = discover_ttyd(MdnsTransport::Unicast(dead), Duration::from_millis(1500))
-            .await
-            .unwrap_err();
+        let err = discover_ttyd(
+            &GuestNet::Current,
+            MdnsTransport::Unicast(dead),
+            Duration::from_millis(1500),
+        )
+        .await
+        .unwrap_err();
         let text = err.to_string();
         assert!(text.contains("ttyd._http._tcp.local."), "{text}");
         assert!(

@@ -49,6 +49,8 @@ pub enum ServiceError {
 pub struct ServiceConfig {
     /// Address to bind; use port 0 for an ephemeral port.
     pub bind: SocketAddr,
+    /// The namespace `bind` is in.
+    pub net: crate::netns::GuestNet,
     /// Peers allowed to call. On the phone this is the VM's address; with
     /// QEMU user-mode networking every guest connection arrives from
     /// 127.0.0.1. Empty means: refuse everyone.
@@ -267,8 +269,9 @@ impl DebianServer {
     /// Binds and starts serving. The port file is not written yet: call
     /// [`DebianServer::announce`] once ttyd has been found, as the app does.
     pub async fn start(config: ServiceConfig, log: EventLog) -> Result<Self, ServiceError> {
-        let listener = tokio::net::TcpListener::bind(config.bind)
-            .await
+        let listener = config
+            .net
+            .tcp_listen(config.bind)
             .map_err(|source| ServiceError::Bind {
                 addr: config.bind,
                 source,

@@ -26,6 +26,7 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::WebSocketStream;
 
 use crate::cert::ClientCert;
+use crate::netns::GuestNet;
 
 /// The guest's ttyd port.
 pub const TTYD_PORT: u16 = 7681;
@@ -173,6 +174,7 @@ fn tls_refusal(e: &tungstenite::Error) -> Option<String> {
 }
 
 async fn open(
+    net: &GuestNet,
     addr: SocketAddr,
     identity: Option<&ClientCert>,
     timeout: Duration,
@@ -184,7 +186,8 @@ async fn open(
         timeout,
     };
     let work = async {
-        let tcp = TcpStream::connect(addr)
+        let tcp = net
+            .tcp_connect(addr, timeout)
             .await
             .map_err(|source| TtydError::Connect { addr, source })?;
         let _ = tcp.set_nodelay(true);
@@ -227,7 +230,17 @@ pub async fn probe(
     identity: Option<&ClientCert>,
     timeout: Duration,
 ) -> Result<Handshake, TtydError> {
-    match open(addr, identity, timeout).await {
+    probe_in(&GuestNet::Current, addr, identity, timeout).await
+}
+
+/// [`probe`] from the guest network's namespace.
+pub async fn probe_in(
+    net: &GuestNet,
+    addr: SocketAddr,
+    identity: Option<&ClientCert>,
+    timeout: Duration,
+) -> Result<Handshake, TtydError> {
+    match open(net, addr, identity, timeout).await {
         Ok(mut ws) => {
             // libwebsockets may only now notice a bad certificate: read a
             // moment to see whether the server drops us.
@@ -271,7 +284,17 @@ impl TtydClient {
         identity: &ClientCert,
         timeout: Duration,
     ) -> Result<Self, TtydError> {
-        let mut ws = open(addr, Some(identity), timeout).await?;
+        Self::connect_in(&GuestNet::Current, addr, identity, timeout).await
+    }
+
+    /// [`TtydClient::connect`] from the guest network's namespace.
+    pub async fn connect_in(
+        net: &GuestNet,
+        addr: SocketAddr,
+        identity: &ClientCert,
+        timeout: Duration,
+    ) -> Result<Self, TtydError> {
+        let mut ws = open(net, addr, Some(identity), timeout).await?;
         ws.send(Message::binary(hello(COLUMNS, ROWS)))
             .await
             .map_err(|e| ws_err(addr, e))?;

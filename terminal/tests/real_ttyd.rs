@@ -8,8 +8,10 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use avf_terminal::cert::ClientCert;
-use avf_terminal::ttyd::{probe, Handshake, TtydClient};
 use tokio::io::{AsyncBufReadExt, BufReader};
+
+mod common;
+use common::{assert_only_app_cert_accepted, assert_run, ready_client, server_cert};
 
 const T: Duration = Duration::from_secs(30);
 const BASH: &str = "bash --norc --noprofile";
@@ -53,11 +55,7 @@ async fn start_ttyd(ca: &ClientCert, command: &str) -> Ttyd {
     );
     let dir = root.join(&rel);
     std::fs::create_dir_all(&dir).unwrap();
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["avf-guest".into()])
-        .unwrap()
-        .self_signed(&key)
-        .unwrap();
+    let (cert, key) = server_cert();
     std::fs::write(dir.join("server.crt"), cert.pem()).unwrap();
     std::fs::write(dir.join("server.key"), key.serialize_pem()).unwrap();
     ca.write_ca(&dir).unwrap();
@@ -125,8 +123,7 @@ async fn real_ttyd_accepts_the_app_cert_and_runs_commands() {
     let ttyd = start_ttyd(&app, BASH).await;
     let addr = ([127, 0, 0, 1], ttyd.port).into();
 
-    let mut c = TtydClient::connect(addr, &app, T).await.unwrap();
-    c.wait_ready(T).await.unwrap();
+    let mut c = ready_client(addr, &app, T).await;
     assert!(
         c.title().is_some_and(|t| t.contains("bash")),
         "{:?}",
@@ -139,12 +136,8 @@ async fn real_ttyd_accepts_the_app_cert_and_runs_commands() {
         c.preferences()
     );
 
-    let out = c.run("echo hello; echo oops >&2", T).await.unwrap();
-    assert_eq!(out.output, "hello\noops\n");
-    assert_eq!(out.exit_code, 0);
-    let out = c.run("printf 'a\\tb'; (exit 3)", T).await.unwrap();
-    assert_eq!(out.output, "a\tb");
-    assert_eq!(out.exit_code, 3);
+    assert_run(&mut c, "echo hello; echo oops >&2", "hello\noops\n", 0, T).await;
+    assert_run(&mut c, "printf 'a\\tb'; (exit 3)", "a\tb", 3, T).await;
     // It is a real tty, with the size we asked for.
     let out = c.run("test -t 0 && stty size", T).await.unwrap();
     assert_eq!(out.output, "50 400\n");
@@ -160,14 +153,7 @@ async fn real_ttyd_refuses_missing_and_foreign_certs() {
     let other = ClientCert::generate("avf-terminal").unwrap();
     let ttyd = start_ttyd(&app, BASH).await;
     let addr = ([127, 0, 0, 1], ttyd.port).into();
-    assert_eq!(
-        probe(addr, Some(&app), T).await.unwrap(),
-        Handshake::Accepted
-    );
-    let none = probe(addr, None, T).await.unwrap();
-    assert!(matches!(none, Handshake::TlsRefused(_)), "{none:?}");
-    let foreign = probe(addr, Some(&other), T).await.unwrap();
-    assert!(matches!(foreign, Handshake::TlsRefused(_)), "{foreign:?}");
+    assert_only_app_cert_accepted(addr, &app, &other, T).await;
 }
 
 #[tokio::test]
@@ -179,8 +165,7 @@ async fn wait_ready_survives_a_login_that_discards_early_input() {
                 exec bash --norc --noprofile'";
     let ttyd = start_ttyd(&app, slow).await;
     let addr = ([127, 0, 0, 1], ttyd.port).into();
-    let mut c = TtydClient::connect(addr, &app, T).await.unwrap();
-    c.wait_ready(T).await.unwrap();
+    let mut c = ready_client(addr, &app, T).await;
     let out = c.run("echo ready", T).await.unwrap();
     assert_eq!(out.output, "ready\n");
 }

@@ -16,6 +16,7 @@ const WAIT: Duration = Duration::from_secs(5);
 async fn server(allowed: &[IpAddr], cid: Option<i32>) -> DebianServer {
     let config = ServiceConfig {
         bind: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+        net: Default::default(),
         allowed_peers: allowed.iter().copied().collect::<HashSet<_>>(),
         expected_cid: cid,
     };

@@ -6,11 +6,11 @@
 use std::time::Duration;
 
 use avf_terminal::cert::ClientCert;
-use avf_terminal::ttyd::{probe, Handshake, TtydClient, TtydError};
+use avf_terminal::ttyd::{probe, TtydClient, TtydError};
 use tokio::net::TcpListener;
 
 mod common;
-use common::fake_ttyd;
+use common::{assert_only_app_cert_accepted, assert_run, fake_ttyd, ready_client};
 
 const T: Duration = Duration::from_secs(20);
 
@@ -18,8 +18,7 @@ const T: Duration = Duration::from_secs(20);
 async fn runs_commands_and_reports_exit_codes() {
     let app = ClientCert::generate("avf-terminal").unwrap();
     let (addr, seen) = fake_ttyd(app.cert_der().clone()).await;
-    let mut c = TtydClient::connect(addr, &app, T).await.unwrap();
-    c.wait_ready(T).await.unwrap();
+    let mut c = ready_client(addr, &app, T).await;
 
     let hello = seen.lock().unwrap().hello.clone().unwrap();
     assert_eq!(hello["AuthToken"], "");
@@ -28,20 +27,16 @@ async fn runs_commands_and_reports_exit_codes() {
     assert_eq!(c.title(), Some("bash (avf-guest)"));
     assert_eq!(c.preferences(), Some("{}"));
 
-    let out = c.run("echo hello; echo oops >&2", T).await.unwrap();
-    assert_eq!(out.output, "hello\noops\n");
-    assert_eq!(out.exit_code, 0);
-
-    let out = c.run("printf 'no newline'; false", T).await.unwrap();
-    assert_eq!(out.output, "no newline");
-    assert_eq!(out.exit_code, 1);
-
-    let out = c
-        .run("echo 'single quotes' \"and AVFE_1:0\"; (exit 42)", T)
-        .await
-        .unwrap();
-    assert_eq!(out.output, "single quotes and AVFE_1:0\n");
-    assert_eq!(out.exit_code, 42);
+    assert_run(&mut c, "echo hello; echo oops >&2", "hello\noops\n", 0, T).await;
+    assert_run(&mut c, "printf 'no newline'; false", "no newline", 1, T).await;
+    assert_run(
+        &mut c,
+        "echo 'single quotes' \"and AVFE_1:0\"; (exit 42)",
+        "single quotes and AVFE_1:0\n",
+        42,
+        T,
+    )
+    .await;
 
     let out = c.run("sleep 0 & wait # trailing comment", T).await.unwrap();
     assert_eq!(
@@ -76,14 +71,7 @@ async fn refuses_missing_or_foreign_client_certificates() {
     let other = ClientCert::generate("avf-terminal").unwrap();
     let (addr, _) = fake_ttyd(app.cert_der().clone()).await;
 
-    assert_eq!(
-        probe(addr, Some(&app), T).await.unwrap(),
-        Handshake::Accepted
-    );
-    let none = probe(addr, None, T).await.unwrap();
-    assert!(matches!(none, Handshake::TlsRefused(_)), "{none:?}");
-    let foreign = probe(addr, Some(&other), T).await.unwrap();
-    assert!(matches!(foreign, Handshake::TlsRefused(_)), "{foreign:?}");
+    assert_only_app_cert_accepted(addr, &app, &other, T).await;
 
     let err = TtydClient::connect(addr, &other, T).await;
     match err {

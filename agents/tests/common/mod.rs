@@ -181,3 +181,29 @@ pub fn fast_policy() -> avf_agents::connect::WaitPolicy {
         connect_timeout: std::time::Duration::from_secs(2),
     }
 }
+
+/// A TCP port on 127.0.0.1 that nobody listens on: bound, noted, closed.
+pub fn dead_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A fresh temp dir and the path of a `debian_service_port` file in it (not
+/// created); keep the dir alive as long as the file is used.
+pub fn port_file() -> (tempfile::TempDir, std::path::PathBuf) {
+    let d = tempfile::tempdir().unwrap();
+    let f = d.path().join("debian_service_port");
+    (d, f)
+}
+
+/// Writes `port` into `file` after `delay`, from a task on the current
+/// tokio runtime (the app publishing its port late).
+pub fn write_port_later(file: std::path::PathBuf, port: u16, delay: std::time::Duration) {
+    tokio::spawn(async move {
+        tokio::time::sleep(delay).await;
+        std::fs::write(file, port.to_string()).unwrap();
+    });
+}

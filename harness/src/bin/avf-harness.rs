@@ -28,7 +28,8 @@ struct Cli {
 enum NetArg {
     /// QEMU user-mode networking (guest 10.0.2.15, host reachable at 10.0.2.2)
     User,
-    /// TAP in a network namespace with DHCP (not implemented yet)
+    /// TAP in a network namespace of its own, dnsmasq DHCP/DNS on a random
+    /// private /24, the host as gateway (as on the phone; needs root)
     Tap,
 }
 
@@ -83,7 +84,8 @@ enum Cmd {
         /// Payload directory
         payload: PathBuf,
     },
-    /// Fail if any qemu/virtiofsd/vhost-device-vsock started by the harness is still running
+    /// Fail if any qemu/virtiofsd/vhost-device-vsock/dnsmasq or TAP network
+    /// namespace the harness made is still there
     CheckLeaks,
 }
 
@@ -236,14 +238,22 @@ async fn real_main(cli: Cli) -> Result<()> {
         }
         Cmd::CheckLeaks => {
             let leaks = avf_harness::vm::procs::leaked_processes();
-            if leaks.is_empty() {
-                println!("no harness processes left");
+            let namespaces = avf_harness::net::our_namespaces();
+            if leaks.is_empty() && namespaces.is_empty() {
+                println!("no harness processes or network namespaces left");
                 Ok(())
             } else {
                 for (pid, cmd) in &leaks {
                     println!("{pid} {cmd}");
                 }
-                bail!("{} harness process(es) still running", leaks.len())
+                for (name, _) in &namespaces {
+                    println!("network namespace {name}");
+                }
+                bail!(
+                    "{} harness process(es) still running, {} network namespace(s) left",
+                    leaks.len(),
+                    namespaces.len()
+                )
             }
         }
     }

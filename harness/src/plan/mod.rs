@@ -37,6 +37,8 @@ pub const AAVMF_VARS: &str = "/usr/share/AAVMF/AAVMF_VARS.fd";
 pub const USER_NET_GATEWAY: &str = "10.0.2.2";
 pub const USER_NET_GUEST: &str = "10.0.2.15";
 pub const HOST_BIND_ADDR: &str = "127.0.0.1";
+/// The guest's virtio-net MAC address (fixed, so DHCP leases can be found).
+pub const GUEST_MAC: &str = "52:54:00:a7:f0:01";
 
 /// A host→guest forward.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -366,12 +368,18 @@ pub fn plan(spec: &VmSpec, opts: &Options, paths: &Paths) -> Plan {
             }
             NetMode::Tap => {
                 push("-netdev".into());
-                push("tap,id=net0,ifname=avf0,script=no,downscript=no".into());
+                // The TAP exists already, inside the namespace QEMU runs in.
+                push(format!(
+                    "tap,id=net0,ifname={},script=no,downscript=no",
+                    crate::net::TAP_IFNAME
+                ));
             }
         }
         push("-device".into());
         // romfile=: no iPXE option ROM (not installed, and crosvm has none).
-        push("virtio-net-pci,netdev=net0,mac=52:54:00:a7:f0:01,romfile=".into());
+        push(format!(
+            "virtio-net-pci,netdev=net0,mac={GUEST_MAC},romfile="
+        ));
     }
 
     let firmware = match (&spec.kernel, opts.firmware) {

@@ -3,6 +3,7 @@
 
 pub mod filters;
 pub mod model;
+pub mod network;
 pub mod terminal;
 
 use std::panic::AssertUnwindSafe;
@@ -63,8 +64,8 @@ fn step_name(s: &Step) -> String {
         Step::Balloon { fraction, .. } => format!("balloon {fraction}"),
         Step::Powerdown { .. } => "powerdown".into(),
         Step::HostFsck { label } => format!("host_fsck {label}"),
+        Step::TapNetwork(n) => format!("tap_network resolve {}", n.resolve),
         Step::TtydDiscover(_) => "ttyd_discover".into(),
-        Step::PortFileWithoutMdns(_) => "port_file_without_mdns".into(),
         Step::TtydProbe(p) => format!("ttyd_probe {:?} {:?}", p.identity, p.expect),
         Step::TtydRun(r) => format!("ttyd_run `{}`", r.cmd),
         Step::AgentsConnected(a) => format!("agents_connected {:?}", a.queues),
@@ -73,6 +74,7 @@ fn step_name(s: &Step) -> String {
         Step::AppShutdown(_) => "app_shutdown".into(),
         Step::StorageBalloon(b) => format!("storage_balloon hold {} MiB", b.hold_mib),
         Step::GuestNote(n) => format!("guest_note {}", n.name),
+        Step::MemoryPolicy(m) => format!("memory_policy x{}", m.time_scale),
     }
 }
 
@@ -103,9 +105,17 @@ impl Runner {
                 scenario.file.display()
             ),
         };
+        let net = match scenario.net.as_deref() {
+            None | Some("user") => NetMode::User,
+            Some("tap") => NetMode::Tap,
+            Some(o) => bail!(
+                "{}: net {o:?} (expected user or tap)",
+                scenario.file.display()
+            ),
+        };
         let options = Options {
             firmware,
-            net: NetMode::User,
+            net,
             vcpus: scenario.vcpus,
             memory_mib: scenario.memory_mib,
             ..Options::default()
@@ -272,8 +282,8 @@ impl Runner {
                     bail!("SHUTDOWN reason {:?}, expected {reason:?}", r.reason);
                 }
             }
+            Step::TapNetwork(s) => report.notes.push(network::check(vm, s).await?),
             terminal_step @ (Step::TtydDiscover(_)
-            | Step::PortFileWithoutMdns(_)
             | Step::TtydProbe(_)
             | Step::TtydRun(_)
             | Step::AgentsConnected(_)
@@ -281,7 +291,8 @@ impl Runner {
             | Step::ForwardRoundtrip(_)
             | Step::AppShutdown(_)
             | Step::StorageBalloon(_)
-            | Step::GuestNote(_)) => {
+            | Step::GuestNote(_)
+            | Step::MemoryPolicy(_)) => {
                 let t = term
                     .as_mut()
                     .ok_or_else(|| anyhow!("terminal step without the terminal host"))?;
@@ -319,41 +330,15 @@ impl Runner {
         const MIB: u64 = 1 << 20;
         let total = vm.plan().memory_mib * MIB;
         let target = ((total as f64 * fraction) as u64) / MIB * MIB;
-        let qga = vm.qga().await?;
-        let mem_total = || async {
-            let o = qga.sh("grep MemTotal /proc/meminfo").await?;
-            let kb: u64 = o
-                .stdout_str()
-                .split_whitespace()
-                .nth(1)
-                .and_then(|v| v.parse().ok())
-                .ok_or_else(|| anyhow!("bad /proc/meminfo: {}", o.stdout_str()))?;
-            anyhow::Ok(kb * 1024)
-        };
-        let before_actual = vm.qmp().query_balloon().await?;
-        let before_total = mem_total().await?;
+        let base = (
+            terminal::guest_mem_total(vm).await?,
+            vm.qmp().query_balloon().await?,
+        );
         vm.qmp().balloon(target).await?;
         let deadline = Instant::now() + Timeout::BalloonSettle.get();
-        let tol = tol_mib * MIB;
-        loop {
-            let actual = vm.qmp().query_balloon().await?;
-            let guest = mem_total().await?;
-            // MemTotal moves by what the balloon took or gave back.
-            let want_guest = before_total as i64 - (before_actual as i64 - target as i64);
-            if actual.abs_diff(target) <= tol && (guest as i64).abs_diff(want_guest) <= tol {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "balloon to {} MiB: QEMU reports {} MiB, guest MemTotal {} MiB (wanted about {} MiB) after {:?}",
-                    target / MIB,
-                    actual / MIB,
-                    guest / MIB,
-                    want_guest / MIB as i64,
-                    Timeout::BalloonSettle.get()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
+        terminal::wait_balloon(vm, target, base, tol_mib * MIB, deadline)
+            .await
+            .with_context(|| format!("within {:?}", Timeout::BalloonSettle.get()))?;
+        Ok(())
     }
 }

@@ -21,6 +21,9 @@ pub struct Scenario {
     pub payload: String,
     #[serde(default)]
     pub firmware: Option<String>,
+    /// `user` (default) or `tap` (the faithful mode, see [`crate::net`]).
+    #[serde(default)]
+    pub net: Option<String>,
     #[serde(default)]
     pub vcpus: Option<u32>,
     #[serde(default)]
@@ -77,9 +80,10 @@ pub enum Step {
     HostFsck {
         label: String,
     },
+    /// The TAP mode's DHCP lease, route and DNS (see `network`).
+    TapNetwork(super::network::TapNetwork),
     // The Terminal app's host side (see `terminal`).
     TtydDiscover(terminal::TtydDiscover),
-    PortFileWithoutMdns(terminal::PortFileWithoutMdns),
     TtydProbe(terminal::TtydProbe),
     TtydRun(terminal::TtydRun),
     AgentsConnected(terminal::AgentsConnected),
@@ -88,6 +92,7 @@ pub enum Step {
     AppShutdown(terminal::AppShutdown),
     StorageBalloon(terminal::StorageBalloon),
     GuestNote(terminal::GuestNote),
+    MemoryPolicy(terminal::MemoryPolicy),
 }
 
 impl Step {
@@ -101,6 +106,7 @@ impl Step {
                 | Step::Balloon { .. }
                 | Step::Powerdown { .. }
                 | Step::HostFsck { .. }
+                | Step::TapNetwork(_)
         )
     }
 }

@@ -1,18 +1,17 @@
 //! The Terminal app's host side in scenarios (issue 4): an
-//! [`avf_terminal::TerminalHost`] wired to a launched [`Vm`] behind QEMU
-//! user-mode networking, and the steps that drive it.
+//! [`avf_terminal::TerminalHost`] wired to a launched [`Vm`] in the TAP mode
+//! (its sockets on the guest network made in the VM's namespace), and the
+//! steps that drive it.
 //!
 //! The host starts while the guest is still paused, so `ca.crt` is in the
 //! internal share before ttyd first starts, as on the phone.
 
-use std::collections::HashSet;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use avf_terminal::events::{Event, Queue};
-use avf_terminal::host::{TerminalHostConfig, TtydRoute, VsockEndpoint};
-use avf_terminal::ttyd::CONNECT_TIMEOUT;
+use avf_terminal::host::{TerminalHostConfig, VsockEndpoint};
 use avf_terminal::{ClientCert, Handshake, HostPorts, MdnsTransport, TerminalHost, TtydClient};
 use regex::Regex;
 use serde::Deserialize;
@@ -87,15 +86,6 @@ pub struct TtydDiscover {
 fn default_boot_timeout() -> u64 {
     60
 }
-
-/// Writes `debian_service_port` WITHOUT finding ttyd over mDNS first, and
-/// lets the ttyd steps use the host's TCP forward of guest port 7681.
-/// A stand-in for `ttyd_discover` where unicast mDNS cannot reach the guest
-/// (QEMU user-mode networking here: the UDP forward to guest port 5353
-/// delivers nothing); `ttyd_discover` stays the test of mDNS.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PortFileWithoutMdns {}
 
 /// TLS handshake with ttyd presenting `identity`.
 #[derive(Debug, Clone, Deserialize)]
@@ -176,6 +166,26 @@ pub struct StorageBalloon {
     pub within_secs: u64,
 }
 
+/// The app's memory-balloon policy (contract §5) against the real balloon,
+/// with time sped up by `time_scale`: in the background it takes 10 % of
+/// guest RAM, then 5 % more per (scaled) minute up to 50 %; QEMU's balloon
+/// and the guest's MemTotal must follow each step; back in the foreground
+/// everything is returned.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryPolicy {
+    /// 60 turns the policy's 60 s step into 1 s.
+    pub time_scale: f64,
+    /// For reaching 50 %, and again for returning to 0 %.
+    pub within_secs: u64,
+    #[serde(default = "default_mem_tolerance")]
+    pub tolerance_mib: u64,
+}
+
+fn default_mem_tolerance() -> u64 {
+    64
+}
+
 /// Runs `sh` in the guest (guest agent) and keeps its output in the
 /// report under `name` (e.g. the agents' idle RSS).
 #[derive(Debug, Clone, Deserialize)]
@@ -193,13 +203,20 @@ pub struct Session {
     /// `df /` available (bytes) and cluster size before the first storage
     /// request.
     storage_base: Option<(u64, u64)>,
-    /// ttyd reached without discovery (see [`PortFileWithoutMdns`]).
-    ttyd_direct: Option<SocketAddr>,
 }
 
 impl Session {
     /// Starts the host against a VM that is still paused.
     pub async fn start(opts: &TerminalOptions, vm: &mut Vm) -> Result<Session> {
+        if vm.tap().is_none() {
+            // Measured: slirp's UDP hostfwd to guest 5353 puts frames on the
+            // guest's NIC, but its IP layer delivers none of them, so the
+            // app could never find ttyd.
+            bail!(
+                "{}: the Terminal app's host side needs net = \"tap\" (mDNS does not work over QEMU user-mode networking)",
+                vm.spec().source.display()
+            );
+        }
         let internal = vm
             .share_dir(ShareTag::Internal)
             .ok_or_else(|| {
@@ -209,10 +226,6 @@ impl Session {
                 )
             })?
             .to_owned();
-        let mdns = vm.forward(true, 5353).await?;
-        let ttyd = vm.forward(false, 7681).await?;
-        // Behind user-mode networking the guest reaches the host's
-        // 127.0.0.1 at the gateway, and its connections arrive from there.
         let mut cfg = TerminalHostConfig::android16(
             &internal,
             VsockEndpoint {
@@ -220,15 +233,18 @@ impl Session {
                 guest_cid: vm.guest_cid(),
             },
             vm.host_bind(0),
-            MdnsTransport::Unicast(mdns),
+            MdnsTransport::Multicast {
+                interface: vm.gateway(),
+            },
         );
-        cfg.allowed_peers = HashSet::from([vm.host_bind(0).ip()]);
-        cfg.ttyd_route = TtydRoute::Via(ttyd);
+        cfg.guest_net = vm.guest_net();
         cfg.host_ports = HostPorts::Ephemeral;
         cfg.boot_timeout = Duration::from_secs(default_boot_timeout()).mul_f64(scale());
         if opts.stale_port_file {
             // A port that was free a moment ago: nothing answers there.
-            let stale = std::net::TcpListener::bind(vm.host_bind(0))?
+            let stale = vm
+                .guest_net()
+                .tcp_listen(vm.host_bind(0))?
                 .local_addr()?
                 .port();
             avf_terminal::service::write_port_file(&internal, stale)?;
@@ -241,7 +257,6 @@ impl Session {
             tty: None,
             other: None,
             storage_base: None,
-            ttyd_direct: None,
         })
     }
 
@@ -259,7 +274,6 @@ impl Session {
     async fn step_inner(&mut self, vm: &mut Vm, step: &Step) -> Result<Option<String>> {
         Ok(match step {
             Step::TtydDiscover(s) => Some(self.discover(vm, s).await?),
-            Step::PortFileWithoutMdns(_) => Some(self.port_file_without_mdns(vm)?),
             Step::TtydProbe(s) => self.probe(s).await.map(|_| None)?,
             Step::TtydRun(s) => self.run(s).await.map(|_| None)?,
             Step::AgentsConnected(s) => self.agents(vm, s).await.map(|_| None)?,
@@ -268,6 +282,7 @@ impl Session {
             Step::AppShutdown(s) => Some(self.shutdown(vm, s).await?),
             Step::StorageBalloon(s) => Some(self.storage(vm, s).await?),
             Step::GuestNote(s) => Some(self.note(vm, s).await?),
+            Step::MemoryPolicy(s) => Some(memory_policy(vm, s).await?),
             other => bail!("not a terminal step: {other:?}"),
         })
     }
@@ -303,13 +318,15 @@ impl Session {
         if since > limit {
             bail!("ttyd found {since:?} after the guest started, more than {limit:?}");
         }
-        if found.port != 7681 || found.addr != vm.guest_ip() {
+        let guest = vm
+            .guest_ip()
+            .ok_or_else(|| anyhow!("mDNS answered, but the guest has no DHCP lease"))?;
+        if found.port != 7681 || found.addr != guest {
             bail!(
-                "mDNS found ttyd at {}:{} ({}), expected {}:7681",
+                "mDNS found ttyd at {}:{} ({}), expected {guest}:7681",
                 found.addr,
                 found.port,
                 found.host,
-                vm.guest_ip()
             );
         }
         Ok(format!(
@@ -318,19 +335,6 @@ impl Session {
             found.host,
             found.addr,
             found.port
-        ))
-    }
-
-    pub fn port_file_without_mdns(&mut self, vm: &Vm) -> Result<String> {
-        let ttyd = vm
-            .forwarded(false, 7681)
-            .ok_or_else(|| anyhow!("no host forward of guest TCP 7681"))?;
-        let file = self.host.server().announce(self.host.internal_dir())?;
-        self.ttyd_direct = Some(ttyd);
-        Ok(format!(
-            "{} written at {} s WITHOUT mDNS discovery",
-            file.display(),
-            fmt_secs(vm.since_start())
         ))
     }
 
@@ -345,10 +349,7 @@ impl Session {
             }
             Identity::None => None,
         };
-        let got = match self.ttyd_direct {
-            Some(addr) => avf_terminal::ttyd::probe(addr, id, CONNECT_TIMEOUT).await?,
-            None => self.host.probe_ttyd(id).await?,
-        };
+        let got = self.host.probe_ttyd(id).await?;
         match (s.expect, &got) {
             (Expect::Accepted, Handshake::Accepted) => Ok(()),
             (Expect::Refused, Handshake::TlsRefused(_)) => Ok(()),
@@ -363,15 +364,7 @@ impl Session {
     pub async fn run(&mut self, s: &TtydRun) -> Result<()> {
         let timeout = Duration::from_secs(s.within_secs).mul_f64(scale());
         if self.tty.is_none() {
-            self.tty = Some(match self.ttyd_direct {
-                Some(addr) => {
-                    let mut c =
-                        TtydClient::connect(addr, self.host.client_cert(), CONNECT_TIMEOUT).await?;
-                    c.wait_ready(timeout).await?;
-                    c
-                }
-                None => self.host.open_terminal(timeout).await?,
-            });
+            self.tty = Some(self.host.open_terminal(timeout).await?);
         }
         let tty = self.tty.as_mut().expect("just opened");
         let out = tty.run(&s.cmd, timeout).await?;
@@ -621,8 +614,114 @@ async fn guest_sh_any(vm: &Vm, sh: &str) -> Result<String> {
     Ok(format!("{}{}", out.stdout_str(), out.stderr_str()))
 }
 
+/// The guest's MemTotal in bytes.
+pub(crate) async fn guest_mem_total(vm: &Vm) -> Result<u64> {
+    let o = guest_sh(vm, "grep MemTotal /proc/meminfo").await?;
+    let kb: u64 = o
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| anyhow!("bad /proc/meminfo: {o}"))?;
+    Ok(kb * 1024)
+}
+
+/// Waits until QEMU's balloon leaves the guest `keep` bytes and MemTotal
+/// has moved by as much from `base` (MemTotal at `base_keep`).
+pub(crate) async fn wait_balloon(
+    vm: &Vm,
+    keep: u64,
+    (base_total, base_keep): (u64, u64),
+    tol: u64,
+    deadline: Instant,
+) -> Result<(u64, u64)> {
+    loop {
+        let actual = vm.qmp().query_balloon().await?;
+        let total = guest_mem_total(vm).await?;
+        let want_total = base_total as i64 - (base_keep as i64 - keep as i64);
+        if actual.abs_diff(keep) <= tol && (total as i64).abs_diff(want_total) <= tol {
+            return Ok((actual, total));
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "balloon: QEMU leaves the guest {} MiB (want {} MiB), MemTotal {} MiB (want about {} MiB)",
+                actual / MIB,
+                keep / MIB,
+                total / MIB,
+                want_total / MIB as i64
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+async fn memory_policy(vm: &Vm, s: &MemoryPolicy) -> Result<String> {
+    use avf_terminal::balloon::{
+        MemoryBalloonPolicy, BACKGROUND_MAX_PERCENT, BACKGROUND_START_PERCENT, BACKGROUND_STEP,
+        BACKGROUND_STEP_PERCENT,
+    };
+    use avf_terminal::AppState;
+    let ram = vm.plan().memory_mib * MIB;
+    let tol = s.tolerance_mib * MIB;
+    let within = Duration::from_secs(s.within_secs).mul_f64(scale());
+    let base = (guest_mem_total(vm).await?, vm.qmp().query_balloon().await?);
+    if base.1.abs_diff(ram) > tol {
+        bail!(
+            "balloon already inflated: guest keeps {} of {} MiB",
+            base.1 / MIB,
+            ram / MIB
+        );
+    }
+    let policy = MemoryBalloonPolicy::spawn(vm.memory_balloon(), ram, s.time_scale);
+    let t0 = Instant::now();
+    policy.set_app_state(AppState::Background);
+    let max = ram / 100 * BACKGROUND_MAX_PERCENT;
+    let (_, low_total) = wait_balloon(vm, ram - max, base, tol, t0 + within).await?;
+    let to_max = t0.elapsed();
+    let t1 = Instant::now();
+    policy.set_app_state(AppState::Foreground);
+    let (_, back_total) = wait_balloon(vm, ram, base, tol, t1 + within).await?;
+    let back = t1.elapsed();
+
+    let history = policy.history();
+    drop(policy);
+    let percents: Vec<u64> = history
+        .iter()
+        .map(|h| (h.balloon_bytes * 100 + ram / 2) / ram)
+        .collect();
+    let mut want: Vec<u64> = (BACKGROUND_START_PERCENT..=BACKGROUND_MAX_PERCENT)
+        .step_by(BACKGROUND_STEP_PERCENT as usize)
+        .collect();
+    want.push(0);
+    if percents != want {
+        bail!("the policy ballooned {percents:?} % of guest RAM, expected {want:?}");
+    }
+    if let Some(e) = history.iter().find_map(|h| h.error.as_ref()) {
+        bail!("QMP balloon failed: {e}");
+    }
+    // Growth steps come one scaled minute apart (the clock may run late
+    // on a loaded host, never early).
+    let step = avf_terminal::balloon::scaled(BACKGROUND_STEP, s.time_scale);
+    let background = &history[..history.len() - 1];
+    for w in background.windows(2) {
+        let gap = w[1].at.duration_since(w[0].at);
+        if gap < step.mul_f64(0.9) {
+            bail!("balloon steps {gap:?} apart, policy step is {step:?}");
+        }
+    }
+    Ok(format!(
+        "memory policy ×{}: {percents:?} % of {} MiB; MemTotal {} → {} → {} MiB; 50 % reached in {} s, returned in {} s",
+        s.time_scale,
+        ram / MIB,
+        base.0 / MIB,
+        low_total / MIB,
+        back_total / MIB,
+        fmt_secs(to_max),
+        fmt_secs(back)
+    ))
+}
+
 /// Runs `sh` through the guest agent; non-zero exit is an error.
-async fn guest_sh(vm: &Vm, sh: &str) -> Result<String> {
+pub(crate) async fn guest_sh(vm: &Vm, sh: &str) -> Result<String> {
     let out = vm.qga().await?.sh(sh).await?;
     if out.exit_code != Some(0) {
         bail!(

@@ -14,12 +14,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
+use avf_terminal::GuestNet;
 use regex::bytes::Regex;
 use tokio::sync::OnceCell;
 
 use crate::console::qga::Qga;
 use crate::console::Console;
 use crate::disk::{Layout, NbdServer, PartitionEntry};
+use crate::net::TapNet;
 use crate::payload::Instance;
 use crate::plan::{self, BootPath, Forward, NetMode, Options, Paths, Plan};
 use crate::qmp::{Qmp, QmpEvent};
@@ -60,6 +62,24 @@ pub struct PowerdownReport {
     pub elapsed: Duration,
 }
 
+/// [`avf_terminal::MemoryBalloon`] over QMP: the app says how much to take
+/// back, QMP's `balloon` wants what the guest keeps.
+#[derive(Clone)]
+pub struct QmpBalloon {
+    qmp: Arc<Qmp>,
+    guest_ram: u64,
+}
+
+impl avf_terminal::MemoryBalloon for QmpBalloon {
+    async fn set_balloon(
+        &self,
+        balloon_bytes: u64,
+    ) -> Result<(), avf_terminal::balloon::BalloonError> {
+        let keep = self.guest_ram.saturating_sub(balloon_bytes);
+        self.qmp.balloon(keep).await.map_err(Into::into)
+    }
+}
+
 static VM_INDEX: AtomicU32 = AtomicU32::new(0);
 
 pub struct Vm {
@@ -71,13 +91,15 @@ pub struct Vm {
     layouts: Vec<Arc<Layout>>,
     procs: ProcessGroup,
     _nbd: Vec<NbdServer>,
-    qmp: Qmp,
+    qmp: Arc<Qmp>,
     console: Console,
     qga: OnceCell<Qga>,
     started: Instant,
     forwards: Vec<Forward>,
     cid: u32,
     exited: bool,
+    /// Dropped after the processes (it deletes their namespace).
+    tap: Option<TapNet>,
 }
 
 /// A free localhost port (bound then released; QEMU binds it next).
@@ -91,6 +113,29 @@ pub fn free_port(udp: bool) -> Result<u16> {
             .local_addr()?
             .port()
     })
+}
+
+/// Waits until a sidecar's log shows `ready` (it logs there when serving).
+async fn wait_for_log(log: &Path, ready: &str, name: &str, procs: &mut ProcessGroup) -> Result<()> {
+    let t = Timeout::SidecarSocket.get();
+    let deadline = Instant::now() + t;
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.contains(ready) {
+            return Ok(());
+        }
+        if let Some(st) = procs.try_wait(name)? {
+            bail!("{name} exited ({st}): {}", text.trim());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{name} not ready within {t:?} ({}): {}",
+                log.display(),
+                text.trim()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 async fn wait_for_socket(
@@ -131,9 +176,6 @@ impl Vm {
     /// instruction, so host services that must exist before the guest looks
     /// for them (the Terminal app's `ca.crt`) can start; then [`Vm::resume`].
     pub async fn launch_paused(req: LaunchRequest) -> Result<Vm> {
-        if req.options.net == NetMode::Tap {
-            bail!("--net tap is not implemented yet (user-mode networking only)");
-        }
         let idx = VM_INDEX.fetch_add(1, Ordering::SeqCst);
         sweep_stale_dirs();
         let run = PathBuf::from(format!("/tmp/avf-{}-{idx}", std::process::id()));
@@ -175,6 +217,12 @@ impl Vm {
             }
         }
         let plan = plan::plan(&spec, &options, &paths);
+        let tap = if spec.network && options.net == NetMode::Tap {
+            let name = format!("{}{}-{idx}", crate::net::NETNS_PREFIX, std::process::id());
+            Some(TapNet::create(&name, &run)?)
+        } else {
+            None
+        };
 
         // Shares: the app's dirs, owned by the app uid as on the phone.
         for s in &spec.shares {
@@ -218,12 +266,27 @@ impl Vm {
             )?;
             wait_for_socket(&sc.socket, &sc.name, &mut procs, &sc.name).await?;
         }
+        if let Some(tap) = &tap {
+            let mut c = tap.dnsmasq(&run);
+            cmdlines.push_str(&format!("ip netns exec {} {c:?}\n", tap.name()));
+            let _ns = tap.enter_on_spawn(&mut c)?;
+            let log = paths.artefacts.join("dnsmasq.log");
+            procs.spawn("dnsmasq", c, &log)?;
+            wait_for_log(&log, "DHCP, IP range", "dnsmasq", &mut procs).await?;
+        }
         let qemu_line = plan::shell_line(QEMU, &plan.qemu);
+        if let Some(tap) = &tap {
+            cmdlines.push_str(&format!("ip netns exec {} ", tap.name()));
+        }
         cmdlines.push_str(&qemu_line);
         cmdlines.push('\n');
         std::fs::write(paths.artefacts.join("commands.txt"), &cmdlines)?;
         let mut c = Command::new(QEMU);
         c.args(&plan.qemu);
+        let _ns = match &tap {
+            Some(t) => Some(t.enter_on_spawn(&mut c)?),
+            None => None,
+        };
         let qemu_log = paths.artefacts.join("qemu.log");
         procs.spawn("qemu", c, &qemu_log)?;
         let connected = async {
@@ -231,7 +294,7 @@ impl Vm {
             let qmp = Qmp::connect(&paths.qmp(), &paths.artefacts.join("qmp.log")).await?;
             let console = Console::connect(&paths.console()).await?;
             let started = Instant::now();
-            anyhow::Ok((qmp, console, started))
+            anyhow::Ok((Arc::new(qmp), console, started))
         }
         .await;
         let (qmp, console, started) = connected.map_err(|e| {
@@ -259,6 +322,7 @@ impl Vm {
             qga: OnceCell::new(),
             started,
             exited: false,
+            tap,
         })
     }
 
@@ -284,6 +348,13 @@ impl Vm {
     }
     pub fn qmp(&self) -> &Qmp {
         &self.qmp
+    }
+    /// The guest's memory balloon as the Terminal app drives it.
+    pub fn memory_balloon(&self) -> QmpBalloon {
+        QmpBalloon {
+            qmp: self.qmp.clone(),
+            guest_ram: self.plan.memory_mib << 20,
+        }
     }
     pub fn console(&self) -> &Console {
         &self.console
@@ -319,16 +390,34 @@ impl Vm {
     }
     /// The guest's default gateway, i.e. the host as the guest sees it.
     pub fn gateway(&self) -> Ipv4Addr {
-        plan::USER_NET_GATEWAY.parse().expect("constant")
+        match &self.tap {
+            Some(t) => t.host,
+            None => plan::USER_NET_GATEWAY.parse().expect("constant"),
+        }
     }
-    /// The guest's own address on the user-mode network.
-    pub fn guest_ip(&self) -> Ipv4Addr {
-        plan::USER_NET_GUEST.parse().expect("constant")
+    /// The guest's own address: fixed in user-mode networking, its DHCP
+    /// lease in the TAP mode (`None` before it has one).
+    pub fn guest_ip(&self) -> Option<Ipv4Addr> {
+        match &self.tap {
+            Some(t) => t.lease(plan::GUEST_MAC),
+            None => Some(plan::USER_NET_GUEST.parse().expect("constant")),
+        }
     }
-    /// Where a host service must bind (port 0 = any) so the guest reaches
-    /// it at [`Vm::gateway`] on the same port.
+    /// The TAP mode's network, if that is the mode.
+    pub fn tap(&self) -> Option<&TapNet> {
+        self.tap.as_ref()
+    }
+    /// Where host sockets on the guest network are made.
+    pub fn guest_net(&self) -> GuestNet {
+        self.tap.as_ref().map(TapNet::guest_net).unwrap_or_default()
+    }
+    /// Where a host service must bind (port 0 = any), in [`Vm::guest_net`],
+    /// so the guest reaches it at [`Vm::gateway`] on the same port.
     pub fn host_bind(&self, port: u16) -> SocketAddr {
-        SocketAddr::new(plan::HOST_BIND_ADDR.parse().expect("constant"), port)
+        match &self.tap {
+            Some(t) => SocketAddr::new(t.host.into(), port),
+            None => SocketAddr::new(plan::HOST_BIND_ADDR.parse().expect("constant"), port),
+        }
     }
     /// The host address reaching guest TCP/UDP `guest_port`, if forwarded.
     pub fn forwarded(&self, udp: bool, guest_port: u16) -> Option<SocketAddr> {
@@ -341,6 +430,9 @@ impl Vm {
     pub async fn forward(&mut self, udp: bool, guest_port: u16) -> Result<SocketAddr> {
         if let Some(a) = self.forwarded(udp, guest_port) {
             return Ok(a);
+        }
+        if self.tap.is_some() {
+            bail!("no port forwards in the TAP mode: reach the guest at its address");
         }
         let host_port = free_port(udp)?;
         let proto = if udp { "udp" } else { "tcp" };
@@ -480,6 +572,10 @@ impl Vm {
             args.push("--firmware".into());
             args.push("edk2".into());
         }
+        if self.tap.is_some() {
+            args.push("--net".into());
+            args.push("tap".into());
+        }
         plan::shell_line("cargo run -p avf-harness --", &args)
     }
 }
@@ -502,11 +598,13 @@ pub fn instance_base() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/var/tmp/avf-instances"))
 }
 
-/// Removes run and instance dirs of harness processes that died without
-/// cleaning up (SIGKILL); returns what was removed.
+/// Removes run and instance dirs and TAP network namespaces of harness
+/// processes that died without cleaning up (SIGKILL); returns what was
+/// removed.
 pub fn sweep_stale_dirs() -> Vec<PathBuf> {
     let mut v = procs::sweep_stale(Path::new("/tmp"), "avf-");
     v.extend(procs::sweep_stale(&instance_base(), ""));
+    v.extend(crate::net::sweep_stale_namespaces());
     v
 }
 

@@ -172,16 +172,20 @@ impl Drop for ProcessGroup {
     }
 }
 
+/// The pids listed in /proc (its numeric entries), in directory order;
+/// empty if /proc cannot be read.
+fn proc_pids() -> impl Iterator<Item = i32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
+}
+
 /// Processes (pid, comm) in process group `pgid`, from /proc.
 pub fn group_members(pgid: i32) -> Vec<(i32, String)> {
     let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for e in rd.flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
+    for pid in proc_pids() {
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
             continue;
         };
@@ -205,21 +209,20 @@ pub fn group_members(pgid: i32) -> Vec<(i32, String)> {
 /// line: (pid, command line).
 pub fn leaked_processes() -> Vec<(i32, String)> {
     let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for e in rd.flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
+    for pid in proc_pids() {
         let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
             continue;
         };
         let cmd = String::from_utf8_lossy(&raw).replace('\0', " ");
         let prog = cmd.split_whitespace().next().unwrap_or_default();
-        let ours = ["qemu-system-aarch64", "virtiofsd", "vhost-device-vsock"]
-            .iter()
-            .any(|p| prog.ends_with(p));
+        let ours = [
+            "qemu-system-aarch64",
+            "virtiofsd",
+            "vhost-device-vsock",
+            "dnsmasq",
+        ]
+        .iter()
+        .any(|p| prog.ends_with(p));
         if ours && cmd.contains("/tmp/avf-") {
             out.push((pid, cmd.trim().to_string()));
         }
@@ -260,5 +263,23 @@ pub fn is_alive(pid: i32) -> bool {
             .and_then(|i| stat.get(i + 2..i + 3))
             .is_some_and(|state| state != "Z" && state != "X"),
         Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_pids_lists_this_process() {
+        let me = std::process::id() as i32;
+        assert!(proc_pids().any(|p| p == me));
+    }
+
+    #[test]
+    fn group_members_finds_this_process_group() {
+        let pg = unsafe { libc::getpgrp() };
+        let me = std::process::id() as i32;
+        assert!(group_members(pg).iter().any(|(p, _)| *p == me));
     }
 }

@@ -1,6 +1,8 @@
 //! Bad inputs: each gives a one-line cause, a non-zero exit and nothing
 //! half-written under the output name.
 
+mod common;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -8,6 +10,7 @@ use std::time::Instant;
 
 use avf_image_checks::exec::{is_root, run, Outcome};
 use avf_image_checks::repo_root;
+use common::Tmpfs;
 
 /// A scratch AVF_OUT and AVF_CACHE, readable by the build user.
 struct Scratch {
@@ -172,25 +175,7 @@ fn broken_pkgbuild_without_pkgver() {
 #[test]
 fn full_disk_is_one_line() {
     require_root();
-    let mnt = tempfile::tempdir().unwrap();
-    let o = run(Command::new("mount")
-        .args([
-            "-t",
-            "tmpfs",
-            "-o",
-            "size=32m,mode=0755",
-            "avf-full-disk-test",
-        ])
-        .arg(mnt.path()))
-    .unwrap();
-    assert_eq!(o.code, Some(0), "mount tmpfs: {}", o.stderr);
-    struct Unmount<'a>(&'a Path);
-    impl Drop for Unmount<'_> {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(self.0).status();
-        }
-    }
-    let _guard = Unmount(mnt.path());
+    let mnt = Tmpfs::mount(32);
     let cache = tempfile::tempdir().unwrap();
     let o = run(Command::new(repo_root().join("image-build/build-all.sh"))
         .args(["--base", "debian", "--layout", "efi"])
@@ -218,25 +203,7 @@ fn full_disk_while_writing_root_part() {
         .expect("build-info.json: rootfs_cache")
         .to_string();
     assert!(Path::new(&rootfs).is_dir(), "{rootfs} gone from the cache: rebuild with `image-build/build-all.sh --base debian --layout efi`");
-    let mnt = tempfile::tempdir().unwrap();
-    let o = run(Command::new("mount")
-        .args([
-            "-t",
-            "tmpfs",
-            "-o",
-            "size=64m,mode=0755",
-            "avf-full-disk-test",
-        ])
-        .arg(mnt.path()))
-    .unwrap();
-    assert_eq!(o.code, Some(0), "mount tmpfs: {}", o.stderr);
-    struct Unmount<'a>(&'a Path);
-    impl Drop for Unmount<'_> {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(self.0).status();
-        }
-    }
-    let _guard = Unmount(mnt.path());
+    let mnt = Tmpfs::mount(64);
     let o = run(
         Command::new(repo_root().join("image-build/40-create-disk-image.sh"))
             .args(["--base", "debian", "--layout", "efi", "--in", &rootfs])

@@ -1,10 +1,14 @@
 //! Stand-ins shared by the integration tests: a ttyd look-alike and an
-//! mDNS responder.
+//! mDNS responder; and the ttyd client checks both ttyd tests make.
 #![allow(dead_code)]
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use avf_terminal::cert::ClientCert;
+use avf_terminal::ttyd::{probe, Handshake, TtydClient};
 
 use futures_util::{SinkExt, StreamExt};
 use hickory_proto::op::{Message as Dns, MessageType};
@@ -40,11 +44,7 @@ pub async fn fake_ttyd_on(
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .build()
         .unwrap();
-    let server_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let server_cert = rcgen::CertificateParams::new(vec!["avf-guest".into()])
-        .unwrap()
-        .self_signed(&server_key)
-        .unwrap();
+    let (server_cert, server_key) = server_cert();
     let config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .unwrap()
@@ -211,4 +211,48 @@ pub async fn mdns_responder(addr: Ipv4Addr, port: u16) -> SocketAddr {
         }
     });
     local
+}
+
+/// A self-signed server certificate for `avf-guest` (as the guest's
+/// first-boot ttyd certificate), with its key.
+pub fn server_cert() -> (rcgen::Certificate, rcgen::KeyPair) {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["avf-guest".into()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    (cert, key)
+}
+
+/// A client connected to the ttyd at `addr` with `app`'s certificate, its
+/// shell ready for commands.
+pub async fn ready_client(addr: SocketAddr, app: &ClientCert, t: Duration) -> TtydClient {
+    let mut c = TtydClient::connect(addr, app, t).await.unwrap();
+    c.wait_ready(t).await.unwrap();
+    c
+}
+
+/// Runs `cmd` and checks its output and exit code.
+pub async fn assert_run(c: &mut TtydClient, cmd: &str, output: &str, exit_code: i32, t: Duration) {
+    let out = c.run(cmd, t).await.unwrap();
+    assert_eq!(out.output, output);
+    assert_eq!(out.exit_code, exit_code);
+}
+
+/// The ttyd at `addr` trusts `app`'s certificate only: the TLS handshake
+/// succeeds with it and is refused without one and with `other`.
+pub async fn assert_only_app_cert_accepted(
+    addr: SocketAddr,
+    app: &ClientCert,
+    other: &ClientCert,
+    t: Duration,
+) {
+    assert_eq!(
+        probe(addr, Some(app), t).await.unwrap(),
+        Handshake::Accepted
+    );
+    let none = probe(addr, None, t).await.unwrap();
+    assert!(matches!(none, Handshake::TlsRefused(_)), "{none:?}");
+    let foreign = probe(addr, Some(other), t).await.unwrap();
+    assert!(matches!(foreign, Handshake::TlsRefused(_)), "{foreign:?}");
 }

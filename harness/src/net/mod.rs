@@ -1,0 +1,229 @@
+//! The faithful network mode: the guest's virtio-net on a TAP inside a
+//! network namespace of its own, a DHCP and DNS server (dnsmasq) on a
+//! private /24 picked at run time, and the host as the default gateway —
+//! what Android's tethering gives the VM (contract §3). The namespace keeps
+//! the host's own network untouched and lets VMs run side by side.
+//!
+//! Host services on the guest network (the Terminal app's gRPC server, mDNS,
+//! ttyd client) make their sockets in the namespace through
+//! [`avf_terminal::GuestNet`]; QEMU and dnsmasq are started inside it.
+
+use std::fs::File;
+use std::net::Ipv4Addr;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use avf_terminal::GuestNet;
+
+/// The TAP's name inside the namespace.
+pub const TAP_IFNAME: &str = "avf0";
+/// Names under `/run/netns` are `<NETNS_PREFIX><pid>-<n>`.
+pub const NETNS_PREFIX: &str = "avf-";
+/// A DNS name the harness's DNS server answers with the host's address.
+pub const HOST_DNS_NAME: &str = "host.avf.internal";
+const NETNS_DIR: &str = "/run/netns";
+
+/// One VM's TAP network. Dropping it deletes the namespace (with the TAP);
+/// the processes inside must be gone by then.
+#[derive(Debug)]
+pub struct TapNet {
+    name: String,
+    /// The /24's first address (`a.b.c.0`).
+    pub network: Ipv4Addr,
+    /// The host's address on the /24: the guest's gateway and DNS server.
+    pub host: Ipv4Addr,
+    leases: PathBuf,
+}
+
+fn ip(args: &[&str]) -> Result<()> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .with_context(|| format!("running ip {}", args.join(" ")))?;
+    if !out.status.success() {
+        bail!(
+            "ip {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+impl TapNet {
+    /// Creates namespace `name` with the TAP up on a random private /24;
+    /// dnsmasq's leases go to `run_dir`.
+    pub fn create(name: &str, run_dir: &Path) -> Result<TapNet> {
+        // 192.168.X.0/24 with X random, as tethering picks its subnet per run.
+        let x = 1 + uuid::Uuid::new_v4().as_bytes()[0] % 254;
+        let network = Ipv4Addr::new(192, 168, x, 0);
+        let host = Ipv4Addr::new(192, 168, x, 1);
+        ip(&["netns", "add", name]).context(
+            "creating the TAP mode's network namespace (needs root or CAP_SYS_ADMIN and CAP_NET_ADMIN)",
+        )?;
+        let net = TapNet {
+            name: name.to_string(),
+            network,
+            host,
+            leases: run_dir.join("dnsmasq.leases"),
+        };
+        let host_cidr = format!("{host}/24");
+        for args in [
+            &["-n", name, "link", "set", "lo", "up"][..],
+            &[
+                "-n", name, "tuntap", "add", "dev", TAP_IFNAME, "mode", "tap",
+            ],
+            &["-n", name, "addr", "add", &host_cidr, "dev", TAP_IFNAME],
+            &["-n", name, "link", "set", TAP_IFNAME, "up"],
+        ] {
+            ip(args)?;
+        }
+        Ok(net)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn path(&self) -> PathBuf {
+        Path::new(NETNS_DIR).join(&self.name)
+    }
+
+    /// Where host sockets on the guest network are made.
+    pub fn guest_net(&self) -> GuestNet {
+        GuestNet::Namespace(self.path())
+    }
+
+    /// dnsmasq in the foreground: DHCP on the /24 (router and DNS = host)
+    /// and DNS for [`HOST_DNS_NAME`], nothing else (no upstream: offline).
+    pub fn dnsmasq(&self, run_dir: &Path) -> Command {
+        let n = self.network.octets();
+        let range = |last: u8| Ipv4Addr::new(n[0], n[1], n[2], last);
+        let mut c = Command::new("dnsmasq");
+        c.args([
+            "--keep-in-foreground",
+            "--log-facility=-",
+            "--log-dhcp",
+            "--conf-file=/dev/null",
+            "--no-resolv",
+            "--no-hosts",
+            "--no-poll",
+            "--user=root",
+            "--group=root",
+            "--bind-interfaces",
+        ])
+        .arg(format!("--interface={TAP_IFNAME}"))
+        .arg(format!("--listen-address={}", self.host))
+        .arg(format!(
+            "--dhcp-range={},{},255.255.255.0,1h",
+            range(100),
+            range(199)
+        ))
+        .arg("--dhcp-authoritative")
+        .arg(format!("--dhcp-option=option:router,{}", self.host))
+        .arg(format!("--dhcp-option=option:dns-server,{}", self.host))
+        .arg(format!("--host-record={HOST_DNS_NAME},{}", self.host))
+        .arg(format!("--dhcp-leasefile={}", self.leases.display()))
+        .arg(format!(
+            "--pid-file={}",
+            run_dir.join("dnsmasq.pid").display()
+        ));
+        c
+    }
+
+    /// Makes `cmd` start inside the namespace.
+    pub fn enter_on_spawn(&self, cmd: &mut Command) -> Result<File> {
+        let ns = File::open(self.path())
+            .with_context(|| format!("opening {}", self.path().display()))?;
+        let fd = ns.as_raw_fd();
+        // SAFETY: setns is async-signal-safe; the fd outlives the spawn
+        // because the caller keeps the returned File until then.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(cmd, move || {
+                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        Ok(ns)
+    }
+
+    /// The address dnsmasq leased to `mac`, if any yet.
+    pub fn lease(&self, mac: &str) -> Option<Ipv4Addr> {
+        let text = std::fs::read_to_string(&self.leases).ok()?;
+        parse_lease(&text, mac)
+    }
+}
+
+/// dnsmasq's lease file: `<expiry> <mac> <ip> <hostname> <client-id>`.
+fn parse_lease(text: &str, mac: &str) -> Option<Ipv4Addr> {
+    text.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.len() >= 3 && f[1].eq_ignore_ascii_case(mac))
+            .then(|| f[2].parse().ok())
+            .flatten()
+    })
+}
+
+impl Drop for TapNet {
+    fn drop(&mut self) {
+        let _ = ip(&["netns", "del", &self.name]);
+    }
+}
+
+/// Deletes namespaces of harness processes that no longer run (SIGKILL).
+pub fn sweep_stale_namespaces() -> Vec<PathBuf> {
+    stale_namespaces()
+        .into_iter()
+        .filter(|n| ip(&["netns", "del", n]).is_ok())
+        .map(|n| Path::new(NETNS_DIR).join(n))
+        .collect()
+}
+
+/// Our namespaces whose harness process is gone.
+pub fn stale_namespaces() -> Vec<String> {
+    our_namespaces()
+        .into_iter()
+        .filter(|(_, pid)| !Path::new(&format!("/proc/{pid}")).exists())
+        .map(|(n, _)| n)
+        .collect()
+}
+
+/// Every namespace named like ours, with the pid in its name.
+pub fn our_namespaces() -> Vec<(String, i32)> {
+    let Ok(rd) = std::fs::read_dir(NETNS_DIR) else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let pid = name
+                .strip_prefix(NETNS_PREFIX)?
+                .split('-')
+                .next()?
+                .parse()
+                .ok()?;
+            Some((name, pid))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lease_lines() {
+        let text = "1764120000 52:54:00:a7:f0:01 192.168.77.150 avf 01:52:54:00:a7:f0:01\n\
+                    1764120000 52:54:00:00:00:02 192.168.77.151 * *\n";
+        assert_eq!(
+            parse_lease(text, "52:54:00:A7:F0:01"),
+            Some(Ipv4Addr::new(192, 168, 77, 150))
+        );
+        assert_eq!(parse_lease(text, "52:54:00:00:00:03"), None);
+        assert_eq!(parse_lease("garbage\n", "52:54:00:00:00:03"), None);
+    }
+}
