@@ -65,6 +65,19 @@ debugfs -w -R "write $tmp/meta/build_id /usr/lib/avf/build_id" "$pl/root_part" >
 got=$(debugfs -R 'cat /usr/lib/avf/build_id' "$pl/root_part" 2>/dev/null)
 [[ $got == "$build_id" ]] || die "could not write /usr/lib/avf/build_id into $pl/root_part (is avf-config installed?)"
 
+# The direct layout hands the ESP to the VM read-only (vm_config.json
+# writable: false): mount it ro and skip its fsck, or the guest's first
+# write to it (vfat's dirty flag) fails with an I/O error.
+if [[ $LAYOUT == direct ]]; then
+  awk '$2 == "/boot" && $3 == "vfat" { $4 = "ro," $4; $6 = 0 } { print }' "$r/etc/fstab" >"$tmp/meta/fstab"
+  grep -Eq '^PARTUUID=[^ ]+ /boot vfat ro,' "$tmp/meta/fstab" || die "no vfat /boot line in $r/etc/fstab to make read-only"
+  chmod 644 "$tmp/meta/fstab"
+  debugfs -w -R "rm /etc/fstab" "$pl/root_part" >/dev/null 2>&1
+  debugfs -w -R "write $tmp/meta/fstab /etc/fstab" "$pl/root_part" >/dev/null 2>&1
+  debugfs -R 'cat /etc/fstab' "$pl/root_part" 2>/dev/null | grep -q ' /boot vfat ro,' ||
+    die "could not write the read-only /boot fstab into $pl/root_part"
+fi
+
 log "efi_part: ${AVF_EFI_MIB} MiB vfat, systemd-boot"
 sdboot="$r/usr/lib/systemd/boot/efi/systemd-bootaa64.efi"
 [[ -f $sdboot ]] || die "$sdboot missing (systemd-boot not installed in the image)"

@@ -323,6 +323,32 @@ fn root_contents(layout: &str) {
             "/etc/fstab does not mount {label} by PARTUUID {g}"
         );
     }
+    // A partition the VM gets read-only must be mounted read-only, or the
+    // guest's first write to it is an I/O error.
+    let cfg_path = a.payload("vm_config.json");
+    let cfg: serde_json::Value = serde_json::from_str(&check(
+        std::fs::read_to_string(&cfg_path).map_err(|e| format!("{}: {e}", cfg_path.display())),
+    ))
+    .unwrap_or_else(|e| panic!("{}: {e}", cfg_path.display()));
+    for p in cfg["disks"][0]["partitions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        if p["writable"].as_bool() == Some(false) {
+            let g = p["guid"].as_str().unwrap_or_default();
+            let line = fstab
+                .lines()
+                .find(|l| l.starts_with(&format!("PARTUUID={g}")))
+                .unwrap_or_else(|| panic!("/etc/fstab has no line for read-only PARTUUID={g}"));
+            let opts = line.split_whitespace().nth(3).unwrap_or_default();
+            assert!(
+                opts.split(',').any(|o| o == "ro"),
+                "{} is read-only in vm_config.json, but /etc/fstab mounts it {opts:?}",
+                p["label"]
+            );
+        }
+    }
     for bin in ROOT_BINS {
         let t = check(debugfs::file_type(&img, bin));
         assert!(t == "regular" || t == "symlink", "{bin}: {t}");
