@@ -280,6 +280,15 @@ fn describe(vm: &Vm) {
     if let Some(a) = vm.forwarded(false, 7681) {
         eprintln!("[avf] ttyd (guest :7681) at https://{a}/");
     }
+    if let Some(t) = vm.tap() {
+        eprintln!(
+            "[avf] network: TAP in namespace {}, {}/24, host (gateway, DNS) {}; the guest's lease is in the artefacts' dnsmasq.log; reach it with `ip netns exec {} <command>`",
+            t.name(),
+            t.network,
+            t.host,
+            t.name()
+        );
+    }
 }
 
 /// Raw-mode stdin ↔ console until Ctrl-] or the VM exits.
