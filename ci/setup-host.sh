@@ -78,6 +78,15 @@ if [[ ! -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ]]; then
 fi
 arch-test arm64 >/dev/null || { echo "setup-host.sh: arm64 binaries do not run (binfmt)" >&2; exit 1; }
 
+# The TAP mode (scenarios playing the Terminal app): /dev/net/tun and
+# network namespaces.
+if [[ ! -c /dev/net/tun ]]; then
+  log "creating /dev/net/tun"
+  modprobe tun 2>/dev/null || true
+  [[ -c /dev/net/tun ]] || { mkdir -p /dev/net && mknod -m 600 /dev/net/tun c 10 200; }
+fi
+mkdir -p /run/netns
+
 # Rust: the aarch64 target for the agents, nextest for the tests.
 if ! rustup target list --installed | grep -qx aarch64-unknown-linux-gnu; then
   log "rustup target add aarch64-unknown-linux-gnu"
