@@ -219,6 +219,9 @@ async fn real_main(cli: Cli) -> Result<()> {
                 r.boot_to_marker.map_or(0.0, |d| d.as_secs_f64()),
                 r.boot_to_agent.map_or(0.0, |d| d.as_secs_f64())
             );
+            for n in &r.notes {
+                println!("{n}");
+            }
             Ok(())
         }
         Cmd::Check { payload } => {
