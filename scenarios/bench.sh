@@ -15,8 +15,10 @@ fi
 filter=${1:-'test(/^vm::/)'}
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
-out=$(mktemp -d /tmp/avf-bench.XXXXXX)
-trap 'rm -rf "$out"' EXIT
+# Logs and JUnit of every run stay here (failures need reading).
+out=$repo/target/bench/$(date -u +%Y%m%dT%H%M%SZ)
+mkdir -p "$out"
+echo "[bench] logs in $out" >&2
 
 cargo build -q -p avf-scenarios --tests
 for i in $(seq "$runs"); do
@@ -25,6 +27,10 @@ for i in $(seq "$runs"); do
   cargo nextest run -p avf-scenarios --profile ci --no-fail-fast \
     -E "$filter" >"$out/run-$i.log" 2>&1 || true
   cp target/nextest/ci/junit.xml "$out/junit-$i.xml" 2>/dev/null || true
+  # A failed scenario's artefacts are overwritten by the next run: keep them.
+  if grep -q '^ *FAIL ' "$out/run-$i.log"; then
+    cp -r target/avf-artefacts "$out/artefacts-$i"
+  fi
 done
 
 python3 - "$out" "$runs" <<'PY'
