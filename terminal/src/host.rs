@@ -231,7 +231,7 @@ impl TerminalHost {
 
     /// Opens a terminal with the app's certificate and waits for the shell.
     pub async fn open_terminal(&self, ready_timeout: Duration) -> Result<TtydClient, HostError> {
-        let mut client = TtydClient::connect_in(
+        let mut client = TtydClient::connect(
             &self.config.guest_net,
             self.ttyd_addr()?,
             &self.cert,
@@ -244,7 +244,7 @@ impl TerminalHost {
 
     /// Tries the TLS handshake with `identity` (the app's, another, or none).
     pub async fn probe_ttyd(&self, identity: Option<&ClientCert>) -> Result<Handshake, HostError> {
-        Ok(crate::ttyd::probe_in(
+        Ok(crate::ttyd::probe(
             &self.config.guest_net,
             self.ttyd_addr()?,
             identity,

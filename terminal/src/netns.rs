@@ -13,7 +13,6 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use nix::sched::{setns, CloneFlags};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
@@ -41,23 +40,12 @@ impl GuestNet {
     }
 
     /// A TCP connection to `addr`, made from this namespace.
-    pub async fn tcp_connect(
-        &self,
-        addr: SocketAddr,
-        timeout: Duration,
-    ) -> io::Result<tokio::net::TcpStream> {
+    pub async fn tcp_connect(&self, addr: SocketAddr) -> io::Result<tokio::net::TcpStream> {
         let sock = self.socket(Domain::for_address(addr), Type::STREAM, Protocol::TCP)?;
         sock.set_nonblocking(true)?;
-        sock.set_cloexec(true)?;
-        let sock = tokio::net::TcpSocket::from_std_stream(sock.into());
-        tokio::time::timeout(timeout, sock.connect(addr))
+        tokio::net::TcpSocket::from_std_stream(sock.into())
+            .connect(addr)
             .await
-            .map_err(|_| {
-                io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("connecting to {addr} timed out after {timeout:?}"),
-                )
-            })?
     }
 
     /// A TCP listener on `addr` in this namespace.

@@ -187,7 +187,7 @@ async fn open(
     };
     let work = async {
         let tcp = net
-            .tcp_connect(addr, timeout)
+            .tcp_connect(addr)
             .await
             .map_err(|source| TtydError::Connect { addr, source })?;
         let _ = tcp.set_nodelay(true);
@@ -223,18 +223,9 @@ async fn open(
         .map_err(|_| step("connecting"))?
 }
 
-/// Connects with `identity` (or none) and reports whether the server let us
+/// Connects from `net` with `identity` (or none) and reports whether the server let us
 /// in. Connection failures below TLS are errors, not refusals.
 pub async fn probe(
-    addr: SocketAddr,
-    identity: Option<&ClientCert>,
-    timeout: Duration,
-) -> Result<Handshake, TtydError> {
-    probe_in(&GuestNet::Current, addr, identity, timeout).await
-}
-
-/// [`probe`] from the guest network's namespace.
-pub async fn probe_in(
     net: &GuestNet,
     addr: SocketAddr,
     identity: Option<&ClientCert>,
@@ -277,18 +268,9 @@ pub struct TtydClient {
 }
 
 impl TtydClient {
-    /// Connects, sends the initial JSON (terminal size), and returns once
+    /// Connects from `net`, sends the initial JSON (terminal size), and returns once
     /// the WebSocket is up. Use [`TtydClient::wait_ready`] before typing.
     pub async fn connect(
-        addr: SocketAddr,
-        identity: &ClientCert,
-        timeout: Duration,
-    ) -> Result<Self, TtydError> {
-        Self::connect_in(&GuestNet::Current, addr, identity, timeout).await
-    }
-
-    /// [`TtydClient::connect`] from the guest network's namespace.
-    pub async fn connect_in(
         net: &GuestNet,
         addr: SocketAddr,
         identity: &ClientCert,

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use avf_terminal::cert::ClientCert;
 use avf_terminal::ttyd::{probe, TtydClient, TtydError};
+use avf_terminal::GuestNet;
 use tokio::net::TcpListener;
 
 mod common;
@@ -73,7 +74,7 @@ async fn refuses_missing_or_foreign_client_certificates() {
 
     assert_only_app_cert_accepted(addr, &app, &other, T).await;
 
-    let err = TtydClient::connect(addr, &other, T).await;
+    let err = TtydClient::connect(&GuestNet::Current, addr, &other, T).await;
     match err {
         Err(TtydError::TlsRefused { .. }) => {}
         Err(e) => panic!("expected a TLS refusal, got {e}"),
@@ -87,7 +88,9 @@ async fn nothing_listening_is_a_connect_error_not_a_refusal() {
     let addr = l.local_addr().unwrap();
     drop(l);
     let app = ClientCert::generate("x").unwrap();
-    let err = probe(addr, Some(&app), T).await.unwrap_err();
+    let err = probe(&GuestNet::Current, addr, Some(&app), T)
+        .await
+        .unwrap_err();
     assert!(matches!(err, TtydError::Connect { .. }), "{err}");
     assert!(err.to_string().contains(&addr.to_string()), "{err}");
 }

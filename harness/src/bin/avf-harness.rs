@@ -249,8 +249,8 @@ async fn real_main(cli: Cli) -> Result<()> {
                 for (pid, cmd) in &leaks {
                     println!("{pid} {cmd}");
                 }
-                for (name, _) in &namespaces {
-                    println!("network namespace {name}");
+                for ns in &namespaces {
+                    println!("network namespace {}", ns.display());
                 }
                 bail!(
                     "{} harness process(es) still running, {} network namespace(s) left",

@@ -17,6 +17,8 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 use avf_terminal::GuestNet;
 
+use crate::vm::procs;
+
 /// The TAP's name inside the namespace.
 pub const TAP_IFNAME: &str = "avf0";
 /// Names under `/run/netns` are `<NETNS_PREFIX><pid>-<n>`.
@@ -34,7 +36,8 @@ pub struct TapNet {
     pub network: Ipv4Addr,
     /// The host's address on the /24: the guest's gateway and DNS server.
     pub host: Ipv4Addr,
-    leases: PathBuf,
+    /// dnsmasq's lease and pid files go here.
+    run_dir: PathBuf,
 }
 
 fn ip(args: &[&str]) -> Result<()> {
@@ -67,7 +70,7 @@ impl TapNet {
             name: name.to_string(),
             network,
             host,
-            leases: run_dir.join("dnsmasq.leases"),
+            run_dir: run_dir.to_path_buf(),
         };
         let host_cidr = format!("{host}/24");
         for args in [
@@ -98,7 +101,7 @@ impl TapNet {
 
     /// dnsmasq in the foreground: DHCP on the /24 (router and DNS = host)
     /// and DNS for [`HOST_DNS_NAME`], nothing else (no upstream: offline).
-    pub fn dnsmasq(&self, run_dir: &Path) -> Command {
+    pub fn dnsmasq(&self) -> Command {
         let n = self.network.octets();
         let range = |last: u8| Ipv4Addr::new(n[0], n[1], n[2], last);
         let mut c = Command::new("dnsmasq");
@@ -125,10 +128,10 @@ impl TapNet {
         .arg(format!("--dhcp-option=option:router,{}", self.host))
         .arg(format!("--dhcp-option=option:dns-server,{}", self.host))
         .arg(format!("--host-record={HOST_DNS_NAME},{}", self.host))
-        .arg(format!("--dhcp-leasefile={}", self.leases.display()))
+        .arg(format!("--dhcp-leasefile={}", self.leases().display()))
         .arg(format!(
             "--pid-file={}",
-            run_dir.join("dnsmasq.pid").display()
+            self.run_dir.join("dnsmasq.pid").display()
         ));
         c
     }
@@ -151,9 +154,13 @@ impl TapNet {
         Ok(ns)
     }
 
+    fn leases(&self) -> PathBuf {
+        self.run_dir.join("dnsmasq.leases")
+    }
+
     /// The address dnsmasq leased to `mac`, if any yet.
     pub fn lease(&self, mac: &str) -> Option<Ipv4Addr> {
-        let text = std::fs::read_to_string(&self.leases).ok()?;
+        let text = std::fs::read_to_string(self.leases()).ok()?;
         parse_lease(&text, mac)
     }
 }
@@ -176,38 +183,20 @@ impl Drop for TapNet {
 
 /// Deletes namespaces of harness processes that no longer run (SIGKILL).
 pub fn sweep_stale_namespaces() -> Vec<PathBuf> {
-    stale_namespaces()
+    procs::left_by_dead(Path::new(NETNS_DIR), NETNS_PREFIX)
         .into_iter()
-        .filter(|n| ip(&["netns", "del", n]).is_ok())
-        .map(|n| Path::new(NETNS_DIR).join(n))
-        .collect()
-}
-
-/// Our namespaces whose harness process is gone.
-pub fn stale_namespaces() -> Vec<String> {
-    our_namespaces()
-        .into_iter()
-        .filter(|(_, pid)| !Path::new(&format!("/proc/{pid}")).exists())
-        .map(|(n, _)| n)
-        .collect()
-}
-
-/// Every namespace named like ours, with the pid in its name.
-pub fn our_namespaces() -> Vec<(String, i32)> {
-    let Ok(rd) = std::fs::read_dir(NETNS_DIR) else {
-        return Vec::new();
-    };
-    rd.flatten()
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let pid = name
-                .strip_prefix(NETNS_PREFIX)?
-                .split('-')
-                .next()?
-                .parse()
-                .ok()?;
-            Some((name, pid))
+        .filter(|p| {
+            let name = p.file_name().unwrap_or_default().to_string_lossy();
+            ip(&["netns", "del", &name]).is_ok()
         })
+        .collect()
+}
+
+/// Every namespace named like ours (any harness, alive or not).
+pub fn our_namespaces() -> Vec<PathBuf> {
+    procs::owned_entries(Path::new(NETNS_DIR), NETNS_PREFIX)
+        .into_iter()
+        .map(|(path, _)| path)
         .collect()
 }
 

@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 
 use crate::spec::{ConsoleDevice, CpuTopology, Disk, ShareTag, VmSpec};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Firmware {
     /// U-Boot when there is no kernel (the phone's fallback).
     #[default]
@@ -19,7 +20,8 @@ pub enum Firmware {
     Edk2,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum NetMode {
     /// QEMU user-mode networking (slirp).
     #[default]

@@ -2,6 +2,7 @@
 //! golden outputs compared with insta, artefacts kept per scenario.
 
 pub mod filters;
+pub mod guest;
 pub mod model;
 pub mod network;
 pub mod terminal;
@@ -15,7 +16,7 @@ use regex::Regex;
 
 pub use model::{Scenario, Step};
 
-use crate::plan::{Firmware, NetMode, Options};
+use crate::plan::Options;
 use crate::timeouts::Timeout;
 use crate::vm::{LaunchRequest, Vm};
 
@@ -74,7 +75,7 @@ fn step_name(s: &Step) -> String {
         Step::AppShutdown(_) => "app_shutdown".into(),
         Step::StorageBalloon(b) => format!("storage_balloon hold {} MiB", b.hold_mib),
         Step::GuestNote(n) => format!("guest_note {}", n.name),
-        Step::MemoryPolicy(m) => format!("memory_policy x{}", m.time_scale),
+        Step::MemoryPolicy(_) => "memory_policy".into(),
     }
 }
 
@@ -97,25 +98,9 @@ impl Runner {
     pub async fn run(&self, scenario: &Scenario) -> Result<RunReport> {
         let payload = scenario.payload_dir()?;
         let artefacts = artefacts_dir(&scenario.name);
-        let firmware = match scenario.firmware.as_deref() {
-            None | Some("uboot") => Firmware::Uboot,
-            Some("edk2") => Firmware::Edk2,
-            Some(o) => bail!(
-                "{}: firmware {o:?} (expected uboot or edk2)",
-                scenario.file.display()
-            ),
-        };
-        let net = match scenario.net.as_deref() {
-            None | Some("user") => NetMode::User,
-            Some("tap") => NetMode::Tap,
-            Some(o) => bail!(
-                "{}: net {o:?} (expected user or tap)",
-                scenario.file.display()
-            ),
-        };
         let options = Options {
-            firmware,
-            net,
+            firmware: scenario.firmware,
+            net: scenario.net,
             vcpus: scenario.vcpus,
             memory_mib: scenario.memory_mib,
             ..Options::default()
@@ -143,7 +128,7 @@ impl Runner {
                 .then(terminal::TerminalOptions::default)
         });
         let mut term = match term_opts {
-            Some(o) => Some(Box::pin(terminal::Session::start(&o, &mut vm)).await?),
+            Some(o) => Some(Box::pin(terminal::Session::start(&o, &vm)).await?),
             None => None,
         };
         vm.resume().await?;
@@ -331,12 +316,12 @@ impl Runner {
         let total = vm.plan().memory_mib * MIB;
         let target = ((total as f64 * fraction) as u64) / MIB * MIB;
         let base = (
-            terminal::guest_mem_total(vm).await?,
+            guest::guest_mem_total(vm).await?,
             vm.qmp().query_balloon().await?,
         );
         vm.qmp().balloon(target).await?;
         let deadline = Instant::now() + Timeout::BalloonSettle.get();
-        terminal::wait_balloon(vm, target, base, tol_mib * MIB, deadline)
+        guest::wait_balloon(vm, target, base, tol_mib * MIB, deadline)
             .await
             .with_context(|| format!("within {:?}", Timeout::BalloonSettle.get()))?;
         Ok(())

@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use serde::Deserialize;
 
 use super::terminal;
+use crate::plan::{Firmware, NetMode};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -19,11 +20,12 @@ pub struct Scenario {
     pub description: String,
     /// `<base>-<layout>` under `$AVF_OUT`, e.g. `debian-direct`.
     pub payload: String,
+    /// `uboot` (default) or `edk2`, when the payload names no kernel.
     #[serde(default)]
-    pub firmware: Option<String>,
+    pub firmware: Firmware,
     /// `user` (default) or `tap` (the faithful mode, see [`crate::net`]).
     #[serde(default)]
-    pub net: Option<String>,
+    pub net: NetMode,
     #[serde(default)]
     pub vcpus: Option<u32>,
     #[serde(default)]

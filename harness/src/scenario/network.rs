@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Result};
 use serde::Deserialize;
 
-use super::terminal::guest_sh;
+use super::guest::guest_sh;
 use crate::timeouts::scale;
 use crate::vm::Vm;
 

@@ -18,6 +18,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use super::guest::{guest_mem_total, guest_sh, wait_balloon};
 use super::Step;
 use crate::spec::ShareTag;
 use crate::timeouts::scale;
@@ -33,6 +34,14 @@ pub struct TerminalOptions {
     /// before the guest starts (a stale file from an earlier run).
     #[serde(default)]
     pub stale_port_file: bool,
+    /// Speed-up of the app's balloon policies (60: a policy minute per
+    /// second; 1: real time).
+    #[serde(default = "real_time")]
+    pub time_scale: f64,
+}
+
+fn real_time() -> f64 {
+    1.0
 }
 
 /// Which client identity a handshake probe presents.
@@ -167,15 +176,13 @@ pub struct StorageBalloon {
 }
 
 /// The app's memory-balloon policy (contract §5) against the real balloon,
-/// with time sped up by `time_scale`: in the background it takes 10 % of
+/// with time sped up by `[terminal] time_scale`: in the background it takes 10 % of
 /// guest RAM, then 5 % more per (scaled) minute up to 50 %; QEMU's balloon
 /// and the guest's MemTotal must follow each step; back in the foreground
 /// everything is returned.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MemoryPolicy {
-    /// 60 turns the policy's 60 s step into 1 s.
-    pub time_scale: f64,
     /// For reaching 50 %, and again for returning to 0 %.
     pub within_secs: u64,
     #[serde(default = "default_mem_tolerance")]
@@ -203,11 +210,13 @@ pub struct Session {
     /// `df /` available (bytes) and cluster size before the first storage
     /// request.
     storage_base: Option<(u64, u64)>,
+    /// `[terminal] time_scale`, which the host's policies run at.
+    time_scale: f64,
 }
 
 impl Session {
     /// Starts the host against a VM that is still paused.
-    pub async fn start(opts: &TerminalOptions, vm: &mut Vm) -> Result<Session> {
+    pub async fn start(opts: &TerminalOptions, vm: &Vm) -> Result<Session> {
         if vm.tap().is_none() {
             // Measured: slirp's UDP hostfwd to guest 5353 puts frames on the
             // guest's NIC, but its IP layer delivers none of them, so the
@@ -240,6 +249,7 @@ impl Session {
         cfg.guest_net = vm.guest_net();
         cfg.host_ports = HostPorts::Ephemeral;
         cfg.boot_timeout = Duration::from_secs(default_boot_timeout()).mul_f64(scale());
+        cfg.time_scale = opts.time_scale;
         if opts.stale_port_file {
             // A port that was free a moment ago: nothing answers there.
             let stale = vm
@@ -257,6 +267,7 @@ impl Session {
             tty: None,
             other: None,
             storage_base: None,
+            time_scale: opts.time_scale,
         })
     }
 
@@ -282,9 +293,75 @@ impl Session {
             Step::AppShutdown(s) => Some(self.shutdown(vm, s).await?),
             Step::StorageBalloon(s) => Some(self.storage(vm, s).await?),
             Step::GuestNote(s) => Some(self.note(vm, s).await?),
-            Step::MemoryPolicy(s) => Some(memory_policy(vm, s).await?),
+            Step::MemoryPolicy(s) => Some(self.memory_policy(vm, s).await?),
             other => bail!("not a terminal step: {other:?}"),
         })
+    }
+
+    async fn memory_policy(&self, vm: &Vm, s: &MemoryPolicy) -> Result<String> {
+        use avf_terminal::balloon::{
+            BACKGROUND_MAX_PERCENT, BACKGROUND_START_PERCENT, BACKGROUND_STEP,
+            BACKGROUND_STEP_PERCENT,
+        };
+        use avf_terminal::AppState;
+        let ram = vm.plan().memory_mib * MIB;
+        let tol = s.tolerance_mib * MIB;
+        let within = Duration::from_secs(s.within_secs).mul_f64(scale());
+        let base = (guest_mem_total(vm).await?, vm.qmp().query_balloon().await?);
+        if base.1.abs_diff(ram) > tol {
+            bail!(
+                "balloon already inflated: guest keeps {} of {} MiB",
+                base.1 / MIB,
+                ram / MIB
+            );
+        }
+        let policy = self.host.memory_policy(vm.memory_balloon(), ram);
+        let t0 = Instant::now();
+        policy.set_app_state(AppState::Background);
+        let max = ram / 100 * BACKGROUND_MAX_PERCENT;
+        let (_, low_total) = wait_balloon(vm, ram - max, base, tol, t0 + within).await?;
+        let to_max = t0.elapsed();
+        let t1 = Instant::now();
+        policy.set_app_state(AppState::Foreground);
+        let (_, back_total) = wait_balloon(vm, ram, base, tol, t1 + within).await?;
+        let back = t1.elapsed();
+
+        let history = policy.history();
+        drop(policy);
+        let percents: Vec<u64> = history
+            .iter()
+            .map(|h| (h.balloon_bytes * 100 + ram / 2) / ram)
+            .collect();
+        let mut want: Vec<u64> = (BACKGROUND_START_PERCENT..=BACKGROUND_MAX_PERCENT)
+            .step_by(BACKGROUND_STEP_PERCENT as usize)
+            .collect();
+        want.push(0);
+        if percents != want {
+            bail!("the policy ballooned {percents:?} % of guest RAM, expected {want:?}");
+        }
+        if let Some(e) = history.iter().find_map(|h| h.error.as_ref()) {
+            bail!("QMP balloon failed: {e}");
+        }
+        // Growth steps come one scaled minute apart (the clock may run late
+        // on a loaded host, never early).
+        let step = avf_terminal::balloon::scaled(BACKGROUND_STEP, self.time_scale);
+        let background = &history[..history.len() - 1];
+        for w in background.windows(2) {
+            let gap = w[1].at.duration_since(w[0].at);
+            if gap < step.mul_f64(0.9) {
+                bail!("balloon steps {gap:?} apart, policy step is {step:?}");
+            }
+        }
+        Ok(format!(
+            "memory policy ×{}: {percents:?} % of {} MiB; MemTotal {} → {} → {} MiB; 50 % reached in {} s, returned in {} s",
+            self.time_scale,
+            ram / MIB,
+            base.0 / MIB,
+            low_total / MIB,
+            back_total / MIB,
+            fmt_secs(to_max),
+            fmt_secs(back)
+        ))
     }
 
     /// Checks that hold for every run, then stops the host (after the VM).
@@ -624,126 +701,6 @@ async fn save_diagnostics(vm: &Vm) {
 async fn guest_sh_any(vm: &Vm, sh: &str) -> Result<String> {
     let out = vm.qga().await?.sh(sh).await?;
     Ok(format!("{}{}", out.stdout_str(), out.stderr_str()))
-}
-
-/// The guest's MemTotal in bytes.
-pub(crate) async fn guest_mem_total(vm: &Vm) -> Result<u64> {
-    let o = guest_sh(vm, "grep MemTotal /proc/meminfo").await?;
-    let kb: u64 = o
-        .split_whitespace()
-        .nth(1)
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| anyhow!("bad /proc/meminfo: {o}"))?;
-    Ok(kb * 1024)
-}
-
-/// Waits until QEMU's balloon leaves the guest `keep` bytes and MemTotal
-/// has moved by as much from `base` (MemTotal at `base_keep`).
-pub(crate) async fn wait_balloon(
-    vm: &Vm,
-    keep: u64,
-    (base_total, base_keep): (u64, u64),
-    tol: u64,
-    deadline: Instant,
-) -> Result<(u64, u64)> {
-    loop {
-        let actual = vm.qmp().query_balloon().await?;
-        let total = guest_mem_total(vm).await?;
-        let want_total = base_total as i64 - (base_keep as i64 - keep as i64);
-        if actual.abs_diff(keep) <= tol && (total as i64).abs_diff(want_total) <= tol {
-            return Ok((actual, total));
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "balloon: QEMU leaves the guest {} MiB (want {} MiB), MemTotal {} MiB (want about {} MiB)",
-                actual / MIB,
-                keep / MIB,
-                total / MIB,
-                want_total / MIB as i64
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
-async fn memory_policy(vm: &Vm, s: &MemoryPolicy) -> Result<String> {
-    use avf_terminal::balloon::{
-        MemoryBalloonPolicy, BACKGROUND_MAX_PERCENT, BACKGROUND_START_PERCENT, BACKGROUND_STEP,
-        BACKGROUND_STEP_PERCENT,
-    };
-    use avf_terminal::AppState;
-    let ram = vm.plan().memory_mib * MIB;
-    let tol = s.tolerance_mib * MIB;
-    let within = Duration::from_secs(s.within_secs).mul_f64(scale());
-    let base = (guest_mem_total(vm).await?, vm.qmp().query_balloon().await?);
-    if base.1.abs_diff(ram) > tol {
-        bail!(
-            "balloon already inflated: guest keeps {} of {} MiB",
-            base.1 / MIB,
-            ram / MIB
-        );
-    }
-    let policy = MemoryBalloonPolicy::spawn(vm.memory_balloon(), ram, s.time_scale);
-    let t0 = Instant::now();
-    policy.set_app_state(AppState::Background);
-    let max = ram / 100 * BACKGROUND_MAX_PERCENT;
-    let (_, low_total) = wait_balloon(vm, ram - max, base, tol, t0 + within).await?;
-    let to_max = t0.elapsed();
-    let t1 = Instant::now();
-    policy.set_app_state(AppState::Foreground);
-    let (_, back_total) = wait_balloon(vm, ram, base, tol, t1 + within).await?;
-    let back = t1.elapsed();
-
-    let history = policy.history();
-    drop(policy);
-    let percents: Vec<u64> = history
-        .iter()
-        .map(|h| (h.balloon_bytes * 100 + ram / 2) / ram)
-        .collect();
-    let mut want: Vec<u64> = (BACKGROUND_START_PERCENT..=BACKGROUND_MAX_PERCENT)
-        .step_by(BACKGROUND_STEP_PERCENT as usize)
-        .collect();
-    want.push(0);
-    if percents != want {
-        bail!("the policy ballooned {percents:?} % of guest RAM, expected {want:?}");
-    }
-    if let Some(e) = history.iter().find_map(|h| h.error.as_ref()) {
-        bail!("QMP balloon failed: {e}");
-    }
-    // Growth steps come one scaled minute apart (the clock may run late
-    // on a loaded host, never early).
-    let step = avf_terminal::balloon::scaled(BACKGROUND_STEP, s.time_scale);
-    let background = &history[..history.len() - 1];
-    for w in background.windows(2) {
-        let gap = w[1].at.duration_since(w[0].at);
-        if gap < step.mul_f64(0.9) {
-            bail!("balloon steps {gap:?} apart, policy step is {step:?}");
-        }
-    }
-    Ok(format!(
-        "memory policy ×{}: {percents:?} % of {} MiB; MemTotal {} → {} → {} MiB; 50 % reached in {} s, returned in {} s",
-        s.time_scale,
-        ram / MIB,
-        base.0 / MIB,
-        low_total / MIB,
-        back_total / MIB,
-        fmt_secs(to_max),
-        fmt_secs(back)
-    ))
-}
-
-/// Runs `sh` through the guest agent; non-zero exit is an error.
-pub(crate) async fn guest_sh(vm: &Vm, sh: &str) -> Result<String> {
-    let out = vm.qga().await?.sh(sh).await?;
-    if out.exit_code != Some(0) {
-        bail!(
-            "guest `{sh}` exited {:?}\nstdout:\n{}\nstderr:\n{}",
-            out.exit_code,
-            out.stdout_str(),
-            out.stderr_str()
-        );
-    }
-    Ok(out.stdout_str())
 }
 
 /// `df /` in the guest: (available bytes, fragment size).

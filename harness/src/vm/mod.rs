@@ -115,47 +115,31 @@ pub fn free_port(udp: bool) -> Result<u16> {
     })
 }
 
-/// Waits until a sidecar's log shows `ready` (it logs there when serving).
-async fn wait_for_log(log: &Path, ready: &str, name: &str, procs: &mut ProcessGroup) -> Result<()> {
-    let t = Timeout::SidecarSocket.get();
-    let deadline = Instant::now() + t;
-    loop {
-        let text = std::fs::read_to_string(log).unwrap_or_default();
-        if text.contains(ready) {
-            return Ok(());
-        }
-        if let Some(st) = procs.try_wait(name)? {
-            bail!("{name} exited ({st}): {}", text.trim());
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "{name} not ready within {t:?} ({}): {}",
-                log.display(),
-                text.trim()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-async fn wait_for_socket(
-    path: &Path,
-    what: &str,
+/// Waits (up to the sidecar timeout) until `ready()` holds; fails at once
+/// if process `name` exits first. `what` completes "… before/within".
+async fn wait_ready(
     procs: &mut ProcessGroup,
     name: &str,
+    what: &str,
+    mut ready: impl FnMut() -> bool,
 ) -> Result<()> {
     let t = Timeout::SidecarSocket.get();
     let deadline = Instant::now() + t;
-    while !path.exists() {
+    while !ready() {
         if let Some(st) = procs.try_wait(name)? {
-            bail!("{what} exited ({st}) before creating {}", path.display());
+            bail!("{name} exited ({st}) before {what}");
         }
         if Instant::now() > deadline {
-            bail!("{what} did not create {} within {t:?}", path.display());
+            bail!("{name} did not finish {what} within {t:?}");
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     Ok(())
+}
+
+async fn wait_for_socket(path: &Path, name: &str, procs: &mut ProcessGroup) -> Result<()> {
+    let what = format!("creating {}", path.display());
+    wait_ready(procs, name, &what, || path.exists()).await
 }
 
 fn chown(p: &Path, uid: u32, gid: u32) -> Result<()> {
@@ -264,15 +248,20 @@ impl Vm {
                 c,
                 &paths.artefacts.join(format!("{}.log", sc.name)),
             )?;
-            wait_for_socket(&sc.socket, &sc.name, &mut procs, &sc.name).await?;
+            wait_for_socket(&sc.socket, &sc.name, &mut procs).await?;
         }
         if let Some(tap) = &tap {
-            let mut c = tap.dnsmasq(&run);
+            let mut c = tap.dnsmasq();
             cmdlines.push_str(&format!("ip netns exec {} {c:?}\n", tap.name()));
             let _ns = tap.enter_on_spawn(&mut c)?;
             let log = paths.artefacts.join("dnsmasq.log");
             procs.spawn("dnsmasq", c, &log)?;
-            wait_for_log(&log, "DHCP, IP range", "dnsmasq", &mut procs).await?;
+            // dnsmasq logs its DHCP range once it serves.
+            let what = format!("serving DHCP (see {})", log.display());
+            wait_ready(&mut procs, "dnsmasq", &what, || {
+                std::fs::read_to_string(&log).is_ok_and(|t| t.contains("DHCP, IP range"))
+            })
+            .await?;
         }
         let qemu_line = plan::shell_line(QEMU, &plan.qemu);
         if let Some(tap) = &tap {
@@ -290,7 +279,7 @@ impl Vm {
         let qemu_log = paths.artefacts.join("qemu.log");
         procs.spawn("qemu", c, &qemu_log)?;
         let connected = async {
-            wait_for_socket(&paths.qmp(), "qemu", &mut procs, "qemu").await?;
+            wait_for_socket(&paths.qmp(), "qemu", &mut procs).await?;
             let qmp = Qmp::connect(&paths.qmp(), &paths.artefacts.join("qmp.log")).await?;
             let console = Console::connect(&paths.console()).await?;
             let started = Instant::now();

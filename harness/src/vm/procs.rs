@@ -230,28 +230,37 @@ pub fn leaked_processes() -> Vec<(i32, String)> {
     out
 }
 
+/// Entries of `dir` named `<prefix><pid>-<n>` (harness run dirs, instance
+/// dirs, network namespaces), with the harness pid in their name.
+pub fn owned_entries(dir: &std::path::Path, prefix: &str) -> Vec<(std::path::PathBuf, i32)> {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let pid = name.strip_prefix(prefix)?.split('-').next()?.parse().ok()?;
+            Some((e.path(), pid))
+        })
+        .collect()
+}
+
+/// [`owned_entries`] whose harness process no longer exists (SIGKILLed).
+pub fn left_by_dead(dir: &std::path::Path, prefix: &str) -> Vec<std::path::PathBuf> {
+    owned_entries(dir, prefix)
+        .into_iter()
+        .filter(|(_, pid)| !std::path::Path::new(&format!("/proc/{pid}")).exists())
+        .map(|(path, _)| path)
+        .collect()
+}
+
 /// Removes run and instance dirs left by harness processes that no longer
 /// exist (e.g. SIGKILLed): `<dir>/avf-<pid>-<n>` or `<dir>/<pid>-<n>`.
 pub fn sweep_stale(dir: &std::path::Path, prefix: &str) -> Vec<std::path::PathBuf> {
-    let mut removed = Vec::new();
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return removed;
-    };
-    for e in rd.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let Some(rest) = name.strip_prefix(prefix) else {
-            continue;
-        };
-        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<i32>().ok()) else {
-            continue;
-        };
-        if !std::path::Path::new(&format!("/proc/{pid}")).exists()
-            && std::fs::remove_dir_all(e.path()).is_ok()
-        {
-            removed.push(e.path());
-        }
-    }
-    removed
+    left_by_dead(dir, prefix)
+        .into_iter()
+        .filter(|p| std::fs::remove_dir_all(p).is_ok())
+        .collect()
 }
 
 /// Whether `pid` runs (exists and is not a zombie: in a container, PID 1

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use avf_terminal::cert::ClientCert;
 use avf_terminal::ttyd::{probe, Handshake, TtydClient};
+use avf_terminal::GuestNet;
 
 use futures_util::{SinkExt, StreamExt};
 use hickory_proto::op::{Message as Dns, MessageType};
@@ -227,7 +228,9 @@ pub fn server_cert() -> (rcgen::Certificate, rcgen::KeyPair) {
 /// A client connected to the ttyd at `addr` with `app`'s certificate, its
 /// shell ready for commands.
 pub async fn ready_client(addr: SocketAddr, app: &ClientCert, t: Duration) -> TtydClient {
-    let mut c = TtydClient::connect(addr, app, t).await.unwrap();
+    let mut c = TtydClient::connect(&GuestNet::Current, addr, app, t)
+        .await
+        .unwrap();
     c.wait_ready(t).await.unwrap();
     c
 }
@@ -248,11 +251,13 @@ pub async fn assert_only_app_cert_accepted(
     t: Duration,
 ) {
     assert_eq!(
-        probe(addr, Some(app), t).await.unwrap(),
+        probe(&GuestNet::Current, addr, Some(app), t).await.unwrap(),
         Handshake::Accepted
     );
-    let none = probe(addr, None, t).await.unwrap();
+    let none = probe(&GuestNet::Current, addr, None, t).await.unwrap();
     assert!(matches!(none, Handshake::TlsRefused(_)), "{none:?}");
-    let foreign = probe(addr, Some(other), t).await.unwrap();
+    let foreign = probe(&GuestNet::Current, addr, Some(other), t)
+        .await
+        .unwrap();
     assert!(matches!(foreign, Handshake::TlsRefused(_)), "{foreign:?}");
 }

@@ -1,0 +1,64 @@
+//! What scenario steps read from and wait for in the guest, through the
+//! guest agent and QMP: shared by the plain and the Terminal-app steps.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Result};
+
+use crate::vm::Vm;
+
+const MIB: u64 = 1 << 20;
+
+/// Runs `sh` through the guest agent; non-zero exit is an error.
+pub async fn guest_sh(vm: &Vm, sh: &str) -> Result<String> {
+    let out = vm.qga().await?.sh(sh).await?;
+    if out.exit_code != Some(0) {
+        bail!(
+            "guest `{sh}` exited {:?}\nstdout:\n{}\nstderr:\n{}",
+            out.exit_code,
+            out.stdout_str(),
+            out.stderr_str()
+        );
+    }
+    Ok(out.stdout_str())
+}
+
+/// The guest's MemTotal in bytes.
+pub async fn guest_mem_total(vm: &Vm) -> Result<u64> {
+    let o = guest_sh(vm, "grep MemTotal /proc/meminfo").await?;
+    let kb: u64 = o
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| anyhow!("bad /proc/meminfo: {o}"))?;
+    Ok(kb * 1024)
+}
+
+/// Waits until QEMU's balloon leaves the guest `keep` bytes and MemTotal
+/// has moved by as much from `base` (MemTotal at `base_keep`).
+pub async fn wait_balloon(
+    vm: &Vm,
+    keep: u64,
+    (base_total, base_keep): (u64, u64),
+    tol: u64,
+    deadline: Instant,
+) -> Result<(u64, u64)> {
+    loop {
+        let actual = vm.qmp().query_balloon().await?;
+        let total = guest_mem_total(vm).await?;
+        let want_total = base_total as i64 - (base_keep as i64 - keep as i64);
+        if actual.abs_diff(keep) <= tol && (total as i64).abs_diff(want_total) <= tol {
+            return Ok((actual, total));
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "balloon: QEMU leaves the guest {} MiB (want {} MiB), MemTotal {} MiB (want about {} MiB)",
+                actual / MIB,
+                keep / MIB,
+                total / MIB,
+                want_total / MIB as i64
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
