@@ -6,6 +6,7 @@ pub mod disk;
 pub mod net;
 pub mod payload;
 pub mod plan;
+pub mod procs;
 pub mod qmp;
 pub mod scenario;
 pub mod spec;

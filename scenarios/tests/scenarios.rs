@@ -3,11 +3,12 @@
 
 use std::io::BufRead;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use avf_harness::plan::Options;
 use avf_harness::scenario::{Runner, Scenario};
+use avf_harness::timeouts::{wait_until, Check, Scaled};
 use avf_harness::vm::{self, LaunchRequest, Vm};
 use libtest_mimic::{Arguments, Failed, Trial};
 
@@ -112,7 +113,7 @@ fn sigkill_mid_boot() -> Result<()> {
     let run_dir = std::path::PathBuf::from(field("RUN")?);
     let instance = std::path::PathBuf::from(field("INSTANCE")?);
     let netns = std::path::PathBuf::from(field("NETNS")?);
-    let before = vm::procs::group_members(pgid);
+    let before = avf_harness::procs::group_members(pgid);
     if before.len() < 4 {
         bail!("expected qemu, virtiofsd, vhost-device-vsock and dnsmasq in group {pgid}, saw {before:?}");
     }
@@ -120,18 +121,19 @@ fn sigkill_mid_boot() -> Result<()> {
     std::thread::sleep(Duration::from_secs(4));
     unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
     let _ = child.wait();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let left = vm::procs::group_members(pgid);
-        if left.is_empty() {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("after SIGKILL of the runner, still running: {left:?}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let leaked: Vec<_> = vm::procs::leaked_processes()
+    runtime().block_on(wait_until(
+        "the VM's group gone after SIGKILL of the runner",
+        Scaled::secs(10).get(),
+        Duration::from_millis(100),
+        || async {
+            let left = avf_harness::procs::group_members(pgid);
+            Ok(match left.is_empty() {
+                true => Check::Done(()),
+                false => Check::NotYet(format!("still running: {left:?}")),
+            })
+        },
+    ))?;
+    let leaked: Vec<_> = avf_harness::procs::leaked_processes()
         .into_iter()
         .filter(|(_, c)| c.contains(&*run_dir.to_string_lossy()))
         .collect();
@@ -159,7 +161,7 @@ fn failed_run_leaves_nothing() -> Result<()> {
         })
         .await?;
         let pgid = vm.pgid().context("no process group")?;
-        let members = vm::procs::group_members(pgid);
+        let members = avf_harness::procs::group_members(pgid);
         let never = regex::bytes::Regex::new("this marker is never printed")?;
         let r = vm.console().expect(&never, Duration::from_secs(3)).await;
         if r.is_ok() {
@@ -168,7 +170,7 @@ fn failed_run_leaves_nothing() -> Result<()> {
         drop(vm); // the failure path: no orderly stop
         vm::group_is_empty(pgid)?;
         for (pid, comm) in members {
-            if vm::procs::is_alive(pid) {
+            if avf_harness::procs::is_alive(pid) {
                 bail!("{comm} ({pid}) survived");
             }
         }
@@ -190,28 +192,30 @@ fn main() {
         .unwrap_or_default();
     files.retain(|p| p.extension().is_some_and(|e| e == "toml"));
     files.sort();
-    let dir_msg = format!("no scenario files in {}", cases.display());
-    let nfiles = files.len();
-    trials.push(Trial::test("parse::all_scenario_files", move || {
-        if nfiles == 0 {
-            Err(dir_msg.into())
-        } else {
-            Ok(())
-        }
-    }));
+    if files.is_empty() {
+        let msg = format!("no scenario files in {}", cases.display());
+        trials.push(Trial::test(
+            "parse::scenario_files",
+            move || Err(msg.into()),
+        ));
+    }
     for f in files {
         let stem = f
             .file_stem()
             .unwrap_or_default()
             .to_string_lossy()
             .into_owned();
+        // Parsing is its own test, so a broken file fails by name without
+        // a VM; its VM test then fails with the same message.
+        let parsed = Scenario::load(&f).map_err(|e| format!("{e:#}"));
+        let verdict = parsed.as_ref().map(drop).map_err(Clone::clone);
+        trials.push(Trial::test(format!("parse::{stem}"), move || {
+            verdict.map_err(Failed::from)
+        }));
         let name = format!("vm::{stem}");
-        match Scenario::load(&f) {
+        match parsed {
             Ok(sc) => trials.push(Trial::test(name, move || run_scenario(sc))),
-            Err(e) => {
-                let msg = format!("{e:#}");
-                trials.push(Trial::test(name, move || Err(msg.into())));
-            }
+            Err(msg) => trials.push(Trial::test(name, move || Err(msg.into()))),
         }
     }
     trials.push(Trial::test("vm::process_sigkill_mid_boot", || {

@@ -14,21 +14,11 @@ use crate::balloon::{MemoryBalloon, MemoryBalloonPolicy, StorageBalloonPolicy};
 use crate::cert::{CertError, ClientCert};
 use crate::events::EventLog;
 use crate::forwarding::{Forwarder, ForwardingConfig, HostPorts};
-use crate::mdns::{discover_ttyd, MdnsError, MdnsTransport, TtydService, BOOT_TIMEOUT};
+use crate::mdns::{discover_ttyd, MdnsError, MdnsTransport, TtydService};
 use crate::netns::GuestNet;
+use crate::profile::{HostProfile, Transport};
 use crate::service::{DebianServer, ServiceConfig, ServiceError};
 use crate::ttyd::{Handshake, TtydClient, TtydError, CONNECT_TIMEOUT};
-
-/// Which Android release's app to play.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Profile {
-    /// Android 16: internal share, TLS ttyd found over mDNS, gRPC agents.
-    Android16,
-    /// Android 17: no internal share, ttyd over vsock port 7681 without TLS,
-    /// `linux_vm_manager` instead of the agents. Not implemented yet; the
-    /// variant exists so callers can select it without rewiring.
-    Android17,
-}
 
 /// The guest's vsock device as the host sees it.
 #[derive(Clone, Debug)]
@@ -52,8 +42,8 @@ pub enum TtydRoute {
 /// Everything [`TerminalHost::start`] needs.
 #[derive(Clone, Debug)]
 pub struct TerminalHostConfig {
-    /// The app release to play.
-    pub profile: Profile,
+    /// The app release (and mode) to play.
+    pub profile: HostProfile,
     /// Host directory shared as virtio-fs `internal` (Android 16).
     pub internal_dir: PathBuf,
     /// The vsock device.
@@ -76,22 +66,21 @@ pub struct TerminalHostConfig {
     pub host_ports: HostPorts,
     /// Guest ports the user enabled for forwarding (`None`: all).
     pub enabled_ports: Option<HashSet<u16>>,
-    /// Time allowed to find ttyd.
-    pub boot_timeout: Duration,
     /// Speed-up for the balloon policies (1.0 = real time).
     pub time_scale: f64,
 }
 
 impl TerminalHostConfig {
-    /// An Android 16 configuration with the contract's defaults.
-    pub fn android16(
+    /// `profile`'s app with the contract's defaults.
+    pub fn new(
+        profile: HostProfile,
         internal_dir: impl Into<PathBuf>,
         vsock: VsockEndpoint,
         service_bind: SocketAddr,
         mdns: MdnsTransport,
     ) -> Self {
         Self {
-            profile: Profile::Android16,
+            profile,
             internal_dir: internal_dir.into(),
             vsock,
             service_bind,
@@ -101,7 +90,6 @@ impl TerminalHostConfig {
             ttyd_route: TtydRoute::Discovered,
             host_ports: HostPorts::Same,
             enabled_ports: None,
-            boot_timeout: BOOT_TIMEOUT,
             time_scale: 1.0,
         }
     }
@@ -110,9 +98,12 @@ impl TerminalHostConfig {
 /// Errors of the host as a whole.
 #[derive(Debug, thiserror::Error)]
 pub enum HostError {
-    /// The profile is not implemented.
-    #[error("terminal host: profile {0:?} is not implemented yet")]
-    Unsupported(Profile),
+    /// The profile asks for something this host side cannot play yet.
+    #[error("terminal host: profile {profile}: {why}")]
+    Unsupported {
+        profile: &'static str,
+        why: &'static str,
+    },
     /// The internal share is missing.
     #[error("terminal host: internal share {0} is not a directory")]
     NoShare(PathBuf),
@@ -155,8 +146,15 @@ impl TerminalHost {
     /// Generates the client certificate, writes `ca.crt` into the share and
     /// starts the DebianService server (its port file comes with discovery).
     pub async fn start(config: TerminalHostConfig) -> Result<Self, HostError> {
-        if config.profile != Profile::Android16 {
-            return Err(HostError::Unsupported(config.profile));
+        let profile = &config.profile;
+        match profile.transport {
+            Transport::GrpcPortFile { .. } if !profile.shares.internal => {
+                return Err(HostError::Unsupported {
+                    profile: profile.name,
+                    why: "the port-file transport needs the internal share",
+                })
+            }
+            Transport::GrpcPortFile { .. } => {}
         }
         if !config.internal_dir.is_dir() {
             return Err(HostError::NoShare(config.internal_dir.clone()));
@@ -164,7 +162,7 @@ impl TerminalHost {
         if config.vsock.guest_cid < 3 {
             return Err(HostError::BadCid(config.vsock.guest_cid));
         }
-        let cert = ClientCert::generate("avf-terminal")?;
+        let cert = ClientCert::generate(config.profile.certificate.common_name)?;
         cert.write_ca(&config.internal_dir)?;
         let server = DebianServer::start(
             ServiceConfig {
@@ -172,6 +170,7 @@ impl TerminalHost {
                 net: config.guest_net.clone(),
                 allowed_peers: config.allowed_peers.clone(),
                 expected_cid: i32::try_from(config.vsock.guest_cid).ok(),
+                report_vm_ip_addr: config.profile.rpcs.report_vm_ip_addr,
             },
             EventLog::new(),
         )
@@ -203,16 +202,11 @@ impl TerminalHost {
         })
     }
 
-    /// Finds ttyd over mDNS (within the boot timeout), accepts gRPC from the
-    /// address found, then writes the port file so the agents can connect,
-    /// as the app does.
-    pub async fn discover_ttyd(&self) -> Result<TtydService, HostError> {
-        let found = discover_ttyd(
-            &self.config.guest_net,
-            self.config.mdns,
-            self.config.boot_timeout,
-        )
-        .await?;
+    /// Finds ttyd over mDNS (giving up after `within`), accepts gRPC from
+    /// the address found, then writes the port file so the agents can
+    /// connect, as the app does.
+    pub async fn discover_ttyd(&self, within: Duration) -> Result<TtydService, HostError> {
+        let found = discover_ttyd(&self.config.guest_net, self.config.mdns, within).await?;
         self.server.allow_peer(IpAddr::V4(found.addr));
         self.server.announce(&self.config.internal_dir)?;
         *self.ttyd.lock().unwrap_or_else(|e| e.into_inner()) = Some(found.clone());
@@ -285,24 +279,6 @@ impl TerminalHost {
     /// Host addresses a guest port is forwarded from, once published.
     pub fn forwarded(&self, guest_port: u16) -> Option<Vec<SocketAddr>> {
         self.forwarder.host_addrs(guest_port)
-    }
-
-    /// Waits until a guest port is published on the host.
-    pub async fn wait_forwarded(
-        &self,
-        guest_port: u16,
-        timeout: Duration,
-    ) -> Option<Vec<SocketAddr>> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            if let Some(addrs) = self.forwarded(guest_port) {
-                return Some(addrs);
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
     }
 
     /// Starts the memory-balloon policy for a guest with `guest_ram` bytes.

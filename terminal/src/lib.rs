@@ -13,6 +13,7 @@ mod fsutil;
 pub mod host;
 pub mod mdns;
 pub mod netns;
+pub mod profile;
 pub mod service;
 pub mod ttyd;
 
@@ -27,8 +28,9 @@ pub use cert::ClientCert;
 pub use events::{ActivePort, Event, EventLog};
 pub use forwarding::HostPorts;
 pub use host::{
-    HostError, Profile, ShutdownOutcome, TerminalHost, TerminalHostConfig, TtydRoute, VsockEndpoint,
+    HostError, ShutdownOutcome, TerminalHost, TerminalHostConfig, TtydRoute, VsockEndpoint,
 };
 pub use mdns::MdnsTransport;
 pub use netns::GuestNet;
+pub use profile::HostProfile;
 pub use ttyd::{CommandOutput, Handshake, TtydClient};

@@ -59,6 +59,9 @@ pub struct ServiceConfig {
     /// CID is refused (PERMISSION_DENIED), as the app would never accept that
     /// guest's vsock connections.
     pub expected_cid: Option<i32>,
+    /// Whether `ReportVmIpAddr` is served (the profile's RPC set); when not,
+    /// the call is UNIMPLEMENTED, as in an app that lacks it.
+    pub report_vm_ip_addr: bool,
 }
 
 type ItemTx<T> = mpsc::Sender<Result<T, Status>>;
@@ -246,6 +249,11 @@ impl DebianService for Svc {
         &self,
         request: Request<proto::IpAddr>,
     ) -> Result<Response<proto::ReportVmIpAddrResponse>, Status> {
+        if !self.0.config.report_vm_ip_addr {
+            return Err(Status::unimplemented(
+                "ReportVmIpAddr is not served by this app",
+            ));
+        }
         self.0.admit(&request, "ReportVmIpAddr")?;
         let peer = request.remote_addr();
         self.0

@@ -9,9 +9,10 @@ use std::time::Duration;
 use avf_terminal::events::{Event, Queue};
 use avf_terminal::forwarding::HostPorts;
 use avf_terminal::host::{
-    HostError, Profile, ShutdownOutcome, TerminalHost, TerminalHostConfig, TtydRoute, VsockEndpoint,
+    HostError, ShutdownOutcome, TerminalHost, TerminalHostConfig, TtydRoute, VsockEndpoint,
 };
 use avf_terminal::mdns::MdnsTransport;
+use avf_terminal::profile::HostProfile;
 use avf_terminal::proto;
 use avf_terminal::proto::debian_service_client::DebianServiceClient;
 use avf_terminal::ttyd::Handshake;
@@ -24,7 +25,8 @@ const T: Duration = Duration::from_secs(10);
 const CID: u32 = 2048;
 
 fn config(share: &std::path::Path, mdns: SocketAddr) -> TerminalHostConfig {
-    let mut c = TerminalHostConfig::android16(
+    let mut c = TerminalHostConfig::new(
+        HostProfile::android16(),
         share,
         VsockEndpoint {
             uds: share.join("vsock.sock"),
@@ -36,7 +38,6 @@ fn config(share: &std::path::Path, mdns: SocketAddr) -> TerminalHostConfig {
     c.host_ports = HostPorts::Ephemeral;
     // User-mode networking: guest connections arrive from 127.0.0.1.
     c.allowed_peers = [IpAddr::V4(Ipv4Addr::LOCALHOST)].into_iter().collect();
-    c.boot_timeout = T;
     c
 }
 
@@ -64,7 +65,7 @@ async fn discovery_port_file_terminal_agents_forwarding_shutdown() {
     let host = TerminalHost::start(cfg).await.unwrap();
     assert!(matches!(host.ttyd_addr(), Err(HostError::NotDiscovered)));
 
-    let found = host.discover_ttyd().await.unwrap();
+    let found = host.discover_ttyd(T).await.unwrap();
     assert_eq!(found.socket_addr(), "10.0.2.15:7681".parse().unwrap());
     let port: u16 = std::fs::read_to_string(share.path().join("debian_service_port"))
         .unwrap()
@@ -154,7 +155,7 @@ async fn discovery_port_file_terminal_agents_forwarding_shutdown() {
         })
         .await
         .unwrap();
-    let addrs = host.wait_forwarded(8080, T).await.expect("8080 published");
+    let addrs = wait_forwarded(&host, 8080).await;
     let data: Vec<u8> = (0..1u32 << 20).map(|i| (i ^ (i >> 9)) as u8).collect();
     let mut conn = TcpStream::connect(addrs[0]).await.unwrap();
     let (mut rd, mut wr) = conn.split();
@@ -201,10 +202,16 @@ async fn refuses_bad_setups_with_clear_errors() {
     let share = tempfile::tempdir().unwrap();
     let mdns = SocketAddr::from((Ipv4Addr::LOCALHOST, 9));
     let mut cfg = config(share.path(), mdns);
-    cfg.profile = Profile::Android17;
+    cfg.profile.shares.internal = false;
     let err = TerminalHost::start(cfg).await.err().unwrap();
     assert!(
-        matches!(err, HostError::Unsupported(Profile::Android17)),
+        matches!(
+            err,
+            HostError::Unsupported {
+                profile: "android16",
+                ..
+            }
+        ),
         "{err}"
     );
 
@@ -237,10 +244,13 @@ async fn refuses_bad_setups_with_clear_errors() {
     assert_eq!(err.code(), tonic::Code::PermissionDenied);
 
     // mDNS that never answers: the discovery error names the instance.
-    let mut cfg = config(share.path(), mdns);
-    cfg.boot_timeout = Duration::from_millis(1200);
-    let host = TerminalHost::start(cfg).await.unwrap();
-    let err = host.discover_ttyd().await.unwrap_err();
+    let host = TerminalHost::start(config(share.path(), mdns))
+        .await
+        .unwrap();
+    let err = host
+        .discover_ttyd(Duration::from_millis(1200))
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("ttyd._http._tcp.local."), "{err}");
     assert!(!share.path().join("debian_service_port").exists());
 }
@@ -260,7 +270,7 @@ async fn the_address_found_by_mdns_becomes_the_allowed_peer() {
     let ports = || proto::ReportVmActivePortsRequest { ports: vec![] };
     let err = c.report_vm_active_ports(ports()).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::PermissionDenied);
-    host.discover_ttyd().await.unwrap();
+    host.discover_ttyd(T).await.unwrap();
     assert!(
         c.report_vm_active_ports(ports())
             .await
@@ -268,4 +278,19 @@ async fn the_address_found_by_mdns_becomes_the_allowed_peer() {
             .into_inner()
             .success
     );
+}
+
+/// The host addresses `guest_port` is published at, within [`T`].
+async fn wait_forwarded(host: &TerminalHost, guest_port: u16) -> Vec<SocketAddr> {
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        if let Some(addrs) = host.forwarded(guest_port) {
+            return addrs;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{guest_port} not published"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -14,11 +14,20 @@ use tonic::transport::Channel;
 const WAIT: Duration = Duration::from_secs(5);
 
 async fn server(allowed: &[IpAddr], cid: Option<i32>) -> DebianServer {
+    server_with_ip_addr(allowed, cid, true).await
+}
+
+async fn server_with_ip_addr(
+    allowed: &[IpAddr],
+    cid: Option<i32>,
+    report_vm_ip_addr: bool,
+) -> DebianServer {
     let config = ServiceConfig {
         bind: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
         net: Default::default(),
         allowed_peers: allowed.iter().copied().collect::<HashSet<_>>(),
         expected_cid: cid,
+        report_vm_ip_addr,
     };
     DebianServer::start(config, EventLog::new()).await.unwrap()
 }
@@ -49,6 +58,19 @@ async fn port_file_written_only_on_announce_as_bare_digits() {
     let text = std::fs::read_to_string(path).unwrap();
     assert_eq!(text, srv.local_addr().port().to_string());
     assert!(text.bytes().all(|b| b.is_ascii_digit()), "{text:?}");
+}
+
+#[tokio::test]
+async fn report_vm_ip_addr_is_unimplemented_where_the_profile_lacks_it() {
+    let srv = server_with_ip_addr(&[localhost()], None, false).await;
+    let mut c = client(&srv).await;
+    let err = c
+        .report_vm_ip_addr(proto::IpAddr {
+            addr: "10.0.2.15".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unimplemented);
 }
 
 #[tokio::test]

@@ -7,11 +7,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use avf_harness::plan::{Firmware, NetMode, Options};
+use avf_harness::plan::{LaunchArgs, TTYD_GUEST_PORT};
 use avf_harness::scenario::{Runner, Scenario};
 use avf_harness::spec::ShareTag;
 use avf_harness::vm::{LaunchRequest, Vm};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
@@ -24,23 +24,6 @@ struct Cli {
     cmd: Cmd,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum NetArg {
-    /// QEMU user-mode networking (guest 10.0.2.15, host reachable at 10.0.2.2)
-    User,
-    /// TAP in a network namespace of its own, dnsmasq DHCP/DNS on a random
-    /// private /24, the host as gateway (as on the phone; needs root)
-    Tap,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum FirmwareArg {
-    /// Debian's u-boot-qemu (what the phone falls back to)
-    Uboot,
-    /// EDK2 / AAVMF
-    Edk2,
-}
-
 #[derive(Subcommand)]
 enum Cmd {
     /// Boot a payload and attach its input console (Ctrl-] detaches)
@@ -50,23 +33,14 @@ enum Cmd {
         /// After detaching, keep the VM running (this process serves its disk) until it powers off or Ctrl-C
         #[arg(long)]
         keep: bool,
-        #[arg(long, value_enum, default_value = "user")]
-        net: NetArg,
-        /// Firmware when vm_config.json has no kernel
-        #[arg(long, value_enum, default_value = "uboot")]
-        firmware: FirmwareArg,
+        #[command(flatten)]
+        launch: LaunchArgs,
         /// Use the payload dir as is (root_part is written in place) instead of a per-run copy
         #[arg(long)]
         in_place: bool,
         /// Where logs and the QEMU command line go
         #[arg(long, default_value = "target/avf-artefacts/boot")]
         artefacts: PathBuf,
-        /// Override the vCPU count (default: from cpu_topology)
-        #[arg(long)]
-        vcpus: Option<u32>,
-        /// Override memory_mib
-        #[arg(long)]
-        memory_mib: Option<u64>,
         /// Don't attach: wait for the boot marker and the guest agent, then
         /// power off through system_powerdown and report the times
         #[arg(long, conflicts_with = "keep")]
@@ -141,27 +115,12 @@ async fn real_main(cli: Cli) -> Result<()> {
         Cmd::Boot {
             payload,
             keep,
-            net,
-            firmware,
+            launch,
             in_place,
             artefacts,
-            vcpus,
-            memory_mib,
             smoke,
         } => {
-            let options = Options {
-                firmware: match firmware {
-                    FirmwareArg::Uboot => Firmware::Uboot,
-                    FirmwareArg::Edk2 => Firmware::Edk2,
-                },
-                net: match net {
-                    NetArg::User => NetMode::User,
-                    NetArg::Tap => NetMode::Tap,
-                },
-                vcpus,
-                memory_mib,
-                ..Options::default()
-            };
+            let options = launch.into();
             eprintln!("[avf] installing payload and starting QEMU…");
             let vm = Vm::launch(LaunchRequest {
                 payload,
@@ -225,11 +184,9 @@ async fn real_main(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Check { payload } => {
-            let scratch = tempfile_dir()?;
-            let inst = avf_harness::payload::Instance::in_place(&payload, &scratch)?;
-            let r = avf_harness::spec::VmSpec::load(&inst.vm_config(), &inst.expansion());
-            let _ = std::fs::remove_dir_all(&scratch);
-            let spec = r?;
+            let scratch = tempfile::Builder::new().prefix("avf-check-").tempdir()?;
+            let inst = avf_harness::payload::Instance::in_place(&payload, scratch.path())?;
+            let spec = avf_harness::spec::VmSpec::load(&inst.vm_config(), &inst.expansion())?;
             println!(
                 "{}: ok ({} disk(s), {} share(s), kernel: {})",
                 spec.source.display(),
@@ -240,7 +197,7 @@ async fn real_main(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::CheckLeaks => {
-            let leaks = avf_harness::vm::procs::leaked_processes();
+            let leaks = avf_harness::procs::leaked_processes();
             let namespaces = avf_harness::net::our_namespaces();
             if leaks.is_empty() && namespaces.is_empty() {
                 println!("no harness processes or network namespaces left");
@@ -262,12 +219,6 @@ async fn real_main(cli: Cli) -> Result<()> {
     }
 }
 
-fn tempfile_dir() -> Result<PathBuf> {
-    let d = std::env::temp_dir().join(format!("avf-check-{}", std::process::id()));
-    std::fs::create_dir_all(&d)?;
-    Ok(d)
-}
-
 fn describe(vm: &Vm) {
     eprintln!("[avf] artefacts: {}", vm.artefacts().display());
     for tag in [ShareTag::Internal, ShareTag::Android] {
@@ -280,7 +231,7 @@ fn describe(vm: &Vm) {
         vm.guest_cid(),
         vm.vsock_uds().display()
     );
-    if let Some(a) = vm.forwarded(false, 7681) {
+    if let Some(a) = vm.forwarded(TTYD_GUEST_PORT) {
         eprintln!("[avf] ttyd (guest :7681) at https://{a}/");
     }
     if let Some(t) = vm.tap() {

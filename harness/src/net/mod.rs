@@ -6,8 +6,10 @@
 //!
 //! Host services on the guest network (the Terminal app's gRPC server, mDNS,
 //! ttyd client) make their sockets in the namespace through
-//! [`avf_terminal::GuestNet`]; QEMU and dnsmasq are started inside it.
+//! the namespace path ([`TapPlan::path`]); QEMU and dnsmasq are started
+//! inside it. The plan decides all of it ([`TapPlan`]); [`TapNet`] executes.
 
+use std::ffi::OsString;
 use std::fs::File;
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
@@ -15,9 +17,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
-use avf_terminal::GuestNet;
 
-use crate::vm::procs;
+use crate::procs;
 
 /// The TAP's name inside the namespace.
 pub const TAP_IFNAME: &str = "avf0";
@@ -27,17 +28,103 @@ pub const NETNS_PREFIX: &str = "avf-";
 pub const HOST_DNS_NAME: &str = "host.avf.internal";
 const NETNS_DIR: &str = "/run/netns";
 
-/// One VM's TAP network. Dropping it deletes the namespace (with the TAP);
-/// the processes inside must be gone by then.
-#[derive(Debug)]
-pub struct TapNet {
-    name: String,
+/// One VM's TAP network as planned: the namespace's name, the /24 and where
+/// dnsmasq keeps its state. Pure data; [`TapNet::create`] makes it real.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TapPlan {
+    pub name: String,
     /// The /24's first address (`a.b.c.0`).
     pub network: Ipv4Addr,
     /// The host's address on the /24: the guest's gateway and DNS server.
     pub host: Ipv4Addr,
     /// dnsmasq's lease and pid files go here.
     run_dir: PathBuf,
+}
+
+impl TapPlan {
+    /// Namespace `name` on 192.168.`x`.0/24 (`x` picked at random by the
+    /// caller, as tethering picks its subnet per run); state in `run_dir`.
+    pub fn new(name: &str, x: u8, run_dir: &Path) -> TapPlan {
+        TapPlan {
+            name: name.to_string(),
+            network: Ipv4Addr::new(192, 168, x, 0),
+            host: Ipv4Addr::new(192, 168, x, 1),
+            run_dir: run_dir.to_path_buf(),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn path(&self) -> PathBuf {
+        Path::new(NETNS_DIR).join(&self.name)
+    }
+
+    /// dnsmasq's arguments, in the foreground: DHCP on the /24 (router and
+    /// DNS = host) and DNS for [`HOST_DNS_NAME`], nothing else (no
+    /// upstream: offline).
+    pub fn dnsmasq_args(&self) -> Vec<OsString> {
+        let n = self.network.octets();
+        let range = |last: u8| Ipv4Addr::new(n[0], n[1], n[2], last);
+        let fixed = [
+            "--keep-in-foreground",
+            "--log-facility=-",
+            "--log-dhcp",
+            "--conf-file=/dev/null",
+            "--no-resolv",
+            "--no-hosts",
+            "--no-poll",
+            "--user=root",
+            "--group=root",
+            "--bind-interfaces",
+            "--dhcp-authoritative",
+        ];
+        let own = [
+            format!("--interface={TAP_IFNAME}"),
+            format!("--listen-address={}", self.host),
+            format!(
+                "--dhcp-range={},{},255.255.255.0,1h",
+                range(100),
+                range(199)
+            ),
+            format!("--dhcp-option=option:router,{}", self.host),
+            format!("--dhcp-option=option:dns-server,{}", self.host),
+            format!("--host-record={HOST_DNS_NAME},{}", self.host),
+            format!("--dhcp-leasefile={}", self.leases().display()),
+            format!("--pid-file={}", self.run_dir.join("dnsmasq.pid").display()),
+        ];
+        fixed
+            .into_iter()
+            .map(OsString::from)
+            .chain(own.into_iter().map(OsString::from))
+            .collect()
+    }
+
+    fn leases(&self) -> PathBuf {
+        self.run_dir.join("dnsmasq.leases")
+    }
+
+    /// The address dnsmasq leased to `mac`, if any yet.
+    pub fn lease(&self, mac: &str) -> Option<Ipv4Addr> {
+        let text = std::fs::read_to_string(self.leases()).ok()?;
+        parse_lease(&text, mac)
+    }
+}
+
+/// dnsmasq logs this once it serves DHCP: its readiness.
+pub const DNSMASQ_READY: &str = "DHCP, IP range";
+
+/// A [`TapPlan`] made real. Dropping it deletes the namespace (with the
+/// TAP); the processes inside must be gone by then.
+#[derive(Debug)]
+pub struct TapNet(TapPlan);
+
+impl std::ops::Deref for TapNet {
+    type Target = TapPlan;
+    fn deref(&self) -> &TapPlan {
+        &self.0
+    }
 }
 
 fn ip(args: &[&str]) -> Result<()> {
@@ -56,23 +143,14 @@ fn ip(args: &[&str]) -> Result<()> {
 }
 
 impl TapNet {
-    /// Creates namespace `name` with the TAP up on a random private /24;
-    /// dnsmasq's leases go to `run_dir`.
-    pub fn create(name: &str, run_dir: &Path) -> Result<TapNet> {
-        // 192.168.X.0/24 with X random, as tethering picks its subnet per run.
-        let x = 1 + uuid::Uuid::new_v4().as_bytes()[0] % 254;
-        let network = Ipv4Addr::new(192, 168, x, 0);
-        let host = Ipv4Addr::new(192, 168, x, 1);
+    /// Creates the namespace with the TAP up on the planned /24.
+    pub fn create(plan: &TapPlan) -> Result<TapNet> {
+        let name = plan.name.as_str();
         ip(&["netns", "add", name]).context(
             "creating the TAP mode's network namespace (needs root or CAP_SYS_ADMIN and CAP_NET_ADMIN)",
         )?;
-        let net = TapNet {
-            name: name.to_string(),
-            network,
-            host,
-            run_dir: run_dir.to_path_buf(),
-        };
-        let host_cidr = format!("{host}/24");
+        let net = TapNet(plan.clone());
+        let host_cidr = format!("{}/24", plan.host);
         for args in [
             &["-n", name, "link", "set", "lo", "up"][..],
             &[
@@ -85,84 +163,24 @@ impl TapNet {
         }
         Ok(net)
     }
+}
 
-    pub fn name(&self) -> &str {
-        &self.name
+/// Makes `cmd` start inside the network namespace at `netns` (a path under
+/// `/run/netns`); keep the returned file until `cmd` has been spawned.
+pub fn enter_on_spawn(netns: &Path, cmd: &mut Command) -> Result<File> {
+    let ns = File::open(netns).with_context(|| format!("opening {}", netns.display()))?;
+    let fd = ns.as_raw_fd();
+    // SAFETY: setns is async-signal-safe; the fd outlives the spawn
+    // because the caller keeps the returned File until then.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(cmd, move || {
+            if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
-
-    pub fn path(&self) -> PathBuf {
-        Path::new(NETNS_DIR).join(&self.name)
-    }
-
-    /// Where host sockets on the guest network are made.
-    pub fn guest_net(&self) -> GuestNet {
-        GuestNet::Namespace(self.path())
-    }
-
-    /// dnsmasq in the foreground: DHCP on the /24 (router and DNS = host)
-    /// and DNS for [`HOST_DNS_NAME`], nothing else (no upstream: offline).
-    pub fn dnsmasq(&self) -> Command {
-        let n = self.network.octets();
-        let range = |last: u8| Ipv4Addr::new(n[0], n[1], n[2], last);
-        let mut c = Command::new("dnsmasq");
-        c.args([
-            "--keep-in-foreground",
-            "--log-facility=-",
-            "--log-dhcp",
-            "--conf-file=/dev/null",
-            "--no-resolv",
-            "--no-hosts",
-            "--no-poll",
-            "--user=root",
-            "--group=root",
-            "--bind-interfaces",
-        ])
-        .arg(format!("--interface={TAP_IFNAME}"))
-        .arg(format!("--listen-address={}", self.host))
-        .arg(format!(
-            "--dhcp-range={},{},255.255.255.0,1h",
-            range(100),
-            range(199)
-        ))
-        .arg("--dhcp-authoritative")
-        .arg(format!("--dhcp-option=option:router,{}", self.host))
-        .arg(format!("--dhcp-option=option:dns-server,{}", self.host))
-        .arg(format!("--host-record={HOST_DNS_NAME},{}", self.host))
-        .arg(format!("--dhcp-leasefile={}", self.leases().display()))
-        .arg(format!(
-            "--pid-file={}",
-            self.run_dir.join("dnsmasq.pid").display()
-        ));
-        c
-    }
-
-    /// Makes `cmd` start inside the namespace.
-    pub fn enter_on_spawn(&self, cmd: &mut Command) -> Result<File> {
-        let ns = File::open(self.path())
-            .with_context(|| format!("opening {}", self.path().display()))?;
-        let fd = ns.as_raw_fd();
-        // SAFETY: setns is async-signal-safe; the fd outlives the spawn
-        // because the caller keeps the returned File until then.
-        unsafe {
-            std::os::unix::process::CommandExt::pre_exec(cmd, move || {
-                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        Ok(ns)
-    }
-
-    fn leases(&self) -> PathBuf {
-        self.run_dir.join("dnsmasq.leases")
-    }
-
-    /// The address dnsmasq leased to `mac`, if any yet.
-    pub fn lease(&self, mac: &str) -> Option<Ipv4Addr> {
-        let text = std::fs::read_to_string(self.leases()).ok()?;
-        parse_lease(&text, mac)
-    }
+    Ok(ns)
 }
 
 /// dnsmasq's lease file: `<expiry> <mac> <ip> <hostname> <client-id>`.

@@ -30,30 +30,27 @@ fn spec(dir: &Path, with_kernel: bool, console: &str) -> VmSpec {
     VmSpec::parse(&text, &payload.join("vm_config.json"), &exp).unwrap()
 }
 
-fn paths(dir: &Path) -> Paths {
-    Paths {
-        run: dir.join("run"),
-        artefacts: dir.join("art"),
+fn launch(dir: &Path) -> Launch {
+    Launch {
+        index: 0,
+        paths: Paths {
+            run: dir.join("run"),
+            artefacts: dir.join("art"),
+        },
+        netns: "avf-1-0".into(),
+        subnet: 77,
     }
 }
 
 fn line(p: &Plan) -> String {
-    shell_line("qemu-system-aarch64", &p.qemu)
+    p.qemu.shell_line()
 }
 
 #[test]
 fn direct_boot_profile() {
     let d = tempfile::tempdir().unwrap();
     let s = spec(d.path(), true, "ttyS0");
-    let opts = Options {
-        forwards: vec![Forward {
-            udp: false,
-            host_port: 40000,
-            guest_port: 7681,
-        }],
-        ..Options::default()
-    };
-    let p = plan(&s, &opts, &paths(d.path()));
+    let p = plan(&s, &Options::default(), &launch(d.path())).unwrap();
     let l = line(&p);
     assert_eq!(p.firmware, BootPath::Direct);
     assert_eq!(p.vcpus, 1, "one_cpu");
@@ -71,15 +68,22 @@ fn direct_boot_profile() {
         "vhost-user-vsock-pci",
         "virtio-balloon-pci,id=balloon0,free-page-reporting=on",
         "virtio-gpu-pci",
-        "hostfwd=tcp:127.0.0.1:40000-:7681",
         "-append 'root=/dev/vda1 console=ttyS0'",
         "-no-reboot",
     ] {
         assert!(l.contains(want), "missing {want:?} in {l}");
     }
     assert!(l.contains("\"driver\":\"nbd\""), "{l}");
-    assert_eq!(p.nbd.len(), 1);
-    let names: Vec<_> = p.sidecars.iter().map(|s| s.name.as_str()).collect();
+    let fwd = format!("hostfwd=tcp:127.0.0.1:{}-:7681", p.forwards[0].host_port);
+    assert!(l.contains(&fwd), "missing {fwd:?} in {l}");
+    assert!(
+        !l.contains("hostfwd=udp"),
+        "no UDP forward: it delivers nothing"
+    );
+    assert_eq!(p.disks.len(), 1);
+    assert_eq!(p.disks[0].partitions.len(), 2);
+    assert_eq!(p.cid, CID_BASE);
+    let names: Vec<_> = p.sidecars.iter().map(|s| s.process.name.as_str()).collect();
     assert_eq!(
         names,
         [
@@ -88,9 +92,10 @@ fn direct_boot_profile() {
             "vhost-device-vsock"
         ]
     );
-    let vsock = &p.sidecars[2].args[1].to_string_lossy().to_string();
+    let vsock = &p.sidecars[2].process.args[1].to_string_lossy().to_string();
     assert!(vsock.starts_with("guest-cid=2048,"), "{vsock}");
     let android: Vec<String> = p.sidecars[0]
+        .process
         .args
         .iter()
         .map(|a| a.to_string_lossy().into_owned())
@@ -109,8 +114,9 @@ fn direct_boot_profile() {
 fn firmware_choices_without_kernel() {
     let d = tempfile::tempdir().unwrap();
     let s = spec(d.path(), false, "hvc0");
-    let p = plan(&s, &Options::default(), &paths(d.path()));
+    let p = plan(&s, &Options::default(), &launch(d.path())).unwrap();
     assert_eq!(p.firmware, BootPath::Uboot);
+    assert!(p.prepare.is_empty());
     let l = line(&p);
     assert!(l.contains(&format!("-bios {U_BOOT}")), "{l}");
     assert!(!l.contains("-kernel"));
@@ -125,16 +131,94 @@ fn firmware_choices_without_kernel() {
             firmware: Firmware::Edk2,
             ..Options::default()
         },
-        &paths(d.path()),
-    );
+        &launch(d.path()),
+    )
+    .unwrap();
     assert_eq!(p.firmware, BootPath::Edk2);
     assert!(line(&p).contains("if=pflash"));
+    // The plan, not the launcher, decides the private vars copy.
+    assert_eq!(
+        p.prepare,
+        [Prepare {
+            from: AAVMF_VARS.into(),
+            to: d.path().join("run/AAVMF_VARS.fd")
+        }]
+    );
 }
 
 #[test]
 fn shell_line_quotes() {
     assert_eq!(
-        shell_line("q", &[os("a b"), os("it's"), os("-x")]),
+        shell_line("q", &["a b".into(), "it's".into(), "-x".into()]),
         "q 'a b' 'it'\\''s' -x"
+    );
+}
+
+#[test]
+fn tap_mode_plans_dnsmasq_and_qemu_in_the_namespace() {
+    let d = tempfile::tempdir().unwrap();
+    let s = spec(d.path(), true, "ttyS0");
+    let opts = Options {
+        net: NetMode::Tap,
+        ..Options::default()
+    };
+    let p = plan(&s, &opts, &launch(d.path())).unwrap();
+    assert!(p.forwards.is_empty());
+    let tap = p.tap.as_ref().expect("tap plan");
+    assert_eq!(tap.host.to_string(), "192.168.77.1");
+    let dnsmasq = p.sidecars.last().unwrap();
+    assert_eq!(dnsmasq.process.name, "dnsmasq");
+    assert_eq!(dnsmasq.ready, Ready::LogLine(crate::net::DNSMASQ_READY));
+    assert_eq!(dnsmasq.process.netns, Some(tap.path()));
+    assert_eq!(p.qemu.netns, Some(tap.path()));
+    let commands = p.commands();
+    let lines: Vec<&str> = commands.lines().collect();
+    assert_eq!(lines.len(), 5, "{commands}");
+    assert!(
+        lines[3].starts_with("ip netns exec avf-1-0 dnsmasq --keep-in-foreground"),
+        "{commands}"
+    );
+    assert!(lines[3].contains("--dhcp-range=192.168.77.100,192.168.77.199"));
+    assert!(
+        lines[4].starts_with("ip netns exec avf-1-0 qemu-system-aarch64 -nodefaults"),
+        "{commands}"
+    );
+    assert!(line(&p).contains("tap,id=net0,ifname=avf0"));
+}
+
+/// The reproduction line must relaunch the same VM: every knob in
+/// [`Options`] goes through `LaunchArgs` and comes back equal.
+#[test]
+fn repro_args_carry_every_launch_knob() {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        launch: LaunchArgs,
+    }
+    let odd = Options {
+        profile: avf_terminal::HostProfile::android16(),
+        firmware: Firmware::Edk2,
+        net: NetMode::Tap,
+        vcpus: Some(1),
+        memory_mib: Some(2048),
+    };
+    for opts in [odd, Options::default()] {
+        let argv = std::iter::once("x".into()).chain(opts.to_args());
+        let back: Options = Cli::parse_from(argv).launch.into();
+        assert_eq!(back, opts);
+    }
+    let d = tempfile::tempdir().unwrap();
+    let s = spec(d.path(), true, "ttyS0");
+    let opts = Options {
+        memory_mib: Some(2048),
+        vcpus: Some(1),
+        ..Options::default()
+    };
+    let p = plan(&s, &opts, &launch(d.path())).unwrap();
+    let line = shell_line("avf-harness boot", &p.repro_args);
+    assert!(
+        line.contains("--memory-mib 2048") && line.contains("--vcpus 1"),
+        "{line}"
     );
 }

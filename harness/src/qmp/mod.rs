@@ -8,7 +8,6 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::unix::OwnedWriteHalf;
@@ -68,12 +67,6 @@ impl QmpEvent {
             _ => QmpEvent::Other { name, data },
         })
     }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct StatusInfo {
-    pub running: bool,
-    pub status: String,
 }
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Value>>>>;
@@ -191,12 +184,6 @@ impl Qmp {
         self.execute("cont", None).await.map(drop)
     }
 
-    pub async fn query_status(&self) -> Result<StatusInfo, QmpError> {
-        let v = self.execute("query-status", None).await?;
-        serde_json::from_value(v.clone())
-            .map_err(|_| QmpError::Decode("query-status".into(), v.to_string()))
-    }
-
     /// Sets the guest's target memory size in bytes.
     pub async fn balloon(&self, bytes: u64) -> Result<(), QmpError> {
         self.execute("balloon", Some(json!({ "value": bytes })))
@@ -222,17 +209,6 @@ impl Qmp {
             Ok(_) | Err(QmpError::Closed) => Ok(()),
             Err(e) => Err(e),
         }
-    }
-
-    /// An HMP command (e.g. `hostfwd_add`); returns its text output.
-    pub async fn human_monitor_command(&self, cmd: &str) -> Result<String, QmpError> {
-        let v = self
-            .execute(
-                "human-monitor-command",
-                Some(json!({ "command-line": cmd })),
-            )
-            .await?;
-        Ok(v.as_str().unwrap_or_default().to_string())
     }
 
     /// Every event seen so far.

@@ -1,10 +1,11 @@
 //! What scenario steps read from and wait for in the guest, through the
 //! guest agent and QMP: shared by the plain and the Terminal-app steps.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, Result};
 
+use crate::timeouts::{wait_until, Check};
 use crate::vm::Vm;
 
 const MIB: u64 = 1 << 20;
@@ -34,31 +35,36 @@ pub async fn guest_mem_total(vm: &Vm) -> Result<u64> {
     Ok(kb * 1024)
 }
 
-/// Waits until QEMU's balloon leaves the guest `keep` bytes and MemTotal
-/// has moved by as much from `base` (MemTotal at `base_keep`).
+/// Waits (up to `limit`) until QEMU's balloon leaves the guest `keep`
+/// bytes and MemTotal has moved by as much from `base` (MemTotal at
+/// `base_keep`); returns (QEMU's figure, MemTotal).
 pub async fn wait_balloon(
     vm: &Vm,
     keep: u64,
     (base_total, base_keep): (u64, u64),
     tol: u64,
-    deadline: Instant,
+    limit: Duration,
 ) -> Result<(u64, u64)> {
-    loop {
+    let want_total = base_total as i64 - (base_keep as i64 - keep as i64);
+    let what = format!(
+        "the balloon leaving the guest {} MiB and MemTotal about {} MiB",
+        keep / MIB,
+        want_total / MIB as i64
+    );
+    wait_until(&what, limit, Duration::from_millis(250), || async move {
         let actual = vm.qmp().query_balloon().await?;
         let total = guest_mem_total(vm).await?;
-        let want_total = base_total as i64 - (base_keep as i64 - keep as i64);
-        if actual.abs_diff(keep) <= tol && (total as i64).abs_diff(want_total) <= tol {
-            return Ok((actual, total));
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "balloon: QEMU leaves the guest {} MiB (want {} MiB), MemTotal {} MiB (want about {} MiB)",
-                actual / MIB,
-                keep / MIB,
-                total / MIB,
-                want_total / MIB as i64
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+        Ok(
+            if actual.abs_diff(keep) <= tol && (total as i64).abs_diff(want_total) <= tol {
+                Check::Done((actual, total))
+            } else {
+                Check::NotYet(format!(
+                    "QEMU leaves {} MiB, MemTotal {} MiB",
+                    actual / MIB,
+                    total / MIB
+                ))
+            },
+        )
+    })
+    .await
 }

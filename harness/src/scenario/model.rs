@@ -1,14 +1,20 @@
-//! A scenario file (TOML): which payload, launch knobs, and steps as data.
-//! New step kinds (e.g. the Terminal app's host side for issue 4) are new
-//! variants of [`Step`] plus one arm in the runner.
+//! A scenario file (TOML): which payload, under which host profile, launch
+//! knobs, and steps as data. This module only describes; the bodies live in
+//! [`super::steps`] (steps on the VM) and [`super::terminal`] (steps that
+//! need the app's host side).
+//!
+//! To add a step kind: its struct here with a [`Describe`] impl, one line in
+//! the `steps!` list (which says which side runs it), and one arm in
+//! [`super::Runner`]'s dispatch. The compiler checks all three.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use avf_terminal::HostProfile;
 use serde::Deserialize;
 
-use super::terminal;
-use crate::plan::{Firmware, NetMode};
+use crate::plan::{Firmware, NetMode, Options};
+use crate::timeouts::{self, Scaled};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -20,6 +26,9 @@ pub struct Scenario {
     pub description: String,
     /// `<base>-<layout>` under `$AVF_OUT`, e.g. `debian-direct`.
     pub payload: String,
+    /// The Android release (and mode) whose app and crosvm to play.
+    #[serde(deserialize_with = "profile")]
+    pub profile: HostProfile,
     /// `uboot` (default) or `edk2`, when the payload names no kernel.
     #[serde(default)]
     pub firmware: Firmware,
@@ -30,91 +39,422 @@ pub struct Scenario {
     pub vcpus: Option<u32>,
     #[serde(default)]
     pub memory_mib: Option<u64>,
-    /// The Terminal app's host side (issue 4). Implied by any terminal step.
+    /// How the app behaves around the boot (only with app-side steps).
     #[serde(default)]
-    pub terminal: Option<terminal::TerminalOptions>,
+    pub terminal: Option<TerminalOptions>,
     pub steps: Vec<Step>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
-pub enum Step {
-    /// Wait for `AVF-BOOT-OK <build_id>` and the guest agent.
-    Boot {
-        #[serde(default)]
-        max_secs: Option<u64>,
-    },
-    /// `sh -c` in the guest through the agent.
-    Exec {
-        sh: String,
-        #[serde(default)]
-        exit: i32,
-        /// Regex the stdout must match.
-        #[serde(default)]
-        stdout_matches: Option<String>,
-        /// Golden snapshot of the (filtered) stdout.
-        #[serde(default)]
-        snapshot: Option<String>,
-    },
-    /// Golden snapshot of the console transcript so far.
-    ConsoleSnapshot {
-        name: String,
-        /// Lines matching any of these are dropped (racy ordering etc.).
-        #[serde(default)]
-        drop: Vec<String>,
-        /// When set, only lines matching one of these are kept.
-        #[serde(default)]
-        keep: Vec<String>,
-    },
-    /// Set the balloon so the guest has `fraction` of its memory, wait for
-    /// QEMU to report it and the guest's MemTotal to follow.
-    Balloon {
-        fraction: f64,
-        #[serde(default = "default_tolerance")]
-        tolerance_mib: u64,
-    },
-    /// `system_powerdown`; SHUTDOWN with `reason` and QEMU gone in time.
-    Powerdown {
-        reason: String,
-        within_secs: u64,
-    },
-    /// `e2fsck -n` on the host on a partition file (VM must be stopped).
-    HostFsck {
-        label: String,
-    },
-    /// The TAP mode's DHCP lease, route and DNS (see `network`).
-    TapNetwork(super::network::TapNetwork),
-    // The Terminal app's host side (see `terminal`).
-    TtydDiscover(terminal::TtydDiscover),
-    TtydProbe(terminal::TtydProbe),
-    TtydRun(terminal::TtydRun),
-    AgentsConnected(terminal::AgentsConnected),
-    GuestPort(terminal::GuestPort),
-    ForwardRoundtrip(terminal::ForwardRoundtrip),
-    AppShutdown(terminal::AppShutdown),
-    StorageBalloon(terminal::StorageBalloon),
-    GuestNote(terminal::GuestNote),
-    MemoryPolicy(terminal::MemoryPolicy),
+fn profile<'de, D: serde::Deserializer<'de>>(d: D) -> Result<HostProfile, D::Error> {
+    let name = String::deserialize(d)?;
+    HostProfile::by_name(&name).map_err(serde::de::Error::custom)
 }
 
-impl Step {
-    /// Whether the step needs the Terminal app's host side.
-    pub fn is_terminal(&self) -> bool {
-        !matches!(
-            self,
-            Step::Boot { .. }
-                | Step::Exec { .. }
-                | Step::ConsoleSnapshot { .. }
-                | Step::Balloon { .. }
-                | Step::Powerdown { .. }
-                | Step::HostFsck { .. }
-                | Step::TapNetwork(_)
-        )
-    }
+/// Who runs a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The harness, on the VM (console, QMP, guest agent, host files).
+    Vm,
+    /// The Terminal app's host side (started for the scenario when any
+    /// step is of this side).
+    App,
+}
+
+/// What every step struct says about itself.
+pub trait Describe {
+    /// One line for progress and errors.
+    fn describe(&self) -> String;
+}
+
+/// Declares [`Step`] from one list: variant, struct, side.
+macro_rules! steps {
+    ($($(#[$doc:meta])* $variant:ident($ty:ident) => $side:ident,)+) => {
+        #[derive(Debug, Clone, Deserialize)]
+        #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+        pub enum Step {
+            $($(#[$doc])* $variant($ty),)+
+        }
+
+        impl Step {
+            pub fn side(&self) -> Side {
+                match self {
+                    $(Step::$variant(_) => Side::$side,)+
+                }
+            }
+            pub fn describe(&self) -> String {
+                match self {
+                    $(Step::$variant(s) => s.describe(),)+
+                }
+            }
+        }
+    };
+}
+
+steps! {
+    /// Wait for `AVF-BOOT-OK <build_id>` and the guest agent.
+    Boot(Boot) => Vm,
+    /// `sh -c` in the guest through the agent.
+    Exec(Exec) => Vm,
+    /// Golden snapshot of the console transcript so far.
+    ConsoleSnapshot(ConsoleSnapshot) => Vm,
+    /// Balloon the guest down to a fraction of its memory.
+    Balloon(Balloon) => Vm,
+    /// `system_powerdown`; SHUTDOWN with `reason` and QEMU gone in time.
+    Powerdown(Powerdown) => Vm,
+    /// `e2fsck -n` on the host on a partition file (VM must be stopped).
+    HostFsck(HostFsck) => Vm,
+    /// The TAP mode's DHCP lease, route and DNS.
+    TapNetwork(TapNetwork) => Vm,
+    /// Runs `sh` in the guest and keeps its output as a note.
+    GuestNote(GuestNote) => Vm,
+    TtydDiscover(TtydDiscover) => App,
+    TtydProbe(TtydProbe) => App,
+    TtydRun(TtydRun) => App,
+    AgentsConnected(AgentsConnected) => App,
+    GuestPort(GuestPort) => App,
+    ForwardRoundtrip(ForwardRoundtrip) => App,
+    AppShutdown(AppShutdown) => App,
+    StorageBalloon(StorageBalloon) => App,
+    MemoryPolicy(MemoryPolicy) => App,
+}
+
+// ---- steps on the VM ----
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Boot {
+    /// Power-on to the marker; the wait itself is the boot timeout.
+    #[serde(default, rename = "max_secs", deserialize_with = "timeouts::opt_secs")]
+    pub max: Option<Scaled>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Exec {
+    pub sh: String,
+    #[serde(default)]
+    pub exit: i32,
+    /// Regex the stdout must match.
+    #[serde(default)]
+    pub stdout_matches: Option<String>,
+    /// Golden snapshot of the (filtered) stdout.
+    #[serde(default)]
+    pub snapshot: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleSnapshot {
+    pub name: String,
+    /// Lines matching any of these are dropped (racy ordering etc.).
+    #[serde(default)]
+    pub drop: Vec<String>,
+    /// When set, only lines matching one of these are kept.
+    #[serde(default)]
+    pub keep: Vec<String>,
+}
+
+/// Set the balloon so the guest has `fraction` of its memory, wait for
+/// QEMU to report it and the guest's MemTotal to follow.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Balloon {
+    pub fraction: f64,
+    #[serde(default = "default_tolerance")]
+    pub tolerance_mib: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Powerdown {
+    pub reason: String,
+    #[serde(rename = "within_secs", deserialize_with = "timeouts::secs")]
+    pub within: Scaled,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostFsck {
+    pub label: String,
+}
+
+/// The guest took a DHCP lease on the run's /24, routes by default via the
+/// host, and resolves a name the harness's DNS server serves.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TapNetwork {
+    /// A name the harness's DNS server answers with the host's address.
+    #[serde(default = "default_host_name")]
+    pub resolve: String,
+    /// Time for the lease and the route to appear, from this step's start.
+    #[serde(rename = "within_secs", deserialize_with = "timeouts::secs")]
+    pub within: Scaled,
+}
+
+/// Runs `sh` in the guest (guest agent) and keeps its output in the
+/// report under `name` (e.g. the agents' idle RSS).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuestNote {
+    pub name: String,
+    pub sh: String,
+}
+
+// ---- steps of the app's host side ----
+
+/// Scenario-level `[terminal]`: how the app behaves around the boot.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TerminalOptions {
+    /// Plant a `debian_service_port` naming a port nothing listens on
+    /// before the guest starts (a stale file from an earlier run).
+    #[serde(default)]
+    pub stale_port_file: bool,
+    /// Speed-up of the app's balloon policies (60: a policy minute per
+    /// second; 1: real time).
+    #[serde(default = "real_time")]
+    pub time_scale: f64,
+}
+
+/// Which client identity a handshake probe presents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Identity {
+    /// The app's certificate (the one in `ca.crt`).
+    App,
+    /// A freshly generated certificate the guest never saw.
+    Other,
+    /// No client certificate.
+    None,
+}
+
+/// What a probe must see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Expect {
+    Accepted,
+    Refused,
+}
+
+/// A DebianService queue, as named in scenario files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QueueName {
+    Forwarding,
+    Shutdown,
+    StorageBalloon,
+}
+
+/// Find ttyd over mDNS; the port file is written then.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TtydDiscover {
+    /// Counted from the guest's start; the discovery gives up then.
+    /// Default: the profile's discovery deadline.
+    #[serde(
+        default,
+        rename = "within_secs",
+        deserialize_with = "timeouts::opt_secs"
+    )]
+    pub within: Option<Scaled>,
+}
+
+/// TLS handshake with ttyd presenting `identity`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TtydProbe {
+    pub identity: Identity,
+    pub expect: Expect,
+}
+
+/// A command typed into the ttyd shell (the user's terminal).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TtydRun {
+    pub cmd: String,
+    #[serde(default)]
+    pub exit: i32,
+    #[serde(default)]
+    pub output_matches: Option<String>,
+    #[serde(
+        default = "default_cmd_time",
+        rename = "within_secs",
+        deserialize_with = "timeouts::secs"
+    )]
+    pub within: Scaled,
+}
+
+/// The agents opened these queues (the forwarding one with the VM's CID)
+/// and, when `ports_reported`, the launcher sent a port snapshot.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentsConnected {
+    pub queues: Vec<QueueName>,
+    #[serde(default)]
+    pub ports_reported: bool,
+    #[serde(rename = "within_secs", deserialize_with = "timeouts::secs")]
+    pub within: Scaled,
+}
+
+/// Optionally runs `sh` in the guest (guest agent), then waits for a
+/// `ReportVmActivePorts` that has (`present`) or lacks `port`, within
+/// `within_ms` of `sh` returning.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuestPort {
+    #[serde(default)]
+    pub sh: Option<String>,
+    pub port: u16,
+    pub present: bool,
+    #[serde(rename = "within_ms", deserialize_with = "timeouts::millis")]
+    pub within: Scaled,
+    /// With `present`: the reported owner must be this command.
+    #[serde(default)]
+    pub comm: Option<String>,
+}
+
+/// `bytes` of pseudo-random data through the host's forward of guest
+/// `port` and back (the guest runs an echo server), compared by SHA-256.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardRoundtrip {
+    pub port: u16,
+    pub bytes: u64,
+    #[serde(rename = "within_secs", deserialize_with = "timeouts::secs")]
+    pub within: Scaled,
+}
+
+/// The app's shutdown request; the guest must power itself off.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppShutdown {
+    pub reason: String,
+    #[serde(rename = "within_secs", deserialize_with = "timeouts::secs")]
+    pub within: Scaled,
+}
+
+/// Sends `available_bytes = <df / available before any request> - hold_mib`
+/// and waits until the guest's `df /` available is that, within a cluster.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageBalloon {
+    pub hold_mib: u64,
+    #[serde(rename = "within_secs", deserialize_with = "timeouts::secs")]
+    pub within: Scaled,
+}
+
+/// The app's memory-balloon policy (contract §5) against the real balloon,
+/// with time sped up by `[terminal] time_scale`: in the background it takes
+/// 10 % of guest RAM, then 5 % more per (scaled) minute up to 50 %; QEMU's
+/// balloon and the guest's MemTotal must follow each step; back in the
+/// foreground everything is returned.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryPolicy {
+    /// For reaching 50 %, and again for returning to 0 %.
+    #[serde(rename = "within_secs", deserialize_with = "timeouts::secs")]
+    pub within: Scaled,
+    #[serde(default = "default_tolerance")]
+    pub tolerance_mib: u64,
 }
 
 fn default_tolerance() -> u64 {
     64
+}
+fn default_host_name() -> String {
+    crate::net::HOST_DNS_NAME.to_string()
+}
+fn real_time() -> f64 {
+    1.0
+}
+fn default_cmd_time() -> Scaled {
+    Scaled::secs(30)
+}
+
+impl Describe for Boot {
+    fn describe(&self) -> String {
+        "boot".into()
+    }
+}
+impl Describe for Exec {
+    fn describe(&self) -> String {
+        format!("exec `{}`", self.sh.lines().next().unwrap_or_default())
+    }
+}
+impl Describe for ConsoleSnapshot {
+    fn describe(&self) -> String {
+        format!("console_snapshot {}", self.name)
+    }
+}
+impl Describe for Balloon {
+    fn describe(&self) -> String {
+        format!("balloon {}", self.fraction)
+    }
+}
+impl Describe for Powerdown {
+    fn describe(&self) -> String {
+        "powerdown".into()
+    }
+}
+impl Describe for HostFsck {
+    fn describe(&self) -> String {
+        format!("host_fsck {}", self.label)
+    }
+}
+impl Describe for TapNetwork {
+    fn describe(&self) -> String {
+        format!("tap_network resolve {}", self.resolve)
+    }
+}
+impl Describe for GuestNote {
+    fn describe(&self) -> String {
+        format!("guest_note {}", self.name)
+    }
+}
+impl Describe for TtydDiscover {
+    fn describe(&self) -> String {
+        "ttyd_discover".into()
+    }
+}
+impl Describe for TtydProbe {
+    fn describe(&self) -> String {
+        format!("ttyd_probe {:?} {:?}", self.identity, self.expect)
+    }
+}
+impl Describe for TtydRun {
+    fn describe(&self) -> String {
+        format!("ttyd_run `{}`", self.cmd)
+    }
+}
+impl Describe for AgentsConnected {
+    fn describe(&self) -> String {
+        format!("agents_connected {:?}", self.queues)
+    }
+}
+impl Describe for GuestPort {
+    fn describe(&self) -> String {
+        format!("guest_port {} present={}", self.port, self.present)
+    }
+}
+impl Describe for ForwardRoundtrip {
+    fn describe(&self) -> String {
+        format!("forward_roundtrip {} bytes", self.bytes)
+    }
+}
+impl Describe for AppShutdown {
+    fn describe(&self) -> String {
+        "app_shutdown".into()
+    }
+}
+impl Describe for StorageBalloon {
+    fn describe(&self) -> String {
+        format!("storage_balloon hold {} MiB", self.hold_mib)
+    }
+}
+impl Describe for MemoryPolicy {
+    fn describe(&self) -> String {
+        "memory_policy".into()
+    }
 }
 
 impl Scenario {
@@ -135,26 +475,27 @@ impl Scenario {
                     .with_context(|| format!("{}: steps[{i}].{what}: bad regex", file.display()))
             };
             match st {
-                Step::Exec {
+                Step::Exec(Exec {
                     stdout_matches: Some(r),
                     ..
-                } => bad_re(r, "stdout_matches")?,
-                Step::TtydRun(terminal::TtydRun {
+                }) => bad_re(r, "stdout_matches")?,
+                Step::TtydRun(TtydRun {
                     output_matches: Some(r),
                     ..
                 }) => bad_re(r, "output_matches")?,
-                Step::ConsoleSnapshot { drop, keep, .. } => {
-                    for r in drop {
+                Step::ConsoleSnapshot(c) => {
+                    for r in &c.drop {
                         bad_re(r, "drop")?;
                     }
-                    for r in keep {
+                    for r in &c.keep {
                         bad_re(r, "keep")?;
                     }
                 }
-                Step::Balloon { fraction, .. } if !(0.05..=1.0).contains(fraction) => {
+                Step::Balloon(b) if !(0.05..=1.0).contains(&b.fraction) => {
                     anyhow::bail!(
-                        "{}: steps[{i}].fraction: {fraction} (expected 0.05 ..= 1.0)",
-                        file.display()
+                        "{}: steps[{i}].fraction: {} (expected 0.05 ..= 1.0)",
+                        file.display(),
+                        b.fraction
                     )
                 }
                 _ => {}
@@ -163,15 +504,20 @@ impl Scenario {
         Ok(s)
     }
 
-    /// Every `*.toml` in `dir`, sorted by name.
-    pub fn load_dir(dir: &Path) -> Result<Vec<Scenario>> {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-            .with_context(|| format!("reading {}", dir.display()))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|e| e == "toml"))
-            .collect();
-        files.sort();
-        files.iter().map(|f| Scenario::load(f)).collect()
+    /// Whether any step needs the app's host side.
+    pub fn needs_app(&self) -> bool {
+        self.terminal.is_some() || self.steps.iter().any(|s| s.side() == Side::App)
+    }
+
+    /// The launch knobs this scenario sets.
+    pub fn options(&self) -> Options {
+        Options {
+            profile: self.profile.clone(),
+            firmware: self.firmware,
+            net: self.net,
+            vcpus: self.vcpus,
+            memory_mib: self.memory_mib,
+        }
     }
 
     /// The payload dir (or the error naming the command that builds it).
@@ -184,5 +530,73 @@ impl Scenario {
             )
         })?;
         crate::payload::built_payload(base, layout)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(rest: &str) -> Result<Scenario> {
+        let dir = tempfile::tempdir()?;
+        let f = dir.path().join("t.toml");
+        std::fs::write(
+            &f,
+            format!(
+                "description = \"d\"\npayload = \"debian-direct\"\nprofile = \"android16\"\n{rest}"
+            ),
+        )?;
+        Scenario::load(&f)
+    }
+
+    #[test]
+    fn app_steps_parse_and_imply_the_host() {
+        let sc = load(
+            "[[steps]]\nkind = \"ttyd_probe\"\nidentity = \"other\"\nexpect = \"refused\"\n\
+             [[steps]]\nkind = \"guest_port\"\nport = 8080\npresent = true\nwithin_ms = 2000\n",
+        )
+        .unwrap();
+        assert!(sc.terminal.is_none());
+        assert!(sc.steps.iter().all(|s| s.side() == Side::App));
+        assert!(sc.needs_app());
+        let plain = load("[[steps]]\nkind = \"boot\"\n[[steps]]\nkind = \"guest_note\"\nname = \"n\"\nsh = \"true\"\n").unwrap();
+        assert!(!plain.needs_app(), "plain steps start no app host");
+        let Step::GuestPort(p) = &sc.steps[1] else {
+            panic!("{:?}", sc.steps[1])
+        };
+        assert_eq!(p.within.base(), std::time::Duration::from_millis(2000));
+    }
+
+    #[test]
+    fn bad_steps_and_profiles_name_the_file_and_field() {
+        let e = format!(
+            "{:#}",
+            load("[[steps]]\nkind = \"ttyd_probe\"\nidentity = \"bogus\"\nexpect = \"refused\"\n")
+                .unwrap_err()
+        );
+        assert!(e.contains("t.toml") && e.contains("bogus"), "{e}");
+        let e = format!(
+            "{:#}",
+            load(
+                "[[steps]]\nkind = \"storage_balloon\"\nhold_mib = 1\nwithin_secs = 1\nextra = 2\n"
+            )
+            .unwrap_err()
+        );
+        assert!(e.contains("extra"), "{e}");
+        let e = format!(
+            "{:#}",
+            load("[[steps]]\nkind = \"ttyd_run\"\ncmd = \"id\"\noutput_matches = \"(\"\n")
+                .unwrap_err()
+        );
+        assert!(e.contains("output_matches"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("p.toml");
+        std::fs::write(
+            &f,
+            "description = \"d\"\npayload = \"debian-direct\"\nprofile = \"android99\"\nsteps = []\n",
+        )
+        .unwrap();
+        let e = format!("{:#}", Scenario::load(&f).unwrap_err());
+        assert!(e.contains("p.toml") && e.contains("android99"), "{e}");
     }
 }

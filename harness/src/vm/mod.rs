@@ -1,11 +1,9 @@
-//! A launched VM: the payload installed into an instance dir, the composite
-//! disk served, sidecars and QEMU in one owned process group, QMP and the
-//! console connected. Exposes, as plain values, what the Terminal app's host
-//! side needs (shares, vsock socket + CID, gateway, forwards).
+//! A launched VM: executes a [`Plan`] — the payload installed into an
+//! instance dir, the composite disks served, sidecars and QEMU in one owned
+//! process group, QMP and the console connected. Decides nothing itself;
+//! exposes, as plain values, what the app's host side needs (shares, vsock
+//! socket + CID, gateway, network namespace).
 
-pub mod procs;
-
-use std::ffi::OsString;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -14,22 +12,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use avf_terminal::GuestNet;
 use regex::bytes::Regex;
 use tokio::sync::OnceCell;
 
 use crate::console::qga::Qga;
 use crate::console::Console;
-use crate::disk::{Layout, NbdServer, PartitionEntry};
+use crate::disk::{Layout, NbdServer};
 use crate::net::TapNet;
 use crate::payload::Instance;
-use crate::plan::{self, BootPath, Forward, NetMode, Options, Paths, Plan};
+use crate::plan::{self, Launch, Options, Paths, Plan, Process, Ready};
+use crate::procs::{self, ProcessGroup};
 use crate::qmp::{Qmp, QmpEvent};
-use crate::spec::{Disk, ShareTag, VmSpec};
-use crate::timeouts::Timeout;
-use procs::ProcessGroup;
-
-pub const QEMU: &str = "qemu-system-aarch64";
+use crate::spec::{ShareTag, VmSpec};
+use crate::timeouts::{wait_until, Check, Timeout};
 
 /// What to launch.
 #[derive(Debug, Clone)]
@@ -62,24 +57,6 @@ pub struct PowerdownReport {
     pub elapsed: Duration,
 }
 
-/// [`avf_terminal::MemoryBalloon`] over QMP: the app says how much to take
-/// back, QMP's `balloon` wants what the guest keeps.
-#[derive(Clone)]
-pub struct QmpBalloon {
-    qmp: Arc<Qmp>,
-    guest_ram: u64,
-}
-
-impl avf_terminal::MemoryBalloon for QmpBalloon {
-    async fn set_balloon(
-        &self,
-        balloon_bytes: u64,
-    ) -> Result<(), avf_terminal::balloon::BalloonError> {
-        let keep = self.guest_ram.saturating_sub(balloon_bytes);
-        self.qmp.balloon(keep).await.map_err(Into::into)
-    }
-}
-
 static VM_INDEX: AtomicU32 = AtomicU32::new(0);
 
 pub struct Vm {
@@ -88,63 +65,86 @@ pub struct Vm {
     paths: Paths,
     instance: Instance,
     keep_instance: bool,
-    layouts: Vec<Arc<Layout>>,
     procs: ProcessGroup,
     _nbd: Vec<NbdServer>,
     qmp: Arc<Qmp>,
     console: Console,
     qga: OnceCell<Qga>,
     started: Instant,
-    forwards: Vec<Forward>,
-    cid: u32,
     exited: bool,
     /// Dropped after the processes (it deletes their namespace).
     tap: Option<TapNet>,
 }
 
-/// A free localhost port (bound then released; QEMU binds it next).
-pub fn free_port(udp: bool) -> Result<u16> {
-    Ok(if udp {
-        std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?
-            .local_addr()?
-            .port()
-    } else {
-        std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
-            .local_addr()?
-            .port()
-    })
-}
-
-/// Waits (up to the sidecar timeout) until `ready()` holds; fails at once
-/// if process `name` exits first. `what` completes "… before/within".
-async fn wait_ready(
-    procs: &mut ProcessGroup,
-    name: &str,
-    what: &str,
-    mut ready: impl FnMut() -> bool,
-) -> Result<()> {
-    let t = Timeout::SidecarSocket.get();
-    let deadline = Instant::now() + t;
-    while !ready() {
-        if let Some(st) = procs.try_wait(name)? {
-            bail!("{name} exited ({st}) before {what}");
-        }
-        if Instant::now() > deadline {
-            bail!("{name} did not finish {what} within {t:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+/// Starts `p` into the group (in its namespace, if any).
+fn spawn(procs: &mut ProcessGroup, p: &Process) -> Result<()> {
+    let mut c = Command::new(&p.program);
+    c.args(&p.args);
+    let _ns = match &p.netns {
+        Some(ns) => Some(crate::net::enter_on_spawn(ns, &mut c)?),
+        None => None,
+    };
+    procs.spawn(&p.name, c, &p.log)?;
     Ok(())
 }
 
-async fn wait_for_socket(path: &Path, name: &str, procs: &mut ProcessGroup) -> Result<()> {
-    let what = format!("creating {}", path.display());
-    wait_ready(procs, name, &what, || path.exists()).await
+/// Waits until `ready` holds for process `name`; fails at once if it
+/// exits first.
+async fn wait_ready(procs: &mut ProcessGroup, p: &Process, ready: &Ready) -> Result<()> {
+    let what = match ready {
+        Ready::Socket(s) => format!("{} creating {}", p.name, s.display()),
+        Ready::LogLine(l) => format!("{} logging {l:?} (see {})", p.name, p.log.display()),
+    };
+    wait_until(
+        &what,
+        Timeout::SidecarReady.get(),
+        Duration::from_millis(20),
+        || {
+            let r = match ready {
+                Ready::Socket(s) => s.exists(),
+                Ready::LogLine(l) => std::fs::read_to_string(&p.log).is_ok_and(|t| t.contains(l)),
+            };
+            let exited = procs.try_wait(&p.name);
+            async move {
+                if let Some(st) = exited? {
+                    bail!("{} exited ({st}) before it was ready", p.name);
+                }
+                Ok(if r {
+                    Check::Done(())
+                } else {
+                    Check::NotYet("not yet".into())
+                })
+            }
+        },
+    )
+    .await
 }
 
-fn chown(p: &Path, uid: u32, gid: u32) -> Result<()> {
+/// Removes its dirs on drop (a launch that failed half-way).
+struct DirGuard(Vec<PathBuf>);
+
+impl Drop for DirGuard {
+    fn drop(&mut self) {
+        for d in &self.0 {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+fn chown(p: &Path, (uid, gid): (u32, u32)) -> Result<()> {
     std::os::unix::fs::chown(p, Some(uid), Some(gid))
         .with_context(|| format!("chown {uid}:{gid} {}", p.display()))
+}
+
+/// A private (0700, unpredictable name) dir `<parent>/<prefix>XXXXXX`,
+/// left for the caller to remove.
+fn private_dir(parent: &Path, prefix: &str) -> Result<PathBuf> {
+    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    Ok(tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in(parent)
+        .with_context(|| format!("creating a private dir in {}", parent.display()))?
+        .keep())
 }
 
 impl Vm {
@@ -160,11 +160,11 @@ impl Vm {
     /// instruction, so host services that must exist before the guest looks
     /// for them (the Terminal app's `ca.crt`) can start; then [`Vm::resume`].
     pub async fn launch_paused(req: LaunchRequest) -> Result<Vm> {
-        let idx = VM_INDEX.fetch_add(1, Ordering::SeqCst);
+        let index = VM_INDEX.fetch_add(1, Ordering::SeqCst);
+        let pid = std::process::id();
         sweep_stale_dirs();
-        let run = PathBuf::from(format!("/tmp/avf-{}-{idx}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&run);
-        std::fs::create_dir_all(&run)?;
+        // `avf-<pid>-<n>-…`: the sweep knows the owner by the pid.
+        let run = private_dir(Path::new("/tmp"), &format!("avf-{pid}-{index}-"))?;
         let _ = std::fs::remove_dir_all(&req.artefacts);
         std::fs::create_dir_all(&req.artefacts)
             .with_context(|| format!("creating {}", req.artefacts.display()))?;
@@ -172,149 +172,95 @@ impl Vm {
             run: run.clone(),
             artefacts: req.artefacts.clone(),
         };
-
-        let instance_root = instance_base().join(format!("{}-{idx}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&instance_root);
+        let instance_root = private_dir(&instance_base(), &format!("{pid}-{index}-"))?;
         let instance = if req.in_place {
-            Instance::in_place(&req.payload, &instance_root)?
+            Instance::in_place(&req.payload, &instance_root)
         } else {
-            Instance::install(&req.payload, &instance_root)?
+            Instance::install(&req.payload, &instance_root)
+        };
+        let instance = instance.inspect_err(|_| {
+            let _ = std::fs::remove_dir_all(&instance_root);
+            let _ = std::fs::remove_dir_all(&run);
+        })?;
+        let launch = Launch {
+            index,
+            paths: paths.clone(),
+            netns: format!("{}{pid}-{index}", crate::net::NETNS_PREFIX),
+            // 192.168.X.0/24, X random: tethering picks its subnet per run.
+            subnet: 1 + uuid::Uuid::new_v4().as_bytes()[0] % 254,
         };
         let spec = VmSpec::load(&instance.vm_config(), &instance.expansion())?;
+        let plan = plan::plan(&spec, &req.options, &launch).context("planning the VM")?;
+        // Until the Vm owns them, a failed start removes the dirs itself.
+        let guard = DirGuard(vec![run.clone(), instance.root.clone()]);
+        let vm = Box::pin(Vm::execute(spec, plan, paths, instance, req.keep_instance)).await?;
+        std::mem::forget(guard);
+        Ok(vm)
+    }
 
-        let mut options = req.options.clone();
-        options.cid = options.cid.max(2048) + idx;
-        if spec.network && options.net == NetMode::User {
-            // ttyd and unicast mDNS are always reachable from the host.
-            for (udp, guest_port) in [(false, 7681), (true, 5353)] {
-                if !options
-                    .forwards
-                    .iter()
-                    .any(|f| f.udp == udp && f.guest_port == guest_port)
-                {
-                    options.forwards.push(Forward {
-                        udp,
-                        host_port: free_port(udp)?,
-                        guest_port,
-                    });
-                }
-            }
+    /// Carries out `plan`: network, files, disks, sidecars, QEMU; then
+    /// connects QMP and the console.
+    async fn execute(
+        spec: VmSpec,
+        plan: Plan,
+        paths: Paths,
+        instance: Instance,
+        keep_instance: bool,
+    ) -> Result<Vm> {
+        let tap = plan.tap.as_ref().map(TapNet::create).transpose()?;
+        for dir in &plan.share_dirs {
+            std::fs::create_dir_all(dir)?;
+            chown(dir, plan.app_owner)?;
         }
-        let plan = plan::plan(&spec, &options, &paths);
-        let tap = if spec.network && options.net == NetMode::Tap {
-            let name = format!("{}{}-{idx}", crate::net::NETNS_PREFIX, std::process::id());
-            Some(TapNet::create(&name, &run)?)
-        } else {
-            None
-        };
-
-        // Shares: the app's dirs, owned by the app uid as on the phone.
-        for s in &spec.shares {
-            std::fs::create_dir_all(&s.host_dir)?;
-            chown(&s.host_dir, options.app_uid, options.app_gid)?;
+        for f in &plan.prepare {
+            std::fs::copy(&f.from, &f.to)
+                .with_context(|| format!("copying {} to {}", f.from.display(), f.to.display()))?;
         }
-        if plan.firmware == BootPath::Edk2 {
-            std::fs::copy(plan::AAVMF_VARS, paths.edk2_vars())
-                .with_context(|| format!("copying {}", plan::AAVMF_VARS))?;
-        }
-
-        let mut layouts = Vec::new();
         let mut nbd = Vec::new();
-        for (i, sock) in &plan.nbd {
-            let Disk::Composite {
-                partitions,
-                writable,
-            } = &spec.disks[*i]
-            else {
-                unreachable!("plan serves composite disks only")
-            };
-            let layout = Arc::new(
-                Layout::build(partitions, *writable)
-                    .with_context(|| format!("{}: disks[{i}]", spec.source.display()))?,
-            );
-            nbd.push(NbdServer::start(layout.clone(), sock)?);
-            layouts.push(layout);
+        for d in &plan.disks {
+            let layout = Layout::build(&d.partitions, d.writable)
+                .with_context(|| format!("{}: disks[{}]", spec.source.display(), d.index))?;
+            nbd.push(NbdServer::start(Arc::new(layout), &d.socket)?);
         }
-
+        std::fs::write(paths.artefacts.join("commands.txt"), plan.commands())?;
         let mut procs = ProcessGroup::new();
-        let mut cmdlines = String::new();
         for sc in &plan.sidecars {
-            let mut c = Command::new(&sc.program);
-            c.args(&sc.args);
-            cmdlines.push_str(&plan::shell_line(&sc.program.to_string_lossy(), &sc.args));
-            cmdlines.push('\n');
-            procs.spawn(
-                &sc.name,
-                c,
-                &paths.artefacts.join(format!("{}.log", sc.name)),
-            )?;
-            wait_for_socket(&sc.socket, &sc.name, &mut procs).await?;
+            spawn(&mut procs, &sc.process)?;
+            wait_ready(&mut procs, &sc.process, &sc.ready).await?;
         }
-        if let Some(tap) = &tap {
-            let mut c = tap.dnsmasq();
-            cmdlines.push_str(&format!("ip netns exec {} {c:?}\n", tap.name()));
-            let _ns = tap.enter_on_spawn(&mut c)?;
-            let log = paths.artefacts.join("dnsmasq.log");
-            procs.spawn("dnsmasq", c, &log)?;
-            // dnsmasq logs its DHCP range once it serves.
-            let what = format!("serving DHCP (see {})", log.display());
-            wait_ready(&mut procs, "dnsmasq", &what, || {
-                std::fs::read_to_string(&log).is_ok_and(|t| t.contains("DHCP, IP range"))
-            })
-            .await?;
-        }
-        let qemu_line = plan::shell_line(QEMU, &plan.qemu);
-        if let Some(tap) = &tap {
-            cmdlines.push_str(&format!("ip netns exec {} ", tap.name()));
-        }
-        cmdlines.push_str(&qemu_line);
-        cmdlines.push('\n');
-        std::fs::write(paths.artefacts.join("commands.txt"), &cmdlines)?;
-        let mut c = Command::new(QEMU);
-        c.args(&plan.qemu);
-        let _ns = match &tap {
-            Some(t) => Some(t.enter_on_spawn(&mut c)?),
-            None => None,
-        };
-        let qemu_log = paths.artefacts.join("qemu.log");
-        procs.spawn("qemu", c, &qemu_log)?;
+        spawn(&mut procs, &plan.qemu)?;
+        let qmp_ready = Ready::Socket(paths.qmp());
         let connected = async {
-            wait_for_socket(&paths.qmp(), "qemu", &mut procs).await?;
+            wait_ready(&mut procs, &plan.qemu, &qmp_ready).await?;
             let qmp = Qmp::connect(&paths.qmp(), &paths.artefacts.join("qmp.log")).await?;
             let console = Console::connect(&paths.console()).await?;
-            let started = Instant::now();
-            anyhow::Ok((Arc::new(qmp), console, started))
+            anyhow::Ok((Arc::new(qmp), console))
         }
         .await;
-        let (qmp, console, started) = connected.map_err(|e| {
-            let log = std::fs::read_to_string(&qemu_log).unwrap_or_default();
+        let (qmp, console) = connected.map_err(|e| {
+            let log = std::fs::read_to_string(&plan.qemu.log).unwrap_or_default();
             e.context(format!(
                 "starting QEMU ({}):\n{}",
-                qemu_log.display(),
+                plan.qemu.log.display(),
                 log.trim()
             ))
         })?;
-
         Ok(Vm {
-            cid: options.cid,
-            forwards: options.forwards.clone(),
             spec,
             plan,
             paths,
             instance,
-            keep_instance: req.keep_instance,
-            layouts,
+            keep_instance,
             procs,
             _nbd: nbd,
             qmp,
             console,
             qga: OnceCell::new(),
-            started,
+            started: Instant::now(),
             exited: false,
             tap,
         })
     }
-
     /// Lets a paused guest run; boot times count from here.
     pub async fn resume(&mut self) -> Result<()> {
         self.qmp.cont().await.map_err(|e| {
@@ -338,12 +284,14 @@ impl Vm {
     pub fn qmp(&self) -> &Qmp {
         &self.qmp
     }
-    /// The guest's memory balloon as the Terminal app drives it.
-    pub fn memory_balloon(&self) -> QmpBalloon {
-        QmpBalloon {
-            qmp: self.qmp.clone(),
-            guest_ram: self.plan.memory_mib << 20,
-        }
+    /// A shared handle on QMP (for drivers living beside the VM, e.g. the
+    /// app's balloon policy).
+    pub fn qmp_handle(&self) -> Arc<Qmp> {
+        self.qmp.clone()
+    }
+    /// The guest's RAM in bytes, as planned.
+    pub fn guest_ram(&self) -> u64 {
+        self.plan.memory_mib << 20
     }
     pub fn console(&self) -> &Console {
         &self.console
@@ -361,10 +309,6 @@ impl Vm {
     pub fn pgid(&self) -> Option<i32> {
         self.procs.pgid()
     }
-    pub fn pids(&self) -> Vec<(String, u32)> {
-        self.procs.pids()
-    }
-
     /// Host dir of a virtio-fs share (`internal`, `android`).
     pub fn share_dir(&self, tag: ShareTag) -> Option<&Path> {
         self.spec.share(tag).map(|s| s.host_dir.as_path())
@@ -375,7 +319,7 @@ impl Vm {
         self.paths.vsock_uds()
     }
     pub fn guest_cid(&self) -> u32 {
-        self.cid
+        self.plan.cid
     }
     /// The guest's default gateway, i.e. the host as the guest sees it.
     pub fn gateway(&self) -> Ipv4Addr {
@@ -396,9 +340,9 @@ impl Vm {
     pub fn tap(&self) -> Option<&TapNet> {
         self.tap.as_ref()
     }
-    /// Where host sockets on the guest network are made.
-    pub fn guest_net(&self) -> GuestNet {
-        self.tap.as_ref().map(TapNet::guest_net).unwrap_or_default()
+    /// The network namespace the guest network lives in (TAP mode).
+    pub fn netns(&self) -> Option<PathBuf> {
+        self.tap.as_ref().map(|t| t.path())
     }
     /// Where a host service must bind (port 0 = any), in [`Vm::guest_net`],
     /// so the guest reaches it at [`Vm::gateway`] on the same port.
@@ -408,44 +352,14 @@ impl Vm {
             None => SocketAddr::new(plan::HOST_BIND_ADDR.parse().expect("constant"), port),
         }
     }
-    /// The host address reaching guest TCP/UDP `guest_port`, if forwarded.
-    pub fn forwarded(&self, udp: bool, guest_port: u16) -> Option<SocketAddr> {
-        self.forwards
+    /// The host address reaching guest TCP `guest_port`, if forwarded
+    /// (user-mode networking).
+    pub fn forwarded(&self, guest_port: u16) -> Option<SocketAddr> {
+        self.plan
+            .forwards
             .iter()
-            .find(|f| f.udp == udp && f.guest_port == guest_port)
+            .find(|f| f.guest_port == guest_port)
             .map(|f| self.host_bind(f.host_port))
-    }
-    /// Adds a host→guest forward at run time (QMP `hostfwd_add`).
-    pub async fn forward(&mut self, udp: bool, guest_port: u16) -> Result<SocketAddr> {
-        if let Some(a) = self.forwarded(udp, guest_port) {
-            return Ok(a);
-        }
-        if self.tap.is_some() {
-            bail!("no port forwards in the TAP mode: reach the guest at its address");
-        }
-        let host_port = free_port(udp)?;
-        let proto = if udp { "udp" } else { "tcp" };
-        let out = self
-            .qmp
-            .human_monitor_command(&format!(
-                "hostfwd_add net0 {proto}:{}:{host_port}-:{guest_port}",
-                plan::HOST_BIND_ADDR
-            ))
-            .await?;
-        if !out.trim().is_empty() {
-            bail!("hostfwd_add {proto} {guest_port}: {}", out.trim());
-        }
-        self.forwards.push(Forward {
-            udp,
-            host_port,
-            guest_port,
-        });
-        Ok(self.host_bind(host_port))
-    }
-
-    /// The GPT the guest sees, per composite disk.
-    pub fn partition_table(&self) -> Vec<&PartitionEntry> {
-        self.layouts.iter().flat_map(|l| l.entries.iter()).collect()
     }
     /// The host file behind a partition label.
     pub fn partition_file(&self, label: &str) -> Option<&Path> {
@@ -527,16 +441,31 @@ impl Vm {
         let left = within
             .saturating_sub(t0.elapsed())
             .max(Timeout::QemuExit.get());
-        let st = tokio::task::block_in_place(|| self.procs.wait_for("qemu", left))?;
-        if st.is_none() {
-            bail!("QEMU still running {left:?} after SHUTDOWN");
-        }
-        self.exited = true;
+        self.wait_qemu_exit("QEMU exiting after SHUTDOWN", left)
+            .await?;
         Ok(PowerdownReport {
             reason,
             guest,
             elapsed: t0.elapsed(),
         })
+    }
+
+    /// Waits up to `within` (already scaled) for QEMU to exit.
+    async fn wait_qemu_exit(&mut self, what: &str, within: Duration) -> Result<()> {
+        let procs = &mut self.procs;
+        let every = Duration::from_millis(50);
+        wait_until(what, within, every, || {
+            let st = procs.try_wait("qemu");
+            async move {
+                Ok(match st? {
+                    Some(_) => Check::Done(()),
+                    None => Check::NotYet("still running".into()),
+                })
+            }
+        })
+        .await?;
+        self.exited = true;
+        Ok(())
     }
 
     /// Whether QEMU has exited.
@@ -548,23 +477,18 @@ impl Vm {
     pub async fn stop(mut self) {
         if !self.qemu_exited() {
             let _ = tokio::time::timeout(Timeout::QemuExit.get(), self.qmp.quit()).await;
-            let t = Timeout::QemuExit.get();
-            let _ = tokio::task::block_in_place(|| self.procs.wait_for("qemu", t));
+            let _ = self
+                .wait_qemu_exit("QEMU quitting", Timeout::QemuExit.get())
+                .await;
         }
         // Drop does the rest.
     }
 
-    /// A command line that reproduces this run interactively.
+    /// A command line that reproduces this run interactively: every
+    /// launch knob of the plan (see [`plan::Options::to_args`]).
     pub fn repro_command(&self, payload: &Path) -> String {
-        let mut args: Vec<OsString> = vec!["boot".into(), payload.into()];
-        if self.plan.firmware == BootPath::Edk2 {
-            args.push("--firmware".into());
-            args.push("edk2".into());
-        }
-        if self.tap.is_some() {
-            args.push("--net".into());
-            args.push("tap".into());
-        }
+        let mut args: Vec<std::ffi::OsString> = vec!["boot".into(), payload.into()];
+        args.extend(self.plan.repro_args.iter().cloned());
         plan::shell_line("cargo run -p avf-harness --", &args)
     }
 }

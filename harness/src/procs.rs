@@ -9,7 +9,6 @@ use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Once;
-use std::time::{Duration, Instant};
 
 /// Live process groups, readable from a signal handler (atomics only).
 static LIVE: [AtomicI32; 64] = [const { AtomicI32::new(0) }; 64];
@@ -123,31 +122,6 @@ impl ProcessGroup {
             Some(m) => m.child.try_wait(),
             None => Ok(None),
         }
-    }
-
-    /// Waits up to `timeout` for member `name` to exit.
-    pub fn wait_for(
-        &mut self,
-        name: &str,
-        timeout: Duration,
-    ) -> std::io::Result<Option<ExitStatus>> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(s) = self.try_wait(name)? {
-                return Ok(Some(s));
-            }
-            if Instant::now() >= deadline {
-                return Ok(None);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    pub fn pids(&self) -> Vec<(String, u32)> {
-        self.members
-            .iter()
-            .map(|m| (m.name.clone(), m.child.id()))
-            .collect()
     }
 
     /// SIGKILLs the whole group and reaps every member.
