@@ -15,7 +15,7 @@ parse_common_args "$@"
 [[ $AVF_DRY_RUN == 1 || -d $IN_DIR ]] || die "--in $IN_DIR: no such directory"
 
 conf="$IB/makepkg-aarch64.conf"
-export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git -C "$AVF_REPO" log -1 --format=%ct 2>/dev/null || echo 1735689600)}
+use_source_date_epoch
 
 # Inputs of a package beyond its PKGBUILD directory.
 pkg_extra_inputs() {

@@ -20,7 +20,7 @@ if [[ $AVF_DRY_RUN == 1 ]]; then
 fi
 [[ -d $IN_DIR/payload ]] || die "--in $IN_DIR: no payload/ (run 40-create-disk-image.sh first)"
 need_tools tune2fs e2fsck fsck.fat jq tar pigz
-export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git -C "$AVF_REPO" log -1 --format=%ct 2>/dev/null || echo 1735689600)}
+use_source_date_epoch
 
 mktemp_near tmp "$AVF_OUT" "$BASE-$LAYOUT"
 rmdir "$tmp"

@@ -246,6 +246,17 @@ as_builder() {
     CARGO_TARGET_DIR="$home/cache/target" "$@"
 }
 
+# use_source_date_epoch: sets and exports SOURCE_DATE_EPOCH: the caller's,
+# else the HEAD commit's time, else 2025-01-01 (no git). The one place that
+# default lives. Called by what stamps dates (stages 20, 40, 50, build-all
+# before 40), never before stage 10: mmdebstrap behaves differently when it
+# sees one. Not a $(...) function: its die must end the stage.
+use_source_date_epoch() {
+  SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git -C "$AVF_REPO" log -1 --format=%ct 2>/dev/null || echo 1735689600)}
+  [[ $SOURCE_DATE_EPOCH =~ ^[0-9]+$ ]] || die "SOURCE_DATE_EPOCH must be seconds since 1970, not '$SOURCE_DATE_EPOCH'"
+  export SOURCE_DATE_EPOCH
+}
+
 # The <n> of the build id: AVF_BUILD_NUMBER, or the commit count.
 avf_build_number() {
   if [[ -n ${AVF_BUILD_NUMBER:-} ]]; then
