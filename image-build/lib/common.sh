@@ -213,6 +213,9 @@ parse_common_args() {
   BASE=archlinuxarm LAYOUT=efi KERNEL=avf IN_DIR=""
   while (($#)); do
     case $1 in
+      --base | --layout | --kernel | --in) (($# >= 2)) || die "$1 needs a value (see --help)" ;;
+    esac
+    case $1 in
       --base) BASE=${2:-}; shift 2 ;;
       --layout) LAYOUT=${2:-}; shift 2 ;;
       --kernel) KERNEL=${2:-}; shift 2 ;;
