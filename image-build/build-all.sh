@@ -44,7 +44,7 @@ if [[ $AVF_DRY_RUN != 1 ]]; then
   sde=$SOURCE_DATE_EPOCH
   n=$(avf_build_number)
   AVF_INPUT_KEY=$(hash_inputs -s "$(basename "$configured")" "$IB/40-create-disk-image.sh" \
-    "$IB/50-package-image.sh" "$IB/lib/common.sh" "$AVF_REPO/fixtures/vm_config.$LAYOUT.json" \
+    "$IB/50-package-image.sh" "$IB/lib/common.sh" "$IB/vm_config/$LAYOUT.json" \
     -s "sde=$sde n=$n root=$AVF_ROOT_MIB efi=$AVF_EFI_MIB kernel=$KERNEL")
   export AVF_INPUT_KEY
   info="$AVF_OUT/$BASE-$LAYOUT/build-info.json"
