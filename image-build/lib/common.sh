@@ -150,7 +150,8 @@ need_tools() {
 }
 
 # hash_inputs PATH|-s STRING ...: one sha256 over files (sorted, by content
-# and relative name) and literal strings.
+# and relative name) and literal strings. A PKGBUILD's extra-inputs list is
+# left out of its directory's hash: the paths it names are hashed instead.
 hash_inputs() {
   {
     while (($#)); do
@@ -160,7 +161,7 @@ hash_inputs() {
         continue
       fi
       if [[ -d $1 ]]; then
-        (cd "$1" && find . -type f ! -name '*.swp' -print0 | LC_ALL=C sort -z | xargs -0r sha256sum)
+        (cd "$1" && find . -type f ! -name '*.swp' ! -name extra-inputs -print0 | LC_ALL=C sort -z | xargs -0r sha256sum)
       elif [[ -e $1 ]]; then
         printf 'file:%s ' "$(basename "$1")"
         sha256sum <"$1"
