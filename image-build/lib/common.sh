@@ -8,12 +8,13 @@ AVF_OUT=${AVF_OUT:-$AVF_REPO/out}
 AVF_CACHE=${AVF_CACHE:-/var/cache/arch-avf}
 AVF_PKGBUILDS=${AVF_PKGBUILDS:-$IB/pkgbuilds}
 AVF_BUILD_USER=${AVF_BUILD_USER:-avfbuild}
+AVF_BASES=${AVF_BASES:-$IB/bases}
 AVF_DRY_RUN=${AVF_DRY_RUN:-0}
 STAGE=${STAGE:-$(basename "$0" .sh)}
 # Partition sizes (multiples of 4 MiB, the app rounds to that).
 AVF_ROOT_MIB=${AVF_ROOT_MIB:-2048}
 AVF_EFI_MIB=${AVF_EFI_MIB:-256}
-export AVF_REPO AVF_OUT AVF_CACHE AVF_PKGBUILDS AVF_BUILD_USER AVF_DRY_RUN
+export AVF_REPO AVF_OUT AVF_CACHE AVF_PKGBUILDS AVF_BASES AVF_BUILD_USER AVF_DRY_RUN
 
 log() { printf '[%s] %s\n' "$STAGE" "$*" >&2; }
 
@@ -209,6 +210,58 @@ avf_guid() {
     $(((0x${h:16:1} & 0x3) | 0x8)) "${h:17:3}" "${h:20:12}"
 }
 
+# The interface of a base: $AVF_BASES/<name>.sh (default bases/<name>.sh),
+# sourced by parse_common_args and checked at once by load_base, so a missing
+# name is one error naming the file, not a "command not found" stages later.
+# Hooks that change the image run their commands through run/run_in (dry run).
+# A base sets these variables:
+AVF_BASE_VARS=(
+  BASE_NAME # the base's name, the same as its file's (archlinuxarm, debian)
+)
+AVF_BASE_ARRAYS=(
+  BASE_TOOLS       # host tools its hooks run (checked by stages 00 and 10)
+  BASE_NATIVE_PKGS # AVF packages built by base_build_native (may be empty)
+)
+# (optional: BASE_SUITE, the release, part of stage 10's cache key), and
+# defines these functions:
+AVF_BASE_HOOKS=(
+  base_packages     # prints the distribution packages to bootstrap, one a line
+  base_avf_packages # prints the AVF packages (pkgbuilds/ names) it installs
+  base_mirror_check # dies within seconds when its package mirror is unreachable
+  base_bootstrap    # TARGET: bootstraps the aarch64 rootfs with base_packages (stage 10)
+  base_install_avf  # ROOT PKGFILE...: installs the AVF package files into ROOT (stage 20)
+  base_kernel_files # ROOT: prints "kernel initrd|- release" of the stock kernel (stage 40)
+  base_configure    # ROOT: the base's own configuration (stage 30)
+)
+# and, when BASE_NATIVE_PKGS is not empty, base_build_native NAME PKGDIR
+# OUTDIR ROOTFS: makepkg NAME natively for aarch64 into OUTDIR (stage 20).
+
+# load_base NAME: sources the base's file and checks the interface above.
+# Not a $(...) function: the base's definitions must reach this shell.
+load_base() {
+  local name=$1 file="$AVF_BASES/$1.sh" v h
+  [[ -f $file ]] || die "$file: no such base file"
+  # Nothing inherited may stand in for what the file must define.
+  unset "${AVF_BASE_VARS[@]}" "${AVF_BASE_ARRAYS[@]}"
+  unset -f "${AVF_BASE_HOOKS[@]}" base_build_native
+  # shellcheck source=bases/debian.sh
+  source "$file"
+  local iface="the interface of a base is listed in image-build/lib/common.sh"
+  for v in "${AVF_BASE_VARS[@]}" "${AVF_BASE_ARRAYS[@]}"; do
+    declare -p "$v" >/dev/null 2>&1 || die "$file: base '$name' does not set $v ($iface)"
+  done
+  for v in "${AVF_BASE_ARRAYS[@]}"; do
+    [[ $(declare -p "$v") == "declare -a"* ]] || die "$file: base '$name': $v must be an array ($iface)"
+  done
+  [[ $BASE_NAME == "$name" ]] || die "$file: base '$name' sets BASE_NAME to '$BASE_NAME' ($iface)"
+  for h in "${AVF_BASE_HOOKS[@]}"; do
+    declare -F "$h" >/dev/null || die "$file: base '$name' does not define $h ($iface)"
+  done
+  if ((${#BASE_NATIVE_PKGS[@]})) && ! declare -F base_build_native >/dev/null; then
+    die "$file: base '$name' does not define base_build_native, which BASE_NATIVE_PKGS needs ($iface)"
+  fi
+}
+
 # Parses the common flags into BASE, LAYOUT, KERNEL, IN_DIR.
 parse_common_args() {
   BASE=archlinuxarm LAYOUT=efi KERNEL=avf IN_DIR=""
@@ -230,8 +283,7 @@ parse_common_args() {
   case $LAYOUT in efi | direct) ;; *) die "--layout must be efi or direct, not '$LAYOUT'" ;; esac
   case $KERNEL in stock | avf) ;; *) die "--kernel must be stock or avf, not '$KERNEL'" ;; esac
   export BASE LAYOUT KERNEL AVF_DRY_RUN
-  # shellcheck source=bases/debian.sh
-  source "$IB/bases/$BASE.sh"
+  load_base "$BASE"
 }
 
 usage() {

@@ -118,6 +118,51 @@ fn unknown_kernel_is_rejected() {
     assert_empty(&s);
 }
 
+/// A base file that lacks part of the interface listed in lib/common.sh is
+/// refused right after it is sourced, naming the file and what is missing.
+/// The bases are copied (AVF_BASES) and one name is removed from the copy.
+#[test]
+fn base_missing_a_hook_or_variable_is_named() {
+    let src = repo_root().join("image-build/bases");
+    for (remove, want) in [
+        ("", ""),
+        ("unset -f base_configure", "does not define base_configure"),
+        (
+            "unset -f base_install_avf",
+            "does not define base_install_avf",
+        ),
+        ("unset BASE_TOOLS", "does not set BASE_TOOLS"),
+        ("BASE_NAME=other", "sets BASE_NAME to 'other'"),
+    ] {
+        let bases = tempfile::tempdir().unwrap();
+        for e in std::fs::read_dir(&src).unwrap().flatten() {
+            std::fs::copy(e.path(), bases.path().join(e.file_name())).unwrap();
+        }
+        let file = bases.path().join("debian.sh");
+        let mut text = std::fs::read_to_string(&file).unwrap();
+        text.push_str(&format!("\n{remove}\n"));
+        std::fs::write(&file, text).unwrap();
+        let s = Scratch::new();
+        let o = s.build(
+            &["--base", "debian", "--dry-run"],
+            &[("AVF_BASES", bases.path().to_str().unwrap())],
+        );
+        if remove.is_empty() {
+            // The unchanged copy builds: the failures below are the removals'.
+            assert_eq!(o.code, Some(0), "unchanged base copy: {}", o.stderr);
+        } else {
+            assert_one_line_cause(
+                &o,
+                &format!(
+                    "{}: base 'debian' {want} (the interface of a base",
+                    file.display()
+                ),
+            );
+            assert_empty(&s);
+        }
+    }
+}
+
 fn require_root() {
     assert!(
         is_root(),
