@@ -9,12 +9,13 @@ AVF_CACHE=${AVF_CACHE:-/var/cache/arch-avf}
 AVF_PKGBUILDS=${AVF_PKGBUILDS:-$IB/pkgbuilds}
 AVF_BUILD_USER=${AVF_BUILD_USER:-avfbuild}
 AVF_BASES=${AVF_BASES:-$IB/bases}
+AVF_PACKAGES=${AVF_PACKAGES:-$IB/packages.txt}
 AVF_DRY_RUN=${AVF_DRY_RUN:-0}
 STAGE=${STAGE:-$(basename "$0" .sh)}
 # Partition sizes (multiples of 4 MiB, the app rounds to that).
 AVF_ROOT_MIB=${AVF_ROOT_MIB:-2048}
 AVF_EFI_MIB=${AVF_EFI_MIB:-256}
-export AVF_REPO AVF_OUT AVF_CACHE AVF_PKGBUILDS AVF_BASES AVF_BUILD_USER AVF_DRY_RUN
+export AVF_REPO AVF_OUT AVF_CACHE AVF_PKGBUILDS AVF_BASES AVF_PACKAGES AVF_BUILD_USER AVF_DRY_RUN
 
 log() { printf '[%s] %s\n' "$STAGE" "$*" >&2; }
 
@@ -225,16 +226,16 @@ AVF_BASE_ARRAYS=(
 # (optional: BASE_SUITE, the release, part of stage 10's cache key), and
 # defines these functions:
 AVF_BASE_HOOKS=(
-  base_packages     # prints the distribution packages to bootstrap, one a line
   base_avf_packages # prints the AVF packages (pkgbuilds/ names) it installs
   base_mirror_check # dies within seconds when its package mirror is unreachable
-  base_bootstrap    # TARGET: bootstraps the aarch64 rootfs with base_packages (stage 10)
+  base_bootstrap    # TARGET: bootstraps the aarch64 rootfs with guest_packages (stage 10)
   base_install_avf  # ROOT PKGFILE...: installs the AVF package files into ROOT (stage 20)
   base_kernel_files # ROOT: prints "kernel initrd|- release" of the stock kernel (stage 40)
   base_configure    # ROOT: the base's own configuration (stage 30)
 )
 # and, when BASE_NATIVE_PKGS is not empty, base_build_native NAME PKGDIR
 # OUTDIR ROOTFS: makepkg NAME natively for aarch64 into OUTDIR (stage 20).
+# Its distribution packages are its column of packages.txt (guest_packages).
 
 # load_base NAME: sources the base's file and checks the interface above.
 # Not a $(...) function: the base's definitions must reach this shell.
@@ -260,7 +261,52 @@ load_base() {
   if ((${#BASE_NATIVE_PKGS[@]})) && ! declare -F base_build_native >/dev/null; then
     die "$file: base '$name' does not define base_build_native, which BASE_NATIVE_PKGS needs ($iface)"
   fi
+  local bad
+  bad=$(_packages_awk check "$name") || die "$AVF_PACKAGES: cannot read it"
+  [[ -z $bad ]] || die "$AVF_PACKAGES: $bad"
 }
+
+# _packages_awk check|list BASE: reads packages.txt (its header names the
+# columns; the last, why, is the rest of the line). check prints the first
+# problem (no column for BASE, a short row, a bad kernel value, a "-" without
+# a why); list prints BASE's packages for $KERNEL in order, each once.
+_packages_awk() {
+  [[ -r $AVF_PACKAGES ]] || return 1
+  awk -v mode="$1" -v base="$2" -v kernel="${KERNEL:-avf}" '
+    function bad(msg) {
+      found = 1
+      if (mode == "check") { print "line " NR ": " msg; exit }
+      print "packages.txt line " NR ": " msg >"/dev/stderr"
+      exit 1
+    }
+    /^[[:space:]]*(#|$)/ { next }
+    !ncol {
+      ncol = NF
+      for (i = 1; i <= NF; i++) col[$i] = i
+      if (NF < 4 || $1 != "what" || $2 != "kernel" || $NF != "why")
+        bad("the header must name the columns what, kernel, <base>..., why")
+      if (!(base in col)) bad("no column for base \"" base "\"")
+      next
+    }
+    {
+      if (NF < ncol - 1) bad("row \"" $1 "\" has " NF " columns, the header " ncol - 1 " (+ why)")
+      k = $col["kernel"]
+      if (k != "any" && k != "stock") bad("row \"" $1 "\": kernel must be any or stock, not \"" k "\"")
+      if (mode == "check") {
+        for (c in col) if (col[c] > 2 && col[c] < ncol && $col[c] == "-" && NF < ncol)
+          bad("row \"" $1 "\": \"-\" for " c " needs a why")
+        next
+      }
+      p = $col[base]
+      if (p == "-" || (k == "stock" && kernel != "stock") || seen[p]++) next
+      print p
+    }
+    END { if (!found && !ncol) print "no header row" }' "$AVF_PACKAGES"
+}
+
+# guest_packages: the base's distribution packages for $KERNEL, one a line,
+# from packages.txt (checked by load_base).
+guest_packages() { _packages_awk list "$BASE_NAME"; }
 
 # Parses the common flags into BASE, LAYOUT, KERNEL, IN_DIR.
 parse_common_args() {
