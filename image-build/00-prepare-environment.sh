@@ -21,7 +21,9 @@ fi
 need_tools tar sha256sum md5sum curl jq runuser makepkg repo-add bsdtar zstd pigz \
   mkfs.ext4 tune2fs debugfs e2fsck mkfs.vfat fsck.fat mcopy mmd mdir arch-chroot arch-test \
   "${BASE_TOOLS[@]}"
-[[ $KERNEL == avf ]] || need_tools aarch64-linux-gnu-gcc
+# The cross linker: avf-agents links with it whatever the kernel
+# (.cargo/config.toml), and kernel/build.sh compiles linux-avf with it.
+need_tools aarch64-linux-gnu-gcc
 
 # e2fsprogs must know orphan_file to turn it off (1.47+).
 # (sed -n 1p reads all input: head would close the pipe and trip pipefail.)
@@ -46,17 +48,17 @@ if ! id "$AVF_BUILD_USER" >/dev/null 2>&1; then
   useradd --system --create-home --home-dir "/var/lib/$AVF_BUILD_USER" --shell /bin/bash "$AVF_BUILD_USER"
 fi
 
-# The build user runs root's toolchain by path (see ci/setup-host.sh).
-if [[ $KERNEL == stock || $KERNEL == avf ]]; then
-  need_tools rustup
-  cargo_bin=$(rustup which cargo 2>/dev/null) || die "no Rust toolchain: run ci/setup-host.sh (rustup)"
-  rustc_bin=$(dirname "$cargo_bin")/rustc
-  libdir=$("$rustc_bin" --print target-libdir --target aarch64-unknown-linux-gnu 2>/dev/null) || true
-  [[ -n $libdir && -d $libdir ]] ||
-    die "Rust target aarch64-unknown-linux-gnu missing: rustup target add aarch64-unknown-linux-gnu"
-  runuser -u "$AVF_BUILD_USER" -- "$rustc_bin" --version >/dev/null 2>&1 ||
-    die "build user $AVF_BUILD_USER cannot run $rustc_bin: run ci/setup-host.sh (chmod 711 /root, a+rX on the toolchain)"
-fi
+# avf-agents is built for every kernel (--kernel was checked by
+# parse_common_args): the build user runs root's toolchain by path (see
+# ci/setup-host.sh).
+need_tools rustup
+cargo_bin=$(rustup which cargo 2>/dev/null) || die "no Rust toolchain: run ci/setup-host.sh (rustup)"
+rustc_bin=$(dirname "$cargo_bin")/rustc
+libdir=$("$rustc_bin" --print target-libdir --target aarch64-unknown-linux-gnu 2>/dev/null) || true
+[[ -n $libdir && -d $libdir ]] ||
+  die "Rust target aarch64-unknown-linux-gnu missing: rustup target add aarch64-unknown-linux-gnu"
+runuser -u "$AVF_BUILD_USER" -- "$rustc_bin" --version >/dev/null 2>&1 ||
+  die "build user $AVF_BUILD_USER cannot run $rustc_bin: run ci/setup-host.sh (chmod 711 /root, a+rX on the toolchain)"
 
 # Free space: checked up front so a full disk is one clear line, not a
 # half-written image. Overridable for small test machines.

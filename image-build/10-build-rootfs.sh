@@ -11,8 +11,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 parse_common_args "$@"
 
 # Keyed by what decides the tree's content (the bootstrap code and package
-# list), not by unrelated edits to the shared files.
-key=$(hash_inputs -s "$(declare -f base_bootstrap base_packages)" \
+# list from packages.txt), not by unrelated edits to the shared files.
+key=$(hash_inputs -s "$(declare -f base_bootstrap)" -s "$(guest_packages)" \
   -s "suite=${BASE_SUITE:-} kernel=$KERNEL stage=10v1")
 final="$AVF_CACHE/$BASE/10-rootfs-$key"
 

@@ -15,16 +15,17 @@ parse_common_args "$@"
 [[ $AVF_DRY_RUN == 1 || -d $IN_DIR ]] || die "--in $IN_DIR: no such directory"
 
 conf="$IB/makepkg-aarch64.conf"
-export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git -C "$AVF_REPO" log -1 --format=%ct 2>/dev/null || echo 1735689600)}
+use_source_date_epoch
 
-# Inputs of a package beyond its PKGBUILD directory.
+# Inputs of a package beyond its PKGBUILD directory: the repo-relative
+# paths its pkgbuilds/<name>/extra-inputs lists, one a line (# comments).
 pkg_extra_inputs() {
-  case $1 in
-    avf-agents)
-      printf '%s\n' "$AVF_REPO/agents" "$AVF_REPO/proto" "$AVF_REPO/Cargo.lock" \
-        "$AVF_REPO/Cargo.toml" "$AVF_REPO/.cargo/config.toml"
-      ;;
-  esac
+  local list="$AVF_PKGBUILDS/$1/extra-inputs" p
+  [[ -f $list ]] || return 0
+  while read -r p; do
+    [[ -z $p || $p == \#* ]] && continue
+    printf '%s\n' "$AVF_REPO/$p"
+  done <"$list"
 }
 
 # build_pkg NAME: sets PKG_DIR to the directory holding NAME's package files

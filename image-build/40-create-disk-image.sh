@@ -22,7 +22,7 @@ need_tools mkfs.ext4 debugfs mkfs.vfat mmd mcopy
 ((AVF_ROOT_MIB % 4 == 0 && AVF_EFI_MIB % 4 == 0)) || die "AVF_ROOT_MIB and AVF_EFI_MIB must be multiples of 4"
 
 r=$IN_DIR
-export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git -C "$AVF_REPO" log -1 --format=%ct 2>/dev/null || echo 1735689600)}
+use_source_date_epoch
 export E2FSPROGS_FAKE_TIME=$SOURCE_DATE_EPOCH
 
 # build_id: <name>/<arch>/<version>-<n>-<date> (contract section 1).

@@ -2,9 +2,10 @@
 # 50-package-image.sh --base B --layout L --in STAGING_DIR [--kernel K]
 #
 # Finishes the payload for Android's e2fsprogs and fsck (orphan_file off, ESP
-# checked), renders vm_config.json from fixtures/ with the partition GUIDs,
-# writes build-info.json and images.tar.gz (pigz, no sparse entries,
-# SOURCE_DATE_EPOCH), then renames the whole into $AVF_OUT/<base>-<layout>.
+# checked), renders vm_config.json from the template vm_config/<layout>.json
+# with the partition GUIDs, writes build-info.json and images.tar.gz (pigz,
+# no sparse entries, SOURCE_DATE_EPOCH), then renames the whole into
+# $AVF_OUT/<base>-<layout>.
 # Prints the tarball path last.
 set -euo pipefail
 STAGE=50-package-image
@@ -20,7 +21,7 @@ if [[ $AVF_DRY_RUN == 1 ]]; then
 fi
 [[ -d $IN_DIR/payload ]] || die "--in $IN_DIR: no payload/ (run 40-create-disk-image.sh first)"
 need_tools tune2fs e2fsck fsck.fat jq tar pigz
-export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git -C "$AVF_REPO" log -1 --format=%ct 2>/dev/null || echo 1735689600)}
+use_source_date_epoch
 
 mktemp_near tmp "$AVF_OUT" "$BASE-$LAYOUT"
 rmdir "$tmp"
@@ -40,7 +41,7 @@ root_guid=$(<"$meta/root_guid")
 efi_guid=$(<"$meta/efi_guid")
 params=$(<"$meta/params")
 build_id=$(<"$pl/build_id")
-tmpl="$AVF_REPO/fixtures/vm_config.$LAYOUT.json"
+tmpl="$IB/vm_config/$LAYOUT.json"
 [[ -f $tmpl ]] || die "$tmpl: template missing"
 filter='.'
 [[ $LAYOUT == direct && ! -e $pl/initrd.img ]] && filter='del(.initrd)'

@@ -40,10 +40,11 @@ configured=$RESULT
 if [[ $AVF_DRY_RUN != 1 ]]; then
   # Stages 40-50 depend on the configured tree, their own code, the
   # template and the date/commit that make the build id.
-  sde=${SOURCE_DATE_EPOCH:-$(git -C "$AVF_REPO" log -1 --format=%ct 2>/dev/null || echo 1735689600)}
+  use_source_date_epoch
+  sde=$SOURCE_DATE_EPOCH
   n=$(avf_build_number)
   AVF_INPUT_KEY=$(hash_inputs -s "$(basename "$configured")" "$IB/40-create-disk-image.sh" \
-    "$IB/50-package-image.sh" "$IB/lib/common.sh" "$AVF_REPO/fixtures/vm_config.$LAYOUT.json" \
+    "$IB/50-package-image.sh" "$IB/lib/common.sh" "$IB/vm_config/$LAYOUT.json" \
     -s "sde=$sde n=$n root=$AVF_ROOT_MIB efi=$AVF_EFI_MIB kernel=$KERNEL")
   export AVF_INPUT_KEY
   info="$AVF_OUT/$BASE-$LAYOUT/build-info.json"

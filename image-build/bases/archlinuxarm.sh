@@ -2,7 +2,8 @@
 # Base "archlinuxarm" (the product): the official generic aarch64 rootfs
 # tarball (md5 and signature checked), then pacman inside the aarch64 chroot
 # (qemu-user binfmt) — works from an Arch or a Debian/Ubuntu x86_64 host,
-# because no host pacman touches the Arch root. Sourced by the stages.
+# because no host pacman touches the Arch root. Sourced by the stages; its
+# distribution packages are the archlinuxarm column of image-build/packages.txt.
 
 BASE_NAME=archlinuxarm
 ALARM_OS_MIRROR=${AVF_ALARM_OS_MIRROR:-http://os.archlinuxarm.org}
@@ -13,15 +14,6 @@ ALARM_TARBALL=ArchLinuxARM-aarch64-latest.tar.gz
 ALARM_SIGNING_KEY=68B3537F39A313B3E574D06777193F152BDBE6A6
 ALARM_KEYSERVER=${AVF_KEYSERVER:-hkps://keyserver.ubuntu.com}
 BASE_TOOLS=(curl md5sum gpg bsdtar arch-chroot arch-test zstd)
-
-base_packages() {
-  local p=(
-    base systemd sudo avahi nss-mdns nftables zram-generator openssl ca-certificates
-    qemu-guest-agent e2fsprogs iproute2 procps-ng util-linux kmod bash less dosfstools
-  )
-  [[ $KERNEL == stock ]] && p+=(linux-aarch64 mkinitcpio)
-  printf '%s\n' "${p[@]}"
-}
 
 # avf-ttyd replaces extra/ttyd (it carries the AVF xterm.js a11y patch).
 base_avf_packages() {
@@ -39,7 +31,7 @@ base_mirror_check() {
 
 base_bootstrap() {
   local target=$1 dl="$AVF_CACHE/downloads" gh="$AVF_CACHE/downloads/gnupg" pkgs
-  pkgs=$(base_packages | tr '\n' ' ')
+  pkgs=$(guest_packages | tr '\n' ' ')
   run mkdir -p "$dl" "$target"
   run chmod 700 "$dl"
   run curl -fL --retry 3 -o "$dl/$ALARM_TARBALL" "$ALARM_OS_MIRROR/os/$ALARM_TARBALL"

@@ -1,25 +1,14 @@
 # shellcheck shell=bash
 # Base "debian": trixie arm64 by mmdebstrap, ttyd from sid (trixie has none),
 # AVF packages installed by extracting the same pkg.tar.zst files the Arch
-# base installs with pacman. Sourced by the stages.
+# base installs with pacman. Sourced by the stages; its distribution
+# packages are the debian column of image-build/packages.txt.
 
 BASE_NAME=debian
 BASE_SUITE=trixie
 DEBIAN_MIRROR=${AVF_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 BASE_TOOLS=(mmdebstrap arch-test bsdtar zstd curl)
 BASE_NATIVE_PKGS=()
-
-# What the guest needs (docs/layout.md "Guest facts"), by Debian name.
-base_packages() {
-  local p=(
-    systemd systemd-sysv systemd-resolved udev dbus libpam-systemd login passwd sudo
-    avahi-daemon libnss-mdns ttyd nftables systemd-zram-generator openssl ca-certificates
-    qemu-guest-agent e2fsprogs iproute2 procps util-linux kmod bash less
-    systemd-boot-efi systemd-boot-tools
-  )
-  [[ $KERNEL == stock ]] && p+=(linux-image-cloud-arm64 initramfs-tools)
-  printf '%s\n' "${p[@]}"
-}
 
 # AVF packages built from image-build/pkgbuilds for this base. avf-ttyd is
 # not among them: Debian's ttyd (sid) is used instead.
@@ -35,7 +24,7 @@ base_mirror_check() {
 
 base_bootstrap() {
   local target=$1 pkgs
-  pkgs=$(base_packages | paste -sd, -)
+  pkgs=$(guest_packages | paste -sd, -)
   # shellcheck disable=SC2016 # the hooks are expanded by mmdebstrap's shell
   # sid only for ttyd: pinned below trixie, ttyd itself pinned to sid. The
   # sid Release file expires within days; its signature is still checked.

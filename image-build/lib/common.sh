@@ -8,12 +8,14 @@ AVF_OUT=${AVF_OUT:-$AVF_REPO/out}
 AVF_CACHE=${AVF_CACHE:-/var/cache/arch-avf}
 AVF_PKGBUILDS=${AVF_PKGBUILDS:-$IB/pkgbuilds}
 AVF_BUILD_USER=${AVF_BUILD_USER:-avfbuild}
+AVF_BASES=${AVF_BASES:-$IB/bases}
+AVF_PACKAGES=${AVF_PACKAGES:-$IB/packages.txt}
 AVF_DRY_RUN=${AVF_DRY_RUN:-0}
 STAGE=${STAGE:-$(basename "$0" .sh)}
 # Partition sizes (multiples of 4 MiB, the app rounds to that).
 AVF_ROOT_MIB=${AVF_ROOT_MIB:-2048}
 AVF_EFI_MIB=${AVF_EFI_MIB:-256}
-export AVF_REPO AVF_OUT AVF_CACHE AVF_PKGBUILDS AVF_BUILD_USER AVF_DRY_RUN
+export AVF_REPO AVF_OUT AVF_CACHE AVF_PKGBUILDS AVF_BASES AVF_PACKAGES AVF_BUILD_USER AVF_DRY_RUN
 
 log() { printf '[%s] %s\n' "$STAGE" "$*" >&2; }
 
@@ -150,7 +152,8 @@ need_tools() {
 }
 
 # hash_inputs PATH|-s STRING ...: one sha256 over files (sorted, by content
-# and relative name) and literal strings.
+# and relative name) and literal strings. A PKGBUILD's extra-inputs list is
+# left out of its directory's hash: the paths it names are hashed instead.
 hash_inputs() {
   {
     while (($#)); do
@@ -160,7 +163,7 @@ hash_inputs() {
         continue
       fi
       if [[ -d $1 ]]; then
-        (cd "$1" && find . -type f ! -name '*.swp' -print0 | LC_ALL=C sort -z | xargs -0r sha256sum)
+        (cd "$1" && find . -type f ! -name '*.swp' ! -name extra-inputs -print0 | LC_ALL=C sort -z | xargs -0r sha256sum)
       elif [[ -e $1 ]]; then
         printf 'file:%s ' "$(basename "$1")"
         sha256sum <"$1"
@@ -208,10 +211,110 @@ avf_guid() {
     $(((0x${h:16:1} & 0x3) | 0x8)) "${h:17:3}" "${h:20:12}"
 }
 
+# The interface of a base: $AVF_BASES/<name>.sh (default bases/<name>.sh),
+# sourced by parse_common_args and checked at once by load_base, so a missing
+# name is one error naming the file, not a "command not found" stages later.
+# Hooks that change the image run their commands through run/run_in (dry run).
+# A base sets these variables:
+AVF_BASE_VARS=(
+  BASE_NAME # the base's name, the same as its file's (archlinuxarm, debian)
+)
+AVF_BASE_ARRAYS=(
+  BASE_TOOLS       # host tools its hooks run (checked by stages 00 and 10)
+  BASE_NATIVE_PKGS # AVF packages built by base_build_native (may be empty)
+)
+# (optional: BASE_SUITE, the release, part of stage 10's cache key), and
+# defines these functions:
+AVF_BASE_HOOKS=(
+  base_avf_packages # prints the AVF packages (pkgbuilds/ names) it installs
+  base_mirror_check # dies within seconds when its package mirror is unreachable
+  base_bootstrap    # TARGET: bootstraps the aarch64 rootfs with guest_packages (stage 10)
+  base_install_avf  # ROOT PKGFILE...: installs the AVF package files into ROOT (stage 20)
+  base_kernel_files # ROOT: prints "kernel initrd|- release" of the stock kernel (stage 40)
+  base_configure    # ROOT: the base's own configuration (stage 30)
+)
+# and, when BASE_NATIVE_PKGS is not empty, base_build_native NAME PKGDIR
+# OUTDIR ROOTFS: makepkg NAME natively for aarch64 into OUTDIR (stage 20).
+# Its distribution packages are its column of packages.txt (guest_packages).
+
+# load_base NAME: sources the base's file and checks the interface above.
+# Not a $(...) function: the base's definitions must reach this shell.
+load_base() {
+  local name=$1 file="$AVF_BASES/$1.sh" v h
+  [[ -f $file ]] || die "$file: no such base file"
+  # Nothing inherited may stand in for what the file must define.
+  unset "${AVF_BASE_VARS[@]}" "${AVF_BASE_ARRAYS[@]}"
+  unset -f "${AVF_BASE_HOOKS[@]}" base_build_native
+  # shellcheck source=bases/debian.sh
+  source "$file"
+  local iface="the interface of a base is listed in image-build/lib/common.sh"
+  for v in "${AVF_BASE_VARS[@]}" "${AVF_BASE_ARRAYS[@]}"; do
+    declare -p "$v" >/dev/null 2>&1 || die "$file: base '$name' does not set $v ($iface)"
+  done
+  for v in "${AVF_BASE_ARRAYS[@]}"; do
+    [[ $(declare -p "$v") == "declare -a"* ]] || die "$file: base '$name': $v must be an array ($iface)"
+  done
+  [[ $BASE_NAME == "$name" ]] || die "$file: base '$name' sets BASE_NAME to '$BASE_NAME' ($iface)"
+  for h in "${AVF_BASE_HOOKS[@]}"; do
+    declare -F "$h" >/dev/null || die "$file: base '$name' does not define $h ($iface)"
+  done
+  if ((${#BASE_NATIVE_PKGS[@]})) && ! declare -F base_build_native >/dev/null; then
+    die "$file: base '$name' does not define base_build_native, which BASE_NATIVE_PKGS needs ($iface)"
+  fi
+  local bad
+  bad=$(_packages_awk check "$name") || die "$AVF_PACKAGES: cannot read it"
+  [[ -z $bad ]] || die "$AVF_PACKAGES: $bad"
+}
+
+# _packages_awk check|list BASE: reads packages.txt (its header names the
+# columns; the last, why, is the rest of the line). check prints the first
+# problem (no column for BASE, a short row, a bad kernel value, a "-" without
+# a why); list prints BASE's packages for $KERNEL in order, each once.
+_packages_awk() {
+  [[ -r $AVF_PACKAGES ]] || return 1
+  awk -v mode="$1" -v base="$2" -v kernel="${KERNEL:-avf}" '
+    function bad(msg) {
+      found = 1
+      if (mode == "check") { print "line " NR ": " msg; exit }
+      print "packages.txt line " NR ": " msg >"/dev/stderr"
+      exit 1
+    }
+    /^[[:space:]]*(#|$)/ { next }
+    !ncol {
+      ncol = NF
+      for (i = 1; i <= NF; i++) col[$i] = i
+      if (NF < 4 || $1 != "what" || $2 != "kernel" || $NF != "why")
+        bad("the header must name the columns what, kernel, <base>..., why")
+      if (!(base in col)) bad("no column for base \"" base "\"")
+      next
+    }
+    {
+      if (NF < ncol - 1) bad("row \"" $1 "\" has " NF " columns, the header " ncol - 1 " (+ why)")
+      k = $col["kernel"]
+      if (k != "any" && k != "stock") bad("row \"" $1 "\": kernel must be any or stock, not \"" k "\"")
+      if (mode == "check") {
+        for (c in col) if (col[c] > 2 && col[c] < ncol && $col[c] == "-" && NF < ncol)
+          bad("row \"" $1 "\": \"-\" for " c " needs a why")
+        next
+      }
+      p = $col[base]
+      if (p == "-" || (k == "stock" && kernel != "stock") || seen[p]++) next
+      print p
+    }
+    END { if (!found && !ncol) print "no header row" }' "$AVF_PACKAGES"
+}
+
+# guest_packages: the base's distribution packages for $KERNEL, one a line,
+# from packages.txt (checked by load_base).
+guest_packages() { _packages_awk list "$BASE_NAME"; }
+
 # Parses the common flags into BASE, LAYOUT, KERNEL, IN_DIR.
 parse_common_args() {
   BASE=archlinuxarm LAYOUT=efi KERNEL=avf IN_DIR=""
   while (($#)); do
+    case $1 in
+      --base | --layout | --kernel | --in) (($# >= 2)) || die "$1 needs a value (see --help)" ;;
+    esac
     case $1 in
       --base) BASE=${2:-}; shift 2 ;;
       --layout) LAYOUT=${2:-}; shift 2 ;;
@@ -226,8 +329,7 @@ parse_common_args() {
   case $LAYOUT in efi | direct) ;; *) die "--layout must be efi or direct, not '$LAYOUT'" ;; esac
   case $KERNEL in stock | avf) ;; *) die "--kernel must be stock or avf, not '$KERNEL'" ;; esac
   export BASE LAYOUT KERNEL AVF_DRY_RUN
-  # shellcheck source=bases/debian.sh
-  source "$IB/bases/$BASE.sh"
+  load_base "$BASE"
 }
 
 usage() {
@@ -244,6 +346,17 @@ as_builder() {
   runuser -u "$AVF_BUILD_USER" -- env HOME="$home" BUILDDIR="$home/build" SRCDEST="$home/srcdest" \
     PKGDEST="$home/pkgdest" LOGDEST="$home/build" CARGO_HOME="$home/.cargo" \
     CARGO_TARGET_DIR="$home/cache/target" "$@"
+}
+
+# use_source_date_epoch: sets and exports SOURCE_DATE_EPOCH: the caller's,
+# else the HEAD commit's time, else 2025-01-01 (no git). The one place that
+# default lives. Called by what stamps dates (stages 20, 40, 50, build-all
+# before 40), never before stage 10: mmdebstrap behaves differently when it
+# sees one. Not a $(...) function: its die must end the stage.
+use_source_date_epoch() {
+  SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git -C "$AVF_REPO" log -1 --format=%ct 2>/dev/null || echo 1735689600)}
+  [[ $SOURCE_DATE_EPOCH =~ ^[0-9]+$ ]] || die "SOURCE_DATE_EPOCH must be seconds since 1970, not '$SOURCE_DATE_EPOCH'"
+  export SOURCE_DATE_EPOCH
 }
 
 # The <n> of the build id: AVF_BUILD_NUMBER, or the commit count.

@@ -31,7 +31,12 @@ impl Scratch {
     }
 
     fn build(&self, args: &[&str], env: &[(&str, &str)]) -> Outcome {
-        let mut c = Command::new(repo_root().join("image-build/build-all.sh"));
+        self.script("build-all.sh", args, env)
+    }
+
+    /// Runs `image-build/<name>` with this scratch's AVF_OUT and AVF_CACHE.
+    fn script(&self, name: &str, args: &[&str], env: &[(&str, &str)]) -> Outcome {
+        let mut c = Command::new(repo_root().join("image-build").join(name));
         c.args(args)
             .env("AVF_OUT", self.out.path())
             .env("AVF_CACHE", self.cache.path());
@@ -77,6 +82,85 @@ fn assert_one_line_cause(o: &Outcome, needle: &str) {
     );
     let errors = o.stderr.lines().filter(|l| l.contains(": error: ")).count();
     assert_eq!(errors, 1, "more than one error line:\n{}", o.stderr);
+}
+
+/// Nothing at all written under AVF_OUT and AVF_CACHE.
+fn assert_empty(s: &Scratch) {
+    for d in [s.out.path(), s.cache.path()] {
+        let left: Vec<_> = std::fs::read_dir(d)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        assert!(left.is_empty(), "written on bad input: {left:?}");
+    }
+}
+
+/// Every stage refuses an unknown --kernel (and a flag without its value)
+/// before doing anything; no root needed.
+#[test]
+fn unknown_kernel_is_rejected() {
+    let s = Scratch::new();
+    for script in [
+        "build-all.sh",
+        "00-prepare-environment.sh",
+        "10-build-rootfs.sh",
+        "20-install-packages.sh",
+        "30-configure-system.sh",
+        "40-create-disk-image.sh",
+        "50-package-image.sh",
+    ] {
+        let o = s.script(script, &["--base", "debian", "--kernel", "linux"], &[]);
+        assert_one_line_cause(&o, "--kernel must be stock or avf, not 'linux'");
+        let o = s.script(script, &["--base", "debian", "--kernel"], &[]);
+        assert_one_line_cause(&o, "--kernel needs a value");
+    }
+    assert_empty(&s);
+}
+
+/// A base file that lacks part of the interface listed in lib/common.sh is
+/// refused right after it is sourced, naming the file and what is missing.
+/// The bases are copied (AVF_BASES) and one name is removed from the copy.
+#[test]
+fn base_missing_a_hook_or_variable_is_named() {
+    let src = repo_root().join("image-build/bases");
+    for (remove, want) in [
+        ("", ""),
+        ("unset -f base_configure", "does not define base_configure"),
+        (
+            "unset -f base_install_avf",
+            "does not define base_install_avf",
+        ),
+        ("unset BASE_TOOLS", "does not set BASE_TOOLS"),
+        ("BASE_NAME=other", "sets BASE_NAME to 'other'"),
+    ] {
+        let bases = tempfile::tempdir().unwrap();
+        for e in std::fs::read_dir(&src).unwrap().flatten() {
+            std::fs::copy(e.path(), bases.path().join(e.file_name())).unwrap();
+        }
+        let file = bases.path().join("debian.sh");
+        let mut text = std::fs::read_to_string(&file).unwrap();
+        text.push_str(&format!("\n{remove}\n"));
+        std::fs::write(&file, text).unwrap();
+        let s = Scratch::new();
+        let o = s.build(
+            &["--base", "debian", "--dry-run"],
+            &[("AVF_BASES", bases.path().to_str().unwrap())],
+        );
+        if remove.is_empty() {
+            // The unchanged copy builds: the failures below are the removals'.
+            assert_eq!(o.code, Some(0), "unchanged base copy: {}", o.stderr);
+        } else {
+            assert_one_line_cause(
+                &o,
+                &format!(
+                    "{}: base 'debian' {want} (the interface of a base",
+                    file.display()
+                ),
+            );
+            assert_empty(&s);
+        }
+    }
 }
 
 fn require_root() {

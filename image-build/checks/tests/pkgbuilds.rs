@@ -85,6 +85,39 @@ fn srcinfo_is_current() {
     }
 }
 
+/// What a package's `extra-inputs` lists (hashed into its cache key by
+/// stage 20) exists: a typo would silently leave an input out of the key.
+#[test]
+fn extra_inputs_exist() {
+    let mut n = 0;
+    for dir in pkgbuild_dirs() {
+        let list = dir.join("extra-inputs");
+        let Ok(text) = std::fs::read_to_string(&list) else {
+            continue;
+        };
+        for line in text.lines().map(str::trim) {
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            n += 1;
+            assert!(
+                !line.starts_with('/') && !line.split('/').any(|c| c == ".."),
+                "{}: {line:?} is not a repo-relative path",
+                list.display()
+            );
+            assert!(
+                repo_root().join(line).exists(),
+                "{}: {line} does not exist",
+                list.display()
+            );
+        }
+    }
+    assert!(
+        n > 0,
+        "no extra-inputs found (avf-agents builds the agents crate)"
+    );
+}
+
 #[test]
 fn pkgbuilds_pass_shellcheck() {
     for dir in pkgbuild_dirs() {
