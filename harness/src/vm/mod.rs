@@ -232,7 +232,26 @@ impl Vm {
         let qmp_ready = Ready::Socket(paths.qmp());
         let connected = async {
             wait_ready(&mut procs, &plan.qemu, &qmp_ready).await?;
-            let qmp = Qmp::connect(&paths.qmp(), &paths.artefacts.join("qmp.log")).await?;
+            // The socket file exists from bind(), before QEMU listens: a
+            // refused connection (seen under load) means "not yet".
+            let qmp_log = paths.artefacts.join("qmp.log");
+            let qmp = wait_until(
+                "QEMU accepting QMP",
+                Timeout::QemuSockets.get(),
+                Duration::from_millis(20),
+                || async {
+                    match Qmp::connect(&paths.qmp(), &qmp_log).await {
+                        Ok(q) => Ok(Check::Done(q)),
+                        Err(crate::qmp::QmpError::Io(e))
+                            if e.kind() == std::io::ErrorKind::ConnectionRefused =>
+                        {
+                            Ok(Check::NotYet(e.to_string()))
+                        }
+                        Err(e) => Err(e.into()),
+                    }
+                },
+            )
+            .await?;
             let console = Console::connect(&paths.console()).await?;
             anyhow::Ok((Arc::new(qmp), console))
         }
