@@ -375,8 +375,13 @@ pub fn plan(spec: &VmSpec, opts: &Options, launch: &Launch) -> std::io::Result<P
     let tap = (spec.network && opts.net == NetMode::Tap)
         .then(|| TapPlan::new(&launch.netns, launch.subnet, &paths.run));
 
+    let boot_path = match (&spec.kernel, opts.firmware) {
+        (Some(_), _) => BootPath::Direct,
+        (None, Firmware::Uboot) => BootPath::Uboot,
+        (None, Firmware::Edk2) => BootPath::Edk2,
+    };
     let mut a = Args::default();
-    machine(&mut a, vcpus, memory_mib);
+    machine(&mut a, vcpus, memory_mib, boot_path);
     control(&mut a, paths);
     consoles(&mut a, spec.console_input, paths);
     let disks = disks(&mut a, spec, paths);
@@ -413,7 +418,7 @@ pub fn plan(spec: &VmSpec, opts: &Options, launch: &Launch) -> std::io::Result<P
             ready: Ready::LogLine(crate::net::DNSMASQ_READY),
         });
     }
-    let (firmware, prepare) = boot(&mut a, spec, opts.firmware, &opts.profile, paths);
+    let prepare = boot(&mut a, spec, boot_path, &opts.profile, paths);
 
     Ok(Plan {
         qemu: Process {
@@ -431,7 +436,7 @@ pub fn plan(spec: &VmSpec, opts: &Options, launch: &Launch) -> std::io::Result<P
         tap,
         forwards,
         cid,
-        firmware,
+        firmware: boot_path,
         vcpus,
         memory_mib,
         repro_args: opts.to_args(),
@@ -440,15 +445,26 @@ pub fn plan(spec: &VmSpec, opts: &Options, launch: &Launch) -> std::io::Result<P
 }
 
 /// TCG aarch64 `virt`, paused at the first instruction, memory shareable
-/// with the vhost-user daemons.
-fn machine(a: &mut Args, vcpus: u32, memory_mib: u64) {
+/// with the vhost-user daemons. crosvm gives an arm64 guest a device tree
+/// and no ACPI; so do we, except for EDK2 (whose guests are ACPI guests).
+/// It matters for the power button: with firmware loaded (`-bios`, pflash)
+/// and ACPI on, `virt` swaps the PL061 and its gpio-keys power key for an
+/// ACPI GED and leaves both out of the DT, so U-Boot would hand the DT-only
+/// kernel no power key and `system_powerdown` would reach nobody.
+fn machine(a: &mut Args, vcpus: u32, memory_mib: u64, boot: BootPath) {
     a.flag("-nodefaults");
     a.flag("-no-user-config");
     a.flag("-nographic");
     // crosvm stops the VM on guest reboot; so does QEMU with -no-reboot.
     a.flag("-no-reboot");
     a.flag("-S");
-    a.opt("-machine", "virt,memory-backend=mem");
+    a.opt(
+        "-machine",
+        match boot {
+            BootPath::Direct | BootPath::Uboot => "virt,acpi=off,memory-backend=mem",
+            BootPath::Edk2 => "virt,memory-backend=mem",
+        },
+    );
     // pauth-impdef: same CPU features, far cheaper pointer auth under TCG.
     a.opt("-cpu", "max,pauth-impdef=on");
     a.opt("-accel", "tcg,thread=multi");
@@ -643,15 +659,16 @@ fn network(a: &mut Args, tap: Option<&TapPlan>, forwards: &[Forward]) {
 }
 
 /// The payload's kernel (with the profile's parameters appended, as the
-/// app's launcher does), or firmware that finds the ESP.
+/// app's launcher does), or firmware that finds the ESP; returns the files
+/// to prepare.
 fn boot(
     a: &mut Args,
     spec: &VmSpec,
-    firmware: Firmware,
+    path: BootPath,
     profile: &HostProfile,
     paths: &Paths,
-) -> (BootPath, Vec<Prepare>) {
-    match (&spec.kernel, firmware) {
+) -> Vec<Prepare> {
+    match (&spec.kernel, path) {
         (Some(k), _) => {
             a.opt("-kernel", k.kernel.clone());
             if let Some(i) = &k.initrd {
@@ -662,13 +679,13 @@ fn boot(
                 .filter(|p| !p.is_empty())
                 .collect();
             a.opt("-append", params.join(" "));
-            (BootPath::Direct, Vec::new())
+            Vec::new()
         }
-        (None, Firmware::Uboot) => {
+        (None, BootPath::Uboot | BootPath::Direct) => {
             a.opt("-bios", U_BOOT);
-            (BootPath::Uboot, Vec::new())
+            Vec::new()
         }
-        (None, Firmware::Edk2) => {
+        (None, BootPath::Edk2) => {
             a.opt(
                 "-drive",
                 format!("if=pflash,format=raw,unit=0,readonly=on,file={AAVMF_CODE}"),
@@ -680,11 +697,10 @@ fn boot(
                     esc(&paths.edk2_vars())
                 ),
             );
-            let vars = Prepare {
+            vec![Prepare {
                 from: AAVMF_VARS.into(),
                 to: paths.edk2_vars(),
-            };
-            (BootPath::Edk2, vec![vars])
+            }]
         }
     }
 }

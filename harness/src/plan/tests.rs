@@ -70,6 +70,7 @@ fn direct_boot_profile() {
         "virtio-gpu-pci",
         "-append 'root=/dev/vda1 console=ttyS0'",
         "-no-reboot",
+        "-machine virt,acpi=off,memory-backend=mem",
     ] {
         assert!(l.contains(want), "missing {want:?} in {l}");
     }
@@ -118,6 +119,11 @@ fn firmware_choices_without_kernel() {
     assert_eq!(p.firmware, BootPath::Uboot);
     assert!(p.prepare.is_empty());
     let l = line(&p);
+    // No ACPI with U-Boot: the PL061 power key stays in the DT.
+    assert!(
+        l.contains("-machine virt,acpi=off,memory-backend=mem"),
+        "{l}"
+    );
     assert!(l.contains(&format!("-bios {U_BOOT}")), "{l}");
     assert!(!l.contains("-kernel"));
     assert!(
@@ -136,6 +142,7 @@ fn firmware_choices_without_kernel() {
     .unwrap();
     assert_eq!(p.firmware, BootPath::Edk2);
     assert!(line(&p).contains("if=pflash"));
+    assert!(line(&p).contains("-machine virt,memory-backend=mem"));
     // The plan, not the launcher, decides the private vars copy.
     assert_eq!(
         p.prepare,
