@@ -25,10 +25,20 @@ r=$IN_DIR
 use_source_date_epoch
 export E2FSPROGS_FAKE_TIME=$SOURCE_DATE_EPOCH
 
-# build_id: <name>/<arch>/<version>-<n>-<date> (contract section 1).
+# build_id is what the Terminal app compares (docs/terminal-app.md §3): one
+# line holding one decimal integer. Android 16 parses the last space-separated
+# token as an int and sends anything below 2025 (or unparsable) to its Upgrade
+# screen, whose only button replaces root_part with Google's image; Android
+# 17's app uses ttyd over vsock for ids >= 5106, which this image does not
+# serve yet. So: AVF_BUILD_ID_BASE + the build number, below that threshold.
+# The readable version (<base>/<arch>/<version>-<n>-<date>) goes to
+# build-info.json.
 n=$(avf_build_number)
+build_id=$((AVF_BUILD_ID_BASE + n))
+((build_id < AVF_TTYD_VSOCK_BUILD_ID)) ||
+  die "build number $n gives build_id $build_id >= $AVF_TTYD_VSOCK_BUILD_ID: Android 17 would expect ttyd over vsock, which this image does not serve"
 ver=$(sed -n 's/^version = "\(.*\)"/\1/p' "$AVF_REPO/Cargo.toml" | sed -n 1p)
-build_id="$BASE/aarch64/${ver:-0.1.0}-$n-$(date -u -d "@$SOURCE_DATE_EPOCH" +%Y%m%d)"
+version="$BASE/aarch64/${ver:-0.1.0}-$n-$(date -u -d "@$SOURCE_DATE_EPOCH" +%Y%m%d)"
 
 # The kernel: ours from linux-avf (no initrd), or the base's stock one.
 if [[ $KERNEL == avf ]]; then
@@ -110,6 +120,7 @@ fi
 printf '%s\n' "$build_id" >"$pl/build_id"
 printf '%s\n' "$krel" >"$tmp/meta/kernel_release"
 printf '%s\n' "$params" >"$tmp/meta/params"
+printf '%s\n' "$version" >"$tmp/meta/version"
 printf '%s\n' "$root_guid" >"$tmp/meta/root_guid"
 printf '%s\n' "$efi_guid" >"$tmp/meta/efi_guid"
 printf '%s\n' "$r" >"$tmp/meta/rootfs"

@@ -57,11 +57,12 @@ members=(build_id vm_config.json root_part efi_part)
 
 pkgs=$(find "$(repo_dir)" -maxdepth 1 -name '*.pkg.tar.zst' -printf '%f\n' 2>/dev/null | sort | jq -R . | jq -s .)
 jq -n --arg base "$BASE" --arg layout "$LAYOUT" --arg kernel "$KERNEL" --arg build_id "$build_id" \
+  --arg version "$(<"$meta/version")" \
   --arg krel "$(<"$meta/kernel_release")" --arg params "$params" --arg rootfs "$(<"$meta/rootfs")" \
   --arg rg "$root_guid" --arg eg "$efi_guid" \
   --argjson rs "$(stat -c %s "$pl/root_part")" --argjson es "$(stat -c %s "$pl/efi_part")" \
   --argjson sde "$SOURCE_DATE_EPOCH" --argjson packages "$pkgs" --arg key "${AVF_INPUT_KEY:-}" \
-  '{base: $base, layout: $layout, kernel: $kernel, build_id: $build_id, kernel_release: $krel,
+  '{base: $base, layout: $layout, kernel: $kernel, build_id: $build_id, version: $version, kernel_release: $krel,
     kernel_params: $params, source_date_epoch: $sde, input_key: $key, rootfs_cache: $rootfs,
     partitions: [{label: "ROOT", guid: $rg, size_bytes: $rs}, {label: "EFI", guid: $eg, size_bytes: $es}],
     packages: $packages}' >"$tmp/build-info.json"

@@ -147,7 +147,7 @@ mod tests {
     fn make_payload(dir: &Path) {
         std::fs::create_dir_all(dir).unwrap();
         std::fs::write(dir.join("vm_config.json"), b"{}").unwrap();
-        std::fs::write(dir.join("build_id"), b"debian/aarch64/x-1-20251125\n").unwrap();
+        std::fs::write(dir.join("build_id"), b"2027\n").unwrap();
         // A sparse 64 MiB root_part with data at 1 MiB.
         let f = std::fs::File::create(dir.join("root_part")).unwrap();
         f.set_len(64 << 20).unwrap();

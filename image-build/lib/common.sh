@@ -360,6 +360,11 @@ use_source_date_epoch() {
 }
 
 # The <n> of the build id: AVF_BUILD_NUMBER, or the commit count.
+# build_id = AVF_BUILD_ID_BASE + build number, kept below the id from which
+# Android 17's Terminal app expects ttyd over vsock (see stage 40).
+AVF_BUILD_ID_BASE=2026
+AVF_TTYD_VSOCK_BUILD_ID=5106
+
 avf_build_number() {
   if [[ -n ${AVF_BUILD_NUMBER:-} ]]; then
     [[ $AVF_BUILD_NUMBER =~ ^[0-9]+$ ]] || die "AVF_BUILD_NUMBER must be a number, not '$AVF_BUILD_NUMBER'"

@@ -59,6 +59,27 @@ pub struct AgentContract {
     pub guest_port_file: &'static str,
 }
 
+/// The app's check of an installed image's `build_id` before it starts the
+/// VM (`InstalledImage.isOlderThanCurrentVersion`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpgradeGate {
+    /// The first line's last space-separated token, parsed as a Java int
+    /// (unparsable: 0), must be at least this; otherwise the app shows its
+    /// Upgrade screen, whose only button replaces `root_part` with
+    /// Google's image. A missing file reads as `<no build id>`.
+    LastTokenAtLeast(i32),
+}
+
+/// What the app shows instead of starting the VM.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the {release} Terminal app would show its Upgrade screen instead of starting the VM: build_id {build_id:?} reads as {read_as}, below {min}")]
+pub struct UpgradeScreen {
+    pub release: &'static str,
+    pub build_id: String,
+    pub read_as: i32,
+    pub min: i32,
+}
+
 /// One release's app and crosvm, as the harness plays them.
 #[derive(Clone, Debug, PartialEq)]
 pub struct HostProfile {
@@ -71,6 +92,7 @@ pub struct HostProfile {
     pub rpcs: RpcSet,
     pub certificate: CertificateShape,
     pub agents: AgentContract,
+    pub upgrade_gate: UpgradeGate,
     /// How long the app waits, from the VM's start, to find ttyd before it
     /// shows its error screen (`MainActivity`'s boot timeout).
     pub discovery_deadline: Duration,
@@ -119,6 +141,7 @@ impl HostProfile {
             },
             // Our allowance until issue 10 measures the TCG factor against
             // the app's own deadline.
+            upgrade_gate: UpgradeGate::LastTokenAtLeast(2025),
             discovery_deadline: Duration::from_secs(60),
             kernel_params: &[],
         }
@@ -134,6 +157,30 @@ impl HostProfile {
     }
 }
 
+impl HostProfile {
+    /// The app's upgrade gate on the installed `build_id` file's text
+    /// (`None`: no such file).
+    pub fn check_build_id(&self, file: Option<&str>) -> Result<(), UpgradeScreen> {
+        let first = file.map_or("<no build id>", |t| t.lines().next().unwrap_or(""));
+        match self.upgrade_gate {
+            UpgradeGate::LastTokenAtLeast(min) => {
+                // Kotlin's split(" ") then last(); Integer.parseInt or 0.
+                let last = first.rsplit(' ').next().unwrap_or("");
+                let read_as = last.parse::<i32>().unwrap_or(0);
+                if read_as < min {
+                    return Err(UpgradeScreen {
+                        release: self.release,
+                        build_id: first.to_string(),
+                        read_as,
+                        min,
+                    });
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
 impl Default for HostProfile {
     fn default() -> Self {
         HostProfile::android16()
@@ -143,6 +190,32 @@ impl Default for HostProfile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn android16_upgrade_gate_reads_the_last_token_as_an_int() {
+        let p = HostProfile::android16();
+        for ok in [
+            "2026\n",
+            "2099",
+            "arch-avf aarch64 0.1.0-3 20261129\nmore",
+            "+2025",
+        ] {
+            assert_eq!(p.check_build_id(Some(ok)), Ok(()), "{ok:?}");
+        }
+        for (bad, read_as) in [
+            ("debian/aarch64/0.1.0-25-20261126\n", 0),
+            ("eng-kokoro 2024", 2024),
+            ("2026 ", 0),
+            ("", 0),
+            ("99999999999", 0),
+        ] {
+            let e = p.check_build_id(Some(bad)).unwrap_err();
+            assert_eq!(e.read_as, read_as, "{bad:?}");
+            assert!(e.to_string().contains("Upgrade screen"), "{e}");
+        }
+        let e = p.check_build_id(None).unwrap_err();
+        assert_eq!(e.build_id, "<no build id>");
+    }
 
     #[test]
     fn names_resolve_or_say_why_not() {

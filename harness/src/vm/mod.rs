@@ -120,6 +120,20 @@ async fn wait_ready(procs: &mut ProcessGroup, p: &Process, ready: &Ready) -> Res
     .await
 }
 
+/// What the app checks on the installed payload before it starts a VM: a
+/// payload it would refuse never boots here either (the error is the
+/// profile's typed outcome, e.g. [`avf_terminal::profile::UpgradeScreen`]).
+pub fn app_gate(instance: &Instance, profile: &avf_terminal::HostProfile) -> Result<()> {
+    let file = instance.payload_dir.join("build_id");
+    let text = match std::fs::read_to_string(&file) {
+        Ok(t) => Some(t),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(anyhow!("reading {}: {e}", file.display())),
+    };
+    profile.check_build_id(text.as_deref())?;
+    Ok(())
+}
+
 /// Removes its dirs on drop (a launch that failed half-way).
 struct DirGuard(Vec<PathBuf>);
 
@@ -182,6 +196,9 @@ impl Vm {
             let _ = std::fs::remove_dir_all(&instance_root);
             let _ = std::fs::remove_dir_all(&run);
         })?;
+        // Until the Vm owns them, a failed start removes the dirs itself.
+        let guard = DirGuard(vec![run.clone(), instance.root.clone()]);
+        app_gate(&instance, &req.options.profile)?;
         let launch = Launch {
             index,
             paths: paths.clone(),
@@ -191,8 +208,6 @@ impl Vm {
         };
         let spec = VmSpec::load(&instance.vm_config(), &instance.expansion())?;
         let plan = plan::plan(&spec, &req.options, &launch).context("planning the VM")?;
-        // Until the Vm owns them, a failed start removes the dirs itself.
-        let guard = DirGuard(vec![run.clone(), instance.root.clone()]);
         let vm = Box::pin(Vm::execute(spec, plan, paths, instance, req.keep_instance)).await?;
         std::mem::forget(guard);
         Ok(vm)
@@ -547,5 +562,37 @@ pub fn group_is_empty(pgid: i32) -> Result<()> {
         Ok(())
     } else {
         Err(anyhow!("processes left in group {pgid}: {left:?}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use avf_terminal::profile::UpgradeScreen;
+    use avf_terminal::HostProfile;
+
+    #[test]
+    fn the_app_gate_refuses_what_android16_would_send_to_its_upgrade_screen() {
+        let d = tempfile::tempdir().unwrap();
+        let payload = d.path().join("payload");
+        std::fs::create_dir_all(&payload).unwrap();
+        std::fs::write(payload.join("vm_config.json"), b"{}").unwrap();
+        let inst = Instance::in_place(&payload, &d.path().join("scratch")).unwrap();
+        let p = HostProfile::android16();
+        let gate = |id: Option<&str>| {
+            match id {
+                Some(t) => std::fs::write(payload.join("build_id"), t).unwrap(),
+                None => {
+                    let _ = std::fs::remove_file(payload.join("build_id"));
+                }
+            }
+            app_gate(&inst, &p)
+        };
+        gate(Some("2064\n")).unwrap();
+        for old in [Some("debian/aarch64/0.1.0-25-20261126\n"), None] {
+            let e = gate(old).unwrap_err();
+            let screen = e.downcast_ref::<UpgradeScreen>().expect("typed outcome");
+            assert_eq!(screen.read_as, 0);
+        }
     }
 }

@@ -12,6 +12,8 @@ pub struct BuildInfo {
     pub base: String,
     pub layout: String,
     pub build_id: String,
+    /// Readable: `<base>/<arch>/<version>-<n>-<date>`.
+    pub version: String,
     pub kernel_release: String,
     pub kernel_params: String,
     pub partitions: Vec<Partition>,

@@ -68,17 +68,31 @@ fn tarball_members(layout: &str) {
     }
 }
 
+/// What the Terminal app compares (docs/terminal-app.md §3): Android 16
+/// parses the last space-separated token of the first line as an int and
+/// shows its Upgrade screen below 2025; Android 17 expects ttyd over vsock
+/// from 5106, which this image does not serve. One integer in between
+/// passes both; the readable version is in build-info.json.
 fn build_id_shape(layout: &str) {
     let a = need(BASE, layout);
     let id = std::fs::read_to_string(a.payload("build_id")).expect("build_id");
     let id = id.trim_end_matches('\n');
     assert!(!id.contains('\n'), "build_id must be one line: {id:?}");
     assert_eq!(id, a.info.build_id);
-    let parts: Vec<&str> = id.split('/').collect();
+    let last = id.rsplit(' ').next().unwrap_or_default();
+    let n: u32 = last
+        .parse()
+        .unwrap_or_else(|_| panic!("build_id {id:?}: the Android 16 app reads {last:?} as 0"));
+    assert!(
+        (2025..5106).contains(&n) && id == last,
+        "build_id {id:?}: want one integer in 2025..5106"
+    );
+    let version = &a.info.version;
+    let parts: Vec<&str> = version.split('/').collect();
     assert_eq!(
         parts.len(),
         3,
-        "build_id {id:?}: want <name>/<arch>/<version>-<n>-<date>"
+        "version {version:?}: want <name>/<arch>/<version>-<n>-<date>"
     );
     assert_eq!(parts[0], BASE);
     assert_eq!(parts[1], "aarch64");
@@ -86,12 +100,17 @@ fn build_id_shape(layout: &str) {
     let year: u32 = date.get(..4).and_then(|y| y.parse().ok()).unwrap_or(0);
     assert!(
         date.len() == 8 && year >= 2025,
-        "build_id {id:?}: date {date:?} must be YYYYMMDD, year >= 2025"
+        "version {version:?}: date {date:?} must be YYYYMMDD, year >= 2025"
     );
+    let build_number: u32 = parts[2]
+        .split('-')
+        .nth(1)
+        .and_then(|b| b.parse().ok())
+        .unwrap_or(0);
     assert_eq!(
-        parts[2].split('-').count(),
-        3,
-        "build_id {id:?}: <version>-<n>-<date>"
+        n,
+        2026 + build_number,
+        "build_id = 2026 + the build number in {version:?}"
     );
 }
 
