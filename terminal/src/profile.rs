@@ -59,6 +59,55 @@ pub struct AgentContract {
     pub guest_port_file: &'static str,
 }
 
+/// What one virtio-console port (hvc0, hvc1, …) is connected to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConsolePort {
+    /// Writes into the same file as the first 16550 (ttyS0).
+    SharesFirstSerial,
+    /// Connected to nothing (crosvm `type=sink`).
+    Sink,
+    /// A file of its own.
+    OwnFile,
+}
+
+/// A virtio-input device crosvm gives the VM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InputDevice {
+    MultiTouch { width: u32, height: u32 },
+    Keyboard,
+    Mouse,
+    MultiTouchTrackpad { width: u32, height: u32 },
+}
+
+/// The display the app configures for the GPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Display {
+    pub width: u32,
+    pub height: u32,
+    pub dpi: u32,
+    pub refresh_hz: u32,
+}
+
+/// The devices crosvm builds for the Terminal VM, as far as a guest can
+/// notice them (`VmLauncherService`, virtualizationservice; measured on a
+/// Pixel 10 with Android 16: see docs/device-profile.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceSet {
+    /// 16550 UARTs (`hardware=serial`): ttyS0 is the console, the others
+    /// write files of their own.
+    pub serials: u8,
+    /// virtio-console ports in order (hvc0, hvc1, …).
+    pub consoles: &'static [ConsolePort],
+    pub inputs: &'static [InputDevice],
+    /// Speaker and microphone (vhost-user sound; the app sets both on every
+    /// start).
+    pub sound: bool,
+    /// The display, when vm_config.json asks for a GPU.
+    pub display: Display,
+    /// crosvm runs with `--no-pmu`.
+    pub pmu: bool,
+}
+
 /// The app's check of an installed image's `build_id` before it starts the
 /// VM (`InstalledImage.isOlderThanCurrentVersion`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -96,9 +145,12 @@ pub struct HostProfile {
     /// How long the app waits, from the VM's start, to find ttyd before it
     /// shows its error screen (`MainActivity`'s boot timeout).
     pub discovery_deadline: Duration,
-    /// Kernel parameters the host appends to the payload's `params`
-    /// (`VmLauncherService`); none in this release.
-    pub kernel_params: &'static [&'static str],
+    /// Kernel parameters the host puts before the payload's `params`
+    /// (crosvm's own `panic=-1`) …
+    pub kernel_params_before: &'static [&'static str],
+    /// … and after them (virtualizationservice, the app, the VM's name).
+    pub kernel_params_after: &'static [&'static str],
+    pub devices: DeviceSet,
 }
 
 /// The names [`HostProfile::by_name`] knows, filled or not.
@@ -143,7 +195,48 @@ impl HostProfile {
             // the app's own deadline.
             upgrade_gate: UpgradeGate::LastTokenAtLeast(2025),
             discovery_deadline: Duration::from_secs(60),
-            kernel_params: &[],
+            // The Pixel 10's guest command line (Android 16) is
+            // `panic=-1 <params> ds=nocloud arm64.nompam 8250.nr_uarts=4
+            // console=ttyS0 debian_server_port=0 gfxstream_enabled
+            // hostname=debian coherent_pool=4096`, with `ds=nocloud` and
+            // `debian_server_port` only in the cidata/AIDL mode and
+            // `gfxstream_enabled` only with the gfxstream GPU backend.
+            kernel_params_before: &["panic=-1"],
+            kernel_params_after: &[
+                "arm64.nompam",
+                "8250.nr_uarts=4",
+                "console=ttyS0",
+                "hostname=debian",
+                "coherent_pool=4096",
+            ],
+            devices: DeviceSet {
+                serials: 2,
+                consoles: &[
+                    ConsolePort::SharesFirstSerial,
+                    ConsolePort::Sink,
+                    ConsolePort::OwnFile,
+                ],
+                inputs: &[
+                    InputDevice::MultiTouch {
+                        width: 1280,
+                        height: 720,
+                    },
+                    InputDevice::Keyboard,
+                    InputDevice::Mouse,
+                    InputDevice::MultiTouchTrackpad {
+                        width: 3000,
+                        height: 3000,
+                    },
+                ],
+                sound: true,
+                display: Display {
+                    width: 1280,
+                    height: 720,
+                    dpi: 160,
+                    refresh_hz: 60,
+                },
+                pmu: false,
+            },
         }
     }
 

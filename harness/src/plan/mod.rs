@@ -13,6 +13,7 @@ mod tests;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
+use avf_terminal::profile::{ConsolePort, DeviceSet, InputDevice};
 use avf_terminal::HostProfile;
 
 use crate::net::TapPlan;
@@ -203,9 +204,6 @@ impl Paths {
     pub fn firmware_log(&self) -> PathBuf {
         self.artefacts.join("firmware.log")
     }
-    pub fn hvc_log(&self) -> PathBuf {
-        self.artefacts.join("hvc.log")
-    }
     pub fn edk2_vars(&self) -> PathBuf {
         self.run.join("AAVMF_VARS.fd")
     }
@@ -380,10 +378,11 @@ pub fn plan(spec: &VmSpec, opts: &Options, launch: &Launch) -> std::io::Result<P
         (None, Firmware::Uboot) => BootPath::Uboot,
         (None, Firmware::Edk2) => BootPath::Edk2,
     };
+    let devices = &opts.profile.devices;
     let mut a = Args::default();
-    machine(&mut a, vcpus, memory_mib, boot_path);
+    machine(&mut a, vcpus, memory_mib, boot_path, devices.pmu);
     control(&mut a, paths);
-    consoles(&mut a, spec.console_input, paths);
+    consoles(&mut a, spec.console_input, devices, paths);
     let disks = disks(&mut a, spec, paths);
     let mut sidecars = shares(&mut a, spec, paths);
     sidecars.push(vsock(&mut a, cid, paths));
@@ -394,7 +393,11 @@ pub fn plan(spec: &VmSpec, opts: &Options, launch: &Launch) -> std::io::Result<P
         );
     }
     if spec.gpu_backend.is_some() {
-        a.opt("-device", "virtio-gpu-pci");
+        gpu(&mut a, devices);
+    }
+    inputs(&mut a, devices);
+    if devices.sound {
+        sound(&mut a);
     }
     let mut forwards = Vec::new();
     if spec.network {
@@ -451,7 +454,7 @@ pub fn plan(spec: &VmSpec, opts: &Options, launch: &Launch) -> std::io::Result<P
 /// and ACPI on, `virt` swaps the PL061 and its gpio-keys power key for an
 /// ACPI GED and leaves both out of the DT, so U-Boot would hand the DT-only
 /// kernel no power key and `system_powerdown` would reach nobody.
-fn machine(a: &mut Args, vcpus: u32, memory_mib: u64, boot: BootPath) {
+fn machine(a: &mut Args, vcpus: u32, memory_mib: u64, boot: BootPath, pmu: bool) {
     a.flag("-nodefaults");
     a.flag("-no-user-config");
     a.flag("-nographic");
@@ -466,7 +469,15 @@ fn machine(a: &mut Args, vcpus: u32, memory_mib: u64, boot: BootPath) {
         },
     );
     // pauth-impdef: same CPU features, far cheaper pointer auth under TCG.
-    a.opt("-cpu", "max,pauth-impdef=on");
+    // pmu=off where crosvm runs with --no-pmu.
+    a.opt(
+        "-cpu",
+        if pmu {
+            "max,pauth-impdef=on"
+        } else {
+            "max,pauth-impdef=on,pmu=off"
+        },
+    );
     a.opt("-accel", "tcg,thread=multi");
     a.opt("-smp", vcpus.to_string());
     a.opt("-m", format!("{memory_mib}M"));
@@ -489,34 +500,64 @@ fn control(a: &mut Args, paths: &Paths) {
     a.opt("-mon", "chardev=qmp,mode=control");
 }
 
-/// The PL011 for firmware output, the input console (16550 or hvc0) with a
-/// transcript, and the harness-only guest-agent port.
-fn consoles(a: &mut Args, input: ConsoleDevice, paths: &Paths) {
+/// The PL011 for firmware output (QEMU's; the phone has none), the
+/// profile's 16550s and virtio-console ports, the input console (ttyS0 or
+/// hvc0) on a socket with a transcript, and the harness-only guest-agent
+/// port. crosvm's 16550s are MMIO; `virt` has none to add, so they are one
+/// `pci-serial-2x` (ttyS0, ttyS1 in the same order).
+fn consoles(a: &mut Args, input: ConsoleDevice, devices: &DeviceSet, paths: &Paths) {
     a.opt(
         "-chardev",
         format!("file,id=fw,path={}", esc(&paths.firmware_log())),
     );
     a.opt("-serial", "chardev:fw");
-    let console = format!(
-        "socket,id=con,path={},server=on,wait=off,logfile={}",
-        esc(&paths.console()),
-        esc(&paths.console_log())
+    // console.log is written by ttyS0 and, as on the phone, hvc0: append.
+    let log = esc(&paths.console_log());
+    let sock = esc(&paths.console());
+    a.opt(
+        "-chardev",
+        format!("socket,id=con,path={sock},server=on,wait=off,logfile={log},logappend=on"),
     );
+    // The 16550s: the input console's chardev on ttyS0 (or its own file
+    // when hvc0 is the input console), the rest a file each.
+    let mut uarts = Vec::new();
+    for n in 0..devices.serials.max(1) {
+        let id = format!("ser{n}");
+        if n == 0 && input == ConsoleDevice::TtyS0 {
+            uarts.push("con".to_string());
+            continue;
+        }
+        let file = esc(&paths.artefacts.join(format!("ttyS{n}.log")));
+        a.opt("-chardev", format!("file,id={id},path={file}"));
+        uarts.push(id);
+    }
+    for chunk in uarts.chunks(2) {
+        match chunk {
+            [one] => a.opt("-device", format!("pci-serial,chardev={one}")),
+            [c1, c2] => a.opt(
+                "-device",
+                format!("pci-serial-2x,chardev1={c1},chardev2={c2}"),
+            ),
+            _ => unreachable!("chunks of two"),
+        }
+    }
     a.opt("-device", "virtio-serial-pci,id=vser0");
-    match input {
-        ConsoleDevice::TtyS0 => {
-            a.opt("-chardev", console);
-            a.opt("-device", "pci-serial,chardev=con");
-            a.opt(
-                "-chardev",
-                format!("file,id=hvc,path={}", esc(&paths.hvc_log())),
-            );
-            a.opt("-device", "virtconsole,chardev=hvc,bus=vser0.0");
-        }
-        ConsoleDevice::Hvc0 => {
-            a.opt("-chardev", console);
+    for (n, port) in devices.consoles.iter().enumerate() {
+        let id = format!("hvc{n}");
+        if n == 0 && input == ConsoleDevice::Hvc0 {
             a.opt("-device", "virtconsole,chardev=con,bus=vser0.0");
+            continue;
         }
+        let backend = match port {
+            ConsolePort::SharesFirstSerial => format!("file,id={id},path={log},append=on"),
+            ConsolePort::Sink => format!("null,id={id}"),
+            ConsolePort::OwnFile => {
+                let file = esc(&paths.artefacts.join(format!("{id}.log")));
+                format!("file,id={id},path={file}")
+            }
+        };
+        a.opt("-chardev", backend);
+        a.opt("-device", format!("virtconsole,chardev={id},bus=vser0.0"));
     }
     // Harness-only command channel (the phone has none).
     a.opt(
@@ -530,6 +571,40 @@ fn consoles(a: &mut Args, input: ConsoleDevice, paths: &Paths) {
         "-device",
         "virtserialport,chardev=qga,name=org.qemu.guest_agent.0,bus=vser0.0",
     );
+}
+
+/// virtio-gpu with the app's display size (QEMU has no gfxstream; the 2D
+/// device is what vm_config's "2d" backend gives on the phone).
+fn gpu(a: &mut Args, devices: &DeviceSet) {
+    let d = devices.display;
+    a.opt(
+        "-device",
+        format!("virtio-gpu-pci,edid=on,xres={},yres={}", d.width, d.height),
+    );
+}
+
+/// The profile's virtio-input devices. QEMU's multi-touch device has fixed
+/// axis ranges; crosvm's take the display's (and the trackpad's) size.
+fn inputs(a: &mut Args, devices: &DeviceSet) {
+    for dev in devices.inputs {
+        a.opt(
+            "-device",
+            match dev {
+                InputDevice::MultiTouch { .. } | InputDevice::MultiTouchTrackpad { .. } => {
+                    "virtio-multitouch-pci"
+                }
+                InputDevice::Keyboard => "virtio-keyboard-pci",
+                InputDevice::Mouse => "virtio-mouse-pci",
+            },
+        );
+    }
+}
+
+/// virtio-sound with a speaker and a microphone (QEMU's default streams:
+/// one output, one input), on a silent host backend.
+fn sound(a: &mut Args) {
+    a.opt("-audiodev", "none,id=snd0");
+    a.opt("-device", "virtio-sound-pci,audiodev=snd0");
 }
 
 /// One virtio-blk per vm_config disk: composite disks over our NBD server,
@@ -658,8 +733,8 @@ fn network(a: &mut Args, tap: Option<&TapPlan>, forwards: &[Forward]) {
     );
 }
 
-/// The payload's kernel (with the profile's parameters appended, as the
-/// app's launcher does), or firmware that finds the ESP; returns the files
+/// The payload's kernel (between the profile's parameters, as crosvm and
+/// the app's launcher put them), or firmware that finds the ESP; returns the files
 /// to prepare.
 fn boot(
     a: &mut Args,
@@ -674,8 +749,9 @@ fn boot(
             if let Some(i) = &k.initrd {
                 a.opt("-initrd", i.clone());
             }
-            let params: Vec<&str> = std::iter::once(k.params.as_str())
-                .chain(profile.kernel_params.iter().copied())
+            let params: Vec<&str> = (profile.kernel_params_before.iter().copied())
+                .chain(std::iter::once(k.params.as_str()))
+                .chain(profile.kernel_params_after.iter().copied())
                 .filter(|p| !p.is_empty())
                 .collect();
             a.opt("-append", params.join(" "));

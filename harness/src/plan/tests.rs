@@ -54,25 +54,35 @@ fn direct_boot_profile() {
     let l = line(&p);
     assert_eq!(p.firmware, BootPath::Direct);
     assert_eq!(p.vcpus, 1, "one_cpu");
+    let art = d.path().join("art").display().to_string();
     for want in [
-        "-cpu max,pauth-impdef=on",
+        "-cpu max,pauth-impdef=on,pmu=off",
         "-accel tcg,thread=multi",
         "-smp 1",
         "-m 2048M",
         "memory-backend-memfd,id=mem,size=2048M,share=on",
-        "pci-serial,chardev=con",
-        "virtconsole,chardev=hvc",
+        "pci-serial-2x,chardev1=con,chardev2=ser1",
+        "logfile=[ART]/console.log,logappend=on",
+        "file,id=hvc0,path=[ART]/console.log,append=on",
+        "virtconsole,chardev=hvc0,bus=vser0.0",
+        "null,id=hvc1",
+        "file,id=hvc2,path=[ART]/hvc2.log",
+        "virtio-multitouch-pci",
+        "virtio-keyboard-pci",
+        "virtio-mouse-pci",
+        "virtio-sound-pci,audiodev=snd0",
+        "virtio-gpu-pci,edid=on,xres=1280,yres=720",
         "name=org.qemu.guest_agent.0",
         "vhost-user-fs-pci,chardev=fs0,tag=android",
         "vhost-user-fs-pci,chardev=fs1,tag=internal",
         "vhost-user-vsock-pci",
         "virtio-balloon-pci,id=balloon0,free-page-reporting=on",
-        "virtio-gpu-pci",
-        "-append 'root=/dev/vda1 console=ttyS0'",
+        "-append 'panic=-1 root=/dev/vda1 console=ttyS0 arm64.nompam 8250.nr_uarts=4 console=ttyS0 hostname=debian coherent_pool=4096'",
         "-no-reboot",
         "-machine virt,acpi=off,memory-backend=mem",
     ] {
-        assert!(l.contains(want), "missing {want:?} in {l}");
+        let want = want.replace("[ART]", &art);
+        assert!(l.contains(&want), "missing {want:?} in {l}");
     }
     assert!(l.contains("\"driver\":\"nbd\""), "{l}");
     let fwd = format!("hostfwd=tcp:127.0.0.1:{}-:7681", p.forwards[0].host_port);
@@ -130,7 +140,15 @@ fn firmware_choices_without_kernel() {
         l.contains("virtconsole,chardev=con"),
         "hvc0 input console: {l}"
     );
-    assert!(!l.contains("pci-serial"));
+    assert!(
+        !l.contains("chardev1=con"),
+        "hvc0 is the input console: {l}"
+    );
+    assert_eq!(
+        l.matches("virtio-multitouch-pci").count(),
+        2,
+        "touch + trackpad"
+    );
     let p = plan(
         &s,
         &Options {
