@@ -34,7 +34,7 @@ enum Cmd {
         #[arg(long)]
         keep: bool,
         #[command(flatten)]
-        launch: LaunchArgs,
+        launch: Box<LaunchArgs>,
         /// Use the payload dir as is (root_part is written in place) instead of a per-run copy
         #[arg(long)]
         in_place: bool,
@@ -120,7 +120,7 @@ async fn real_main(cli: Cli) -> Result<()> {
             artefacts,
             smoke,
         } => {
-            let options = launch.into();
+            let options = (*launch).into();
             eprintln!("[avf] installing payload and starting QEMU…");
             let vm = Vm::launch(LaunchRequest {
                 payload,
