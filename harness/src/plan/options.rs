@@ -1,0 +1,112 @@
+//! The launch knobs a scenario or the CLI can vary ([`Options`]) and the
+//! same knobs as command-line flags ([`LaunchArgs`]), both ways.
+
+use std::ffi::OsString;
+
+use avf_terminal::HostProfile;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Firmware {
+    /// U-Boot when there is no kernel (the phone's fallback).
+    #[default]
+    Uboot,
+    /// EDK2 / AAVMF.
+    Edk2,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum NetMode {
+    /// QEMU user-mode networking (guest 10.0.2.15, host reachable at 10.0.2.2).
+    #[default]
+    User,
+    /// TAP in a network namespace of its own, dnsmasq DHCP/DNS on a random
+    /// private /24, the host as gateway (as on the phone; needs root).
+    Tap,
+}
+
+/// Knobs a scenario or the CLI can vary; the spec itself is never edited.
+/// Every field is also a flag of [`LaunchArgs`], so a printed reproduction
+/// line carries every knob.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Options {
+    pub profile: HostProfile,
+    pub firmware: Firmware,
+    pub net: NetMode,
+    /// Override `cpu_topology` (e.g. to keep a 2-core CI host responsive).
+    pub vcpus: Option<u32>,
+    /// Override `memory_mib`.
+    pub memory_mib: Option<u64>,
+}
+
+/// [`Options`] as command-line flags (`avf-harness boot`), both ways.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LaunchArgs {
+    /// The Android release (and mode) whose app and crosvm to play
+    #[arg(long, default_value = "android16", value_parser = parse_profile)]
+    pub profile: HostProfile,
+    /// Firmware when vm_config.json has no kernel
+    #[arg(long, value_enum, default_value = "uboot")]
+    pub firmware: Firmware,
+    #[arg(long, value_enum, default_value = "user")]
+    pub net: NetMode,
+    /// Override the vCPU count (default: from cpu_topology)
+    #[arg(long)]
+    pub vcpus: Option<u32>,
+    /// Override memory_mib
+    #[arg(long)]
+    pub memory_mib: Option<u64>,
+}
+
+fn parse_profile(s: &str) -> Result<HostProfile, String> {
+    HostProfile::by_name(s).map_err(|e| e.to_string())
+}
+
+impl From<LaunchArgs> for Options {
+    fn from(a: LaunchArgs) -> Options {
+        Options {
+            profile: a.profile,
+            firmware: a.firmware,
+            net: a.net,
+            vcpus: a.vcpus,
+            memory_mib: a.memory_mib,
+        }
+    }
+}
+
+impl Options {
+    /// The flags that give these options back through [`LaunchArgs`].
+    pub fn to_args(&self) -> Vec<OsString> {
+        // Exhaustive on purpose: a new knob must be printed too.
+        let Options {
+            profile,
+            firmware,
+            net,
+            vcpus,
+            memory_mib,
+        } = self;
+        let mut v: Vec<OsString> = vec![
+            "--profile".into(),
+            profile.name.into(),
+            "--firmware".into(),
+            value_name(firmware).into(),
+            "--net".into(),
+            value_name(net).into(),
+        ];
+        if let Some(n) = vcpus {
+            v.extend(["--vcpus".into(), n.to_string().into()]);
+        }
+        if let Some(m) = memory_mib {
+            v.extend(["--memory-mib".into(), m.to_string().into()]);
+        }
+        v
+    }
+}
+
+/// A `clap::ValueEnum` value as written on the command line.
+fn value_name(v: &impl clap::ValueEnum) -> String {
+    v.to_possible_value()
+        .map(|p| p.get_name().to_string())
+        .unwrap_or_default()
+}
