@@ -3,9 +3,9 @@
 //! [`super::steps`] (steps on the VM) and [`super::terminal`] (steps that
 //! need the app's host side).
 //!
-//! To add a step kind: its struct here with a [`Describe`] impl, one line in
-//! the `steps!` list (which says which side runs it), and one arm in
-//! [`super::Runner`]'s dispatch. The compiler checks all three.
+//! To add a step kind: its struct here, one line in the `steps!` list (which
+//! side runs it, how it describes itself), and one arm in the runner's
+//! dispatch. The compiler checks all three.
 
 use std::path::{Path, PathBuf};
 
@@ -60,15 +60,10 @@ pub enum Side {
     App,
 }
 
-/// What every step struct says about itself.
-pub trait Describe {
-    /// One line for progress and errors.
-    fn describe(&self) -> String;
-}
-
-/// Declares [`Step`] from one list: variant, struct, side.
+/// Declares [`Step`] from one list: variant, struct, side, and how the step
+/// describes itself (one line for progress and errors).
 macro_rules! steps {
-    ($($(#[$doc:meta])* $variant:ident($ty:ident) => $side:ident,)+) => {
+    ($($(#[$doc:meta])* $variant:ident($ty:ident) => $side:ident, |$s:ident| $describe:expr;)+) => {
         #[derive(Debug, Clone, Deserialize)]
         #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
         pub enum Step {
@@ -83,7 +78,7 @@ macro_rules! steps {
             }
             pub fn describe(&self) -> String {
                 match self {
-                    $(Step::$variant(s) => s.describe(),)+
+                    $(Step::$variant($s) => $describe,)+
                 }
             }
         }
@@ -92,30 +87,30 @@ macro_rules! steps {
 
 steps! {
     /// Wait for `AVF-BOOT-OK <build_id>` and the guest agent.
-    Boot(Boot) => Vm,
+    Boot(Boot) => Vm, |_s| "boot".into();
     /// `sh -c` in the guest through the agent.
-    Exec(Exec) => Vm,
+    Exec(Exec) => Vm, |s| format!("exec `{}`", s.sh.lines().next().unwrap_or_default());
     /// Golden snapshot of the console transcript so far.
-    ConsoleSnapshot(ConsoleSnapshot) => Vm,
+    ConsoleSnapshot(ConsoleSnapshot) => Vm, |s| format!("console_snapshot {}", s.name);
     /// Balloon the guest down to a fraction of its memory.
-    Balloon(Balloon) => Vm,
+    Balloon(Balloon) => Vm, |s| format!("balloon {}", s.fraction);
     /// `system_powerdown`; SHUTDOWN with `reason` and QEMU gone in time.
-    Powerdown(Powerdown) => Vm,
+    Powerdown(Powerdown) => Vm, |_s| "powerdown".into();
     /// `e2fsck -n` on the host on a partition file (VM must be stopped).
-    HostFsck(HostFsck) => Vm,
+    HostFsck(HostFsck) => Vm, |s| format!("host_fsck {}", s.label);
     /// The TAP mode's DHCP lease, route and DNS.
-    TapNetwork(TapNetwork) => Vm,
+    TapNetwork(TapNetwork) => Vm, |s| format!("tap_network resolve {}", s.resolve);
     /// Runs `sh` in the guest and keeps its output as a note.
-    GuestNote(GuestNote) => Vm,
-    TtydDiscover(TtydDiscover) => App,
-    TtydProbe(TtydProbe) => App,
-    TtydRun(TtydRun) => App,
-    AgentsConnected(AgentsConnected) => App,
-    GuestPort(GuestPort) => App,
-    ForwardRoundtrip(ForwardRoundtrip) => App,
-    AppShutdown(AppShutdown) => App,
-    StorageBalloon(StorageBalloon) => App,
-    MemoryPolicy(MemoryPolicy) => App,
+    GuestNote(GuestNote) => Vm, |s| format!("guest_note {}", s.name);
+    TtydDiscover(TtydDiscover) => App, |_s| "ttyd_discover".into();
+    TtydProbe(TtydProbe) => App, |s| format!("ttyd_probe {:?} {:?}", s.identity, s.expect);
+    TtydRun(TtydRun) => App, |s| format!("ttyd_run `{}`", s.cmd);
+    AgentsConnected(AgentsConnected) => App, |s| format!("agents_connected {:?}", s.queues);
+    GuestPort(GuestPort) => App, |s| format!("guest_port {} present={}", s.port, s.present);
+    ForwardRoundtrip(ForwardRoundtrip) => App, |s| format!("forward_roundtrip {} bytes", s.bytes);
+    AppShutdown(AppShutdown) => App, |_s| "app_shutdown".into();
+    StorageBalloon(StorageBalloon) => App, |s| format!("storage_balloon hold {} MiB", s.hold_mib);
+    MemoryPolicy(MemoryPolicy) => App, |_s| "memory_policy".into();
 }
 
 // ---- steps on the VM ----
@@ -369,92 +364,6 @@ fn real_time() -> f64 {
 }
 fn default_cmd_time() -> Scaled {
     Scaled::secs(30)
-}
-
-impl Describe for Boot {
-    fn describe(&self) -> String {
-        "boot".into()
-    }
-}
-impl Describe for Exec {
-    fn describe(&self) -> String {
-        format!("exec `{}`", self.sh.lines().next().unwrap_or_default())
-    }
-}
-impl Describe for ConsoleSnapshot {
-    fn describe(&self) -> String {
-        format!("console_snapshot {}", self.name)
-    }
-}
-impl Describe for Balloon {
-    fn describe(&self) -> String {
-        format!("balloon {}", self.fraction)
-    }
-}
-impl Describe for Powerdown {
-    fn describe(&self) -> String {
-        "powerdown".into()
-    }
-}
-impl Describe for HostFsck {
-    fn describe(&self) -> String {
-        format!("host_fsck {}", self.label)
-    }
-}
-impl Describe for TapNetwork {
-    fn describe(&self) -> String {
-        format!("tap_network resolve {}", self.resolve)
-    }
-}
-impl Describe for GuestNote {
-    fn describe(&self) -> String {
-        format!("guest_note {}", self.name)
-    }
-}
-impl Describe for TtydDiscover {
-    fn describe(&self) -> String {
-        "ttyd_discover".into()
-    }
-}
-impl Describe for TtydProbe {
-    fn describe(&self) -> String {
-        format!("ttyd_probe {:?} {:?}", self.identity, self.expect)
-    }
-}
-impl Describe for TtydRun {
-    fn describe(&self) -> String {
-        format!("ttyd_run `{}`", self.cmd)
-    }
-}
-impl Describe for AgentsConnected {
-    fn describe(&self) -> String {
-        format!("agents_connected {:?}", self.queues)
-    }
-}
-impl Describe for GuestPort {
-    fn describe(&self) -> String {
-        format!("guest_port {} present={}", self.port, self.present)
-    }
-}
-impl Describe for ForwardRoundtrip {
-    fn describe(&self) -> String {
-        format!("forward_roundtrip {} bytes", self.bytes)
-    }
-}
-impl Describe for AppShutdown {
-    fn describe(&self) -> String {
-        "app_shutdown".into()
-    }
-}
-impl Describe for StorageBalloon {
-    fn describe(&self) -> String {
-        format!("storage_balloon hold {} MiB", self.hold_mib)
-    }
-}
-impl Describe for MemoryPolicy {
-    fn describe(&self) -> String {
-        "memory_policy".into()
-    }
 }
 
 impl Scenario {
