@@ -147,6 +147,10 @@ pub struct ConsoleSnapshot {
     /// When set, only lines matching one of these are kept.
     #[serde(default)]
     pub keep: Vec<String>,
+    /// Sort the kept lines and drop repeats: a set, for what races in
+    /// order but not in membership (units started at boot).
+    #[serde(default)]
+    pub sort_unique: bool,
 }
 
 /// Set the balloon so the guest has `fraction` of its memory, wait for

@@ -60,7 +60,12 @@ pub fn console_snapshot(vm: &Vm, s: &ConsoleSnapshot, snap: &Snapshotter<'_>) ->
     };
     let (keep, drop) = (compile(&s.keep)?, compile(&s.drop)?);
     let text = String::from_utf8_lossy(&vm.console().transcript()).into_owned();
-    snap.check(&s.name, &snap.norm.text(&text, &keep, &drop))
+    let mut text = snap.norm.text(&text, &keep, &drop);
+    if s.sort_unique {
+        let lines: std::collections::BTreeSet<&str> = text.lines().collect();
+        text = lines.into_iter().collect::<Vec<_>>().join("\n");
+    }
+    snap.check(&s.name, &text)
 }
 
 pub async fn balloon(vm: &Vm, s: &Balloon) -> Result<()> {
