@@ -179,6 +179,8 @@ impl Vm {
         sweep_stale_dirs();
         // `avf-<pid>-<n>-…`: the sweep knows the owner by the pid.
         let run = private_dir(Path::new("/tmp"), &format!("avf-{pid}-{index}-"))?;
+        // Until the Vm owns them, a failed start removes the dirs itself.
+        let mut guard = DirGuard(vec![run.clone()]);
         let _ = std::fs::remove_dir_all(&req.artefacts);
         std::fs::create_dir_all(&req.artefacts)
             .with_context(|| format!("creating {}", req.artefacts.display()))?;
@@ -187,17 +189,12 @@ impl Vm {
             artefacts: req.artefacts.clone(),
         };
         let instance_root = private_dir(&instance_base(), &format!("{pid}-{index}-"))?;
+        guard.0.push(instance_root.clone());
         let instance = if req.in_place {
-            Instance::in_place(&req.payload, &instance_root)
+            Instance::in_place(&req.payload, &instance_root)?
         } else {
-            Instance::install(&req.payload, &instance_root)
+            Instance::install(&req.payload, &instance_root)?
         };
-        let instance = instance.inspect_err(|_| {
-            let _ = std::fs::remove_dir_all(&instance_root);
-            let _ = std::fs::remove_dir_all(&run);
-        })?;
-        // Until the Vm owns them, a failed start removes the dirs itself.
-        let guard = DirGuard(vec![run.clone(), instance.root.clone()]);
         app_gate(&instance, &req.options.profile)?;
         let launch = Launch {
             index,
@@ -209,7 +206,7 @@ impl Vm {
         let spec = VmSpec::load(&instance.vm_config(), &instance.expansion())?;
         let plan = plan::plan(&spec, &req.options, &launch).context("planning the VM")?;
         let vm = Box::pin(Vm::execute(spec, plan, paths, instance, req.keep_instance)).await?;
-        std::mem::forget(guard);
+        guard.0.clear(); // the Vm owns them now
         Ok(vm)
     }
 
@@ -594,5 +591,43 @@ mod tests {
             let screen = e.downcast_ref::<UpgradeScreen>().expect("typed outcome");
             assert_eq!(screen.read_as, 0);
         }
+    }
+
+    /// A launch refused before QEMU starts (here by the app's gate) leaves
+    /// neither its run dir nor its instance dir behind.
+    #[tokio::test]
+    async fn a_refused_launch_leaves_no_dir_behind() {
+        let d = tempfile::tempdir().unwrap();
+        let payload = d.path().join("payload");
+        std::fs::create_dir_all(&payload).unwrap();
+        std::fs::write(payload.join("vm_config.json"), b"{}").unwrap();
+        std::fs::write(
+            payload.join("build_id"),
+            b"debian/aarch64/0.1.0-25-20261126\n",
+        )
+        .unwrap();
+        let instances = d.path().join("instances");
+        // Only this test launches in the harness's unit tests.
+        std::env::set_var("AVF_INSTANCE_ROOT", &instances);
+        let err = Vm::launch(LaunchRequest {
+            payload,
+            in_place: false,
+            options: Options::default(),
+            artefacts: d.path().join("art"),
+            keep_instance: false,
+        })
+        .await
+        .err()
+        .expect("refused");
+        assert!(err.downcast_ref::<UpgradeScreen>().is_some(), "{err:#}");
+        let left: Vec<_> = std::fs::read_dir(&instances).unwrap().collect();
+        assert!(left.is_empty(), "instance dirs left: {left:?}");
+        let mine = format!("avf-{}-", std::process::id());
+        let runs: Vec<_> = std::fs::read_dir("/tmp")
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(&mine))
+            .collect();
+        assert!(runs.is_empty(), "run dirs left: {runs:?}");
     }
 }
