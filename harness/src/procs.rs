@@ -204,17 +204,23 @@ pub fn leaked_processes() -> Vec<(i32, String)> {
     out
 }
 
-/// Entries of `dir` named `<prefix><pid>-<n>` (harness run dirs, instance
-/// dirs, network namespaces), with the harness pid in their name.
+/// Entries of `dir` named `<prefix><pid>-<n>…` (harness run dirs, instance
+/// dirs, network namespaces) that belong to this user, with the harness pid
+/// in their name. Another user's entry is never ours to sweep, whatever
+/// its name says.
 pub fn owned_entries(dir: &std::path::Path, prefix: &str) -> Vec<(std::path::PathBuf, i32)> {
+    use std::os::unix::fs::MetadataExt;
     let Ok(rd) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
     rd.flatten()
         .filter_map(|e| {
             let name = e.file_name().to_string_lossy().into_owned();
             let pid = name.strip_prefix(prefix)?.split('-').next()?.parse().ok()?;
-            Some((e.path(), pid))
+            let owner = std::fs::symlink_metadata(e.path()).ok()?.uid();
+            (owner == me).then(|| (e.path(), pid))
         })
         .collect()
 }
@@ -257,6 +263,28 @@ mod tests {
     fn proc_pids_lists_this_process() {
         let me = std::process::id() as i32;
         assert!(proc_pids().any(|p| p == me));
+    }
+
+    #[test]
+    fn the_sweep_takes_only_this_users_entries_of_dead_harnesses() {
+        let d = tempfile::tempdir().unwrap();
+        // No process has this pid.
+        let dead = d.path().join(format!("avf-{}-0-x", i32::MAX));
+        let alive = d.path().join(format!("avf-{}-0-x", std::process::id()));
+        let foreign = d.path().join(format!("avf-{}-1-x", i32::MAX));
+        for p in [&dead, &alive, &foreign] {
+            std::fs::create_dir(p).unwrap();
+        }
+        if unsafe { libc::geteuid() } == 0 {
+            std::os::unix::fs::chown(&foreign, Some(12345), Some(12345)).unwrap();
+        } else {
+            std::fs::remove_dir(&foreign).unwrap();
+        }
+        assert_eq!(sweep_stale(d.path(), "avf-"), std::slice::from_ref(&dead));
+        assert!(!dead.exists() && alive.exists());
+        if unsafe { libc::geteuid() } == 0 {
+            assert!(foreign.exists(), "another user's entry was swept");
+        }
     }
 
     #[test]

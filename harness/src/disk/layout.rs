@@ -30,6 +30,8 @@ pub enum LayoutError {
     },
     #[error("partition {label:?}: {path} is empty")]
     Empty { label: String, path: PathBuf },
+    #[error("{count} partitions: a GPT holds at most {ENTRY_COUNT}")]
+    TooMany { count: usize },
 }
 
 /// One contiguous run of the virtual disk.
@@ -81,6 +83,9 @@ impl Layout {
     /// Builds the layout; `writable` is the disk-level flag (a read-only disk
     /// makes every partition read-only, as crosvm does).
     pub fn build(parts: &[Partition], disk_writable: bool) -> Result<Layout, LayoutError> {
+        if parts.len() as u64 > ENTRY_COUNT {
+            return Err(LayoutError::TooMany { count: parts.len() });
+        }
         let mut entries = Vec::new();
         let mut files = Vec::new();
         let mut next = ALIGN / SECTOR;

@@ -27,6 +27,12 @@ pub enum WriteError {
     Io(#[from] std::io::Error),
 }
 
+/// `off + len` if the range lies within the disk (a guest-supplied offset
+/// near `u64::MAX` must not wrap around to a small end).
+fn in_range(layout: &Layout, off: u64, len: u64) -> Option<u64> {
+    off.checked_add(len).filter(|end| *end <= layout.size)
+}
+
 fn overlapping(layout: &Layout, off: u64, len: u64) -> impl Iterator<Item = &layout::Segment> {
     let end = off + len;
     layout
@@ -38,7 +44,7 @@ fn overlapping(layout: &Layout, off: u64, len: u64) -> impl Iterator<Item = &lay
 /// Reads `buf.len()` bytes at `off` of the virtual disk.
 pub fn read_at(layout: &Layout, buf: &mut [u8], off: u64) -> std::io::Result<()> {
     let len = buf.len() as u64;
-    if off + len > layout.size {
+    if in_range(layout, off, len).is_none() {
         return Err(std::io::Error::new(
             std::io::ErrorKind::UnexpectedEof,
             "read beyond end of disk",
@@ -64,7 +70,7 @@ pub fn read_at(layout: &Layout, buf: &mut [u8], off: u64) -> std::io::Result<()>
 /// padding or a read-only partition refuses the whole request.
 pub fn write_at(layout: &Layout, buf: &[u8], off: u64) -> Result<(), WriteError> {
     let len = buf.len() as u64;
-    if off + len > layout.size {
+    if in_range(layout, off, len).is_none() {
         return Err(WriteError::OutOfRange);
     }
     for s in overlapping(layout, off, len) {

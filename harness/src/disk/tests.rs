@@ -156,3 +156,34 @@ fn missing_partition_file_names_the_label() {
     let e = Layout::build(&p, true).unwrap_err().to_string();
     assert!(e.contains("\"ROOT\"") && e.contains("gone"), "{e}");
 }
+
+/// An offset near `u64::MAX` must not wrap `off + len` around to a small
+/// end: refused as out of range, not a panic or a false success.
+#[test]
+fn offsets_that_overflow_are_out_of_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let layout = Layout::build(&parts(dir.path()), true).unwrap();
+    let root = layout.entries.iter().find(|e| e.label == "ROOT").unwrap();
+    let before = std::fs::read(&root.path).unwrap();
+    for off in [u64::MAX, u64::MAX - 2, layout.size, layout.size - 1] {
+        assert!(
+            matches!(
+                write_at(&layout, &[1, 2, 3, 4], off),
+                Err(WriteError::OutOfRange)
+            ),
+            "write at {off}"
+        );
+        let mut buf = [0u8; 4];
+        assert!(read_at(&layout, &mut buf, off).is_err(), "read at {off}");
+    }
+    assert_eq!(std::fs::read(&root.path).unwrap(), before);
+}
+
+#[test]
+fn more_partitions_than_a_gpt_holds_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let one = parts(dir.path()).remove(1);
+    let many = vec![one; 129];
+    let e = Layout::build(&many, true).unwrap_err().to_string();
+    assert!(e.contains("129 partitions") && e.contains("128"), "{e}");
+}
