@@ -101,9 +101,11 @@ command -v vhost-device-vsock >/dev/null || { log "cargo install vhost-device-vs
 # makepkg refuses root: an unprivileged build user.
 id avfbuild >/dev/null 2>&1 || useradd --system --create-home --home-dir /var/lib/avfbuild --shell /bin/bash avfbuild
 # avfbuild cross-compiles the agents (image-build/pkgbuilds/avf-agents) with
-# root's rustup toolchain, called by path (no rustup proxy, no writes there):
-# let it traverse /root and read the toolchains.
+# root's rustup toolchain, called by path (no rustup proxy, no writes there)
+# and its own CARGO_HOME: let it traverse /root and read the toolchains, and
+# nothing else — /root/.cargo (registry, any credentials) stays root's.
 chmod 711 /root
-chmod -R a+rX /root/.rustup /root/.cargo
+chmod -R a+rX /root/.rustup
+chmod 700 /root/.cargo
 
 log "host ready"
