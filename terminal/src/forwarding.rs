@@ -27,6 +27,11 @@ use crate::service::{ForwardingQueue, ServiceError};
 /// How long the guest gets to connect back over vsock.
 pub const GUEST_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Guest ports below this are never forwarded, whatever the user enabled:
+/// the app's forwarder_host ignores them (a guest could otherwise take the
+/// host's privileged ports, and port 0 means "any").
+pub const MIN_FORWARDED_PORT: u16 = 1024;
+
 /// First host vsock port handed out; below are ports guests commonly use.
 pub const FIRST_VSOCK_PORT: u32 = 40_000;
 
@@ -151,12 +156,13 @@ impl Forwarder {
         }
     }
 
-    /// Publishes the enabled ones of `active` guest ports and withdraws the
-    /// ports no longer active.
+    /// Publishes the enabled ones of `active` guest ports (never those below
+    /// [`MIN_FORWARDED_PORT`]) and withdraws the ports no longer active.
     pub async fn update(&self, active: &[u16]) -> Result<(), ForwardError> {
         let wanted: BTreeSet<u16> = active
             .iter()
             .copied()
+            .filter(|p| *p >= MIN_FORWARDED_PORT)
             .filter(|p| {
                 self.inner
                     .config
@@ -421,6 +427,20 @@ mod tests {
         );
         fwd.update(&[9000, 9001]).await.unwrap();
         assert_eq!(fwd.published(), vec![9000], "9001 is not enabled");
+        // Privileged ports and port 0 are never forwarded, enabled or not.
+        let mut low = ForwardingConfig::new(&uds);
+        low.enabled = None;
+        let (tx2, _seen2) = mpsc::unbounded_channel();
+        let all = Forwarder::new(
+            low,
+            FakeGuest {
+                uds: uds.clone(),
+                seen: tx2,
+                mode: Mode::Never,
+            },
+        );
+        all.update(&[0, 22, 80, 1023]).await.unwrap();
+        assert!(all.published().is_empty(), "{:?}", all.published());
         let addr = fwd.host_addrs(9000).unwrap()[0];
         let mut tcp = TcpStream::connect(addr).await.unwrap();
         let (_, vp) = seen.recv().await.unwrap();
