@@ -33,10 +33,6 @@ impl Scaled {
     pub fn get(self) -> Duration {
         self.0.mul_f64(scale())
     }
-    /// The instant this duration from now ends.
-    pub fn deadline(self) -> Instant {
-        Instant::now() + self.get()
-    }
 }
 
 /// Serde: a whole number of seconds (`within_secs = 30`).
