@@ -1,7 +1,9 @@
 //! Payloads as the phone has them (a directory or `images.tar.gz`), located
 //! in the build output and "installed" into a per-run instance directory the
 //! way the Terminal app unpacks them into its files dir: root_part is then
-//! written in place without touching the build output.
+//! written in place without touching the build output. A tarball goes
+//! through the app's installer ([`image_archive`]); a directory is copied
+//! (the harness's dev convenience). Both end with the app's `completed`.
 //!
 //! Instance layout (mirrors the phone):
 //! `<instance>/app/`                = $APP_DATA_DIR
@@ -13,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
+use avf_terminal::image_archive;
 
 use crate::spec::Expansion;
 
@@ -49,6 +52,9 @@ pub struct Instance {
     pub phone_root: PathBuf,
     /// Whether `root` was created by us (and so may be removed).
     pub owned: bool,
+    /// What the installer did differently from a tar tool (link entries
+    /// installed as empty files, setuid bits dropped, …), printed already.
+    pub install_warnings: Vec<String>,
 }
 
 impl Instance {
@@ -64,7 +70,18 @@ impl Instance {
         self.payload_dir.join("vm_config.json")
     }
 
-    /// Installs `source` (payload dir or images.tar.gz) under `root`.
+    /// Installs `source` under `root`.
+    ///
+    /// An `images.tar.gz` goes through [`image_archive::install_to`], the
+    /// app's installer made safe for a root harness: flat regular files
+    /// only, mode 0600, links as empty files (each such entry is printed
+    /// as a warning and kept in `install_warnings`), `completed` last.
+    ///
+    /// A payload *directory* (the build output) is the harness's dev
+    /// convenience, not something the phone has: its regular files and
+    /// subdirectories are copied sparsely (modes kept, symlinks and other
+    /// files skipped, a `completed` in it ignored) into a private temp dir
+    /// that gets its own fresh `completed` and is then renamed into place.
     pub fn install(source: &Path, root: &Path) -> Result<Instance> {
         let app = root.join("app");
         let files = app.join("files");
@@ -72,33 +89,29 @@ impl Instance {
         let phone = root.join("phone");
         std::fs::create_dir_all(&files).with_context(|| format!("creating {}", files.display()))?;
         std::fs::create_dir_all(&phone)?;
-        let tmp = files.join(".linux.partial");
-        let _ = std::fs::remove_dir_all(&tmp);
-        std::fs::create_dir_all(&tmp)?;
+        let mut install_warnings = Vec::new();
         if source.is_dir() {
-            copy_dir_sparse(source, &tmp)?;
+            install_dir(source, &files, &payload)?;
         } else if source.is_file() {
-            let f = std::fs::File::open(source)
-                .with_context(|| format!("opening {}", source.display()))?;
-            let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(f));
-            ar.set_preserve_permissions(true);
-            // unpack() refuses members escaping the destination.
-            ar.unpack(&tmp)
-                .with_context(|| format!("unpacking {}", source.display()))?;
+            let got = image_archive::install_to(source, &payload)?;
+            for w in got.warnings {
+                eprintln!("[avf] installing {}: {w}", source.display());
+                install_warnings.push(w.to_string());
+            }
         } else {
             bail!("payload {}: no such directory or file", source.display());
         }
-        if !tmp.join("vm_config.json").is_file() {
+        if !payload.join("vm_config.json").is_file() {
+            let _ = std::fs::remove_dir_all(&payload);
             bail!("payload {}: no vm_config.json in it", source.display());
         }
-        let _ = std::fs::remove_dir_all(&payload);
-        std::fs::rename(&tmp, &payload)?;
         Ok(Instance {
             root: root.to_owned(),
             payload_dir: payload,
             app_data_dir: app,
             phone_root: phone,
             owned: true,
+            install_warnings,
         })
     }
 
@@ -115,16 +128,39 @@ impl Instance {
             app_data_dir: app,
             phone_root: scratch.join("phone"),
             owned: true,
+            install_warnings: Vec::new(),
         })
     }
 }
 
-/// Sparse copy (as the app unpacks; reflink where the filesystem can).
+/// A payload directory into `payload` (under `files`): copied into a
+/// private temp dir there, given `completed`, then renamed into place.
+fn install_dir(source: &Path, files: &Path, payload: &Path) -> Result<()> {
+    let tmp = tempfile::Builder::new()
+        .prefix(".linux.install.")
+        .tempdir_in(files)
+        .with_context(|| format!("creating a temp dir in {}", files.display()))?;
+    copy_dir_sparse(source, tmp.path())?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(tmp.path().join(image_archive::COMPLETED))
+        .context("creating completed")?;
+    let _ = std::fs::remove_dir_all(payload);
+    std::fs::rename(tmp.path(), payload)
+        .with_context(|| format!("moving the copy to {}", payload.display()))?;
+    // The temp dir is the payload dir now; nothing is left to remove.
+    let _ = tmp.keep();
+    Ok(())
+}
+
+/// Sparse copy (reflink where the filesystem can); symlinks and special
+/// files are skipped, and so is a `completed` marker.
 fn copy_dir_sparse(src: &Path, dst: &Path) -> Result<()> {
     for e in std::fs::read_dir(src).with_context(|| format!("reading {}", src.display()))? {
         let e = e?;
         let ty = e.file_type()?;
-        if !(ty.is_file() || ty.is_dir()) {
+        if !(ty.is_file() || ty.is_dir()) || e.file_name() == image_archive::COMPLETED {
             continue;
         }
         let st = Command::new("cp")
@@ -170,7 +206,12 @@ mod tests {
         assert_eq!(std::fs::metadata(&root).unwrap().len(), 64 << 20);
         assert!(allocated(&root) < 8 << 20, "copy is not sparse");
         assert_eq!(inst.payload_dir, t.path().join("inst/app/files/linux"));
-        assert!(!t.path().join("inst/app/files/.linux.partial").exists());
+        assert!(image_archive::is_installed(&inst.payload_dir));
+        let left: Vec<_> = std::fs::read_dir(t.path().join("inst/app/files"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["linux"]);
     }
 
     #[test]
@@ -189,8 +230,139 @@ mod tests {
             .unwrap();
         assert!(st.success());
         let inst = Instance::install(&tgz, &t.path().join("inst")).unwrap();
-        let data = std::fs::read(inst.payload_dir.join("root_part")).unwrap();
+        let root = inst.payload_dir.join("root_part");
+        let data = std::fs::read(&root).unwrap();
         assert_eq!(&data[1 << 20..(1 << 20) + 8], b"ext4-ish");
+        assert_eq!(data.len(), 64 << 20);
+        // The phone writes every byte; we keep the zeros as holes.
+        assert!(allocated(&root) < 8 << 20, "install is not sparse");
+        assert!(image_archive::is_installed(&inst.payload_dir));
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&root).unwrap().permissions().mode();
+        assert_eq!(mode & 0o7777, image_archive::FILE_MODE);
+        assert!(inst.install_warnings.is_empty());
+        let mut left: Vec<_> = std::fs::read_dir(t.path().join("inst/app/files"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["linux"]);
+    }
+
+    /// A gzip tar with raw headers (the tar crate's setters would refuse
+    /// some of what these tests need).
+    fn targz(path: &Path, entries: &[(&str, tar::EntryType, u32, &[u8], &str)]) {
+        let gz = flate2::write::GzEncoder::new(
+            std::fs::File::create(path).unwrap(),
+            flate2::Compression::fast(),
+        );
+        let mut b = tar::Builder::new(gz);
+        for (name, ty, mode, data, link) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+            h.as_old_mut().linkname[..link.len()].copy_from_slice(link.as_bytes());
+            h.set_entry_type(*ty);
+            h.set_mode(*mode);
+            h.set_size(data.len() as u64);
+            h.set_cksum();
+            b.append(&h, *data).unwrap();
+        }
+        b.into_inner().unwrap().finish().unwrap();
+    }
+
+    #[test]
+    fn a_symlink_entry_installs_an_empty_regular_file() {
+        let t = tempfile::tempdir().unwrap();
+        let tgz = t.path().join("images.tar.gz");
+        targz(
+            &tgz,
+            &[
+                ("vm_config.json", tar::EntryType::Regular, 0o644, b"{}", ""),
+                (
+                    "root_part",
+                    tar::EntryType::Symlink,
+                    0o777,
+                    b"",
+                    "/etc/shadow",
+                ),
+            ],
+        );
+        let inst = Instance::install(&tgz, &t.path().join("inst")).unwrap();
+        let root = inst.payload_dir.join("root_part");
+        let m = std::fs::symlink_metadata(&root).unwrap();
+        assert!(m.is_file(), "root_part is not a regular file: {m:?}");
+        // Empty: /etc/shadow was neither linked to nor read.
+        assert_eq!(m.len(), 0);
+        assert_eq!(std::fs::read(&root).unwrap(), b"");
+        assert_eq!(
+            inst.install_warnings.len(),
+            1,
+            "{:?}",
+            inst.install_warnings
+        );
+        assert!(
+            inst.install_warnings[0].contains("/etc/shadow"),
+            "{:?}",
+            inst.install_warnings
+        );
+        assert!(image_archive::is_installed(&inst.payload_dir));
+    }
+
+    #[test]
+    fn a_setuid_entry_loses_its_setuid_bit() {
+        let t = tempfile::tempdir().unwrap();
+        let tgz = t.path().join("images.tar.gz");
+        targz(
+            &tgz,
+            &[
+                ("vm_config.json", tar::EntryType::Regular, 0o644, b"{}", ""),
+                ("root_part", tar::EntryType::Regular, 0o4755, b"\x7fELF", ""),
+            ],
+        );
+        let inst = Instance::install(&tgz, &t.path().join("inst")).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(inst.payload_dir.join("root_part"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o7777, 0o600, "mode {mode:o}");
+        assert!(
+            inst.install_warnings[0].contains("4755"),
+            "{:?}",
+            inst.install_warnings
+        );
+    }
+
+    #[test]
+    fn a_tarball_that_escapes_is_refused_and_leaves_nothing() {
+        let t = tempfile::tempdir().unwrap();
+        let tgz = t.path().join("images.tar.gz");
+        targz(
+            &tgz,
+            &[
+                ("vm_config.json", tar::EntryType::Regular, 0o644, b"{}", ""),
+                ("../../escape", tar::EntryType::Regular, 0o644, b"x", ""),
+            ],
+        );
+        let e = format!(
+            "{:#}",
+            Instance::install(&tgz, &t.path().join("inst")).unwrap_err()
+        );
+        assert!(
+            e.contains("../../escape") && e.contains("images.tar.gz"),
+            "{e}"
+        );
+        assert!(!t.path().join("inst/app/files/linux").exists());
+        assert!(!t.path().join("escape").exists());
+        assert!(!t.path().join("inst/escape").exists());
+        // A tarball without vm_config.json is not left installed either.
+        targz(
+            &tgz,
+            &[("root_part", tar::EntryType::Regular, 0o644, b"x", "")],
+        );
+        let e = Instance::install(&tgz, &t.path().join("inst")).unwrap_err();
+        assert!(e.to_string().contains("no vm_config.json"), "{e}");
+        assert!(!t.path().join("inst/app/files/linux").exists());
     }
 
     #[test]

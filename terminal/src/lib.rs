@@ -11,6 +11,8 @@ pub mod events;
 pub mod forwarding;
 mod fsutil;
 pub mod host;
+pub mod image_archive;
+pub mod installed_image;
 pub mod mdns;
 pub mod netns;
 pub mod profile;

@@ -119,6 +119,24 @@ pub enum UpgradeGate {
     LastTokenAtLeast(i32),
 }
 
+/// What the app does to `root_part` on every start, before it builds the
+/// VM's config (`VmLauncherService.doStart` calling into `InstalledImage`;
+/// carried out by [`crate::installed_image::InstalledImage::pre_boot`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PreBootDisk {
+    /// Android 16: `VmLauncherService.convertToNonSparseDiskIfNecessary`
+    /// (when the apparent size is the "sparse size", roundUp of
+    /// `sparse_share_percent` % of the files dir's total bytes, or the
+    /// physical size is below `physical_min_percent` % of the apparent
+    /// size: `e2fsck -y -f`, `resize2fs -M`, `e2fsck -y -f`), then
+    /// `InstalledImage.resize(EXTRA_DISK_SIZE)` (`e2fsck -y -f`, then
+    /// `posix_fallocate` when growing, then `resize2fs <img> <MiB>M`).
+    Android16 {
+        sparse_share_percent: u64,
+        physical_min_percent: u64,
+    },
+}
+
 /// What the app shows instead of starting the VM.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("the {release} Terminal app would show its Upgrade screen instead of starting the VM: build_id {build_id:?} reads as {read_as}, below {min}")]
@@ -142,6 +160,9 @@ pub struct HostProfile {
     pub certificate: CertificateShape,
     pub agents: AgentContract,
     pub upgrade_gate: UpgradeGate,
+    /// The disk steps before every start (`VmLauncherService`,
+    /// `InstalledImage`).
+    pub pre_boot: PreBootDisk,
     /// How long the app waits, from the VM's start, to find ttyd before it
     /// shows its error screen (`MainActivity`'s boot timeout).
     pub discovery_deadline: Duration,
@@ -191,9 +212,13 @@ impl HostProfile {
                 port_flag: "--grpc-port-file",
                 guest_port_file: "/mnt/internal/debian_service_port",
             },
+            upgrade_gate: UpgradeGate::LastTokenAtLeast(2025),
+            pre_boot: PreBootDisk::Android16 {
+                sparse_share_percent: 95,
+                physical_min_percent: 90,
+            },
             // Our allowance until issue 10 measures the TCG factor against
             // the app's own deadline.
-            upgrade_gate: UpgradeGate::LastTokenAtLeast(2025),
             discovery_deadline: Duration::from_secs(60),
             // The Pixel 10's guest command line (Android 16) is
             // `panic=-1 <params> ds=nocloud arm64.nompam 8250.nr_uarts=4
