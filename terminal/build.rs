@@ -10,6 +10,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed={}", proto.display());
     let fds = protox::compile([&proto], [&proto_dir])?;
     tonic_prost_build::configure()
+        // Field 1 of the port report has two wire forms, read per release
+        // (src/wire.rs), so the host keeps it undecoded.
+        .extern_path(
+            ".com.android.virtualization.terminal.proto.ReportVmActivePortsRequest",
+            "crate::wire::RawPortReport",
+        )
         .build_server(true)
         .build_client(true)
         .compile_fds(fds)?;

@@ -1,6 +1,7 @@
 //! arch-avf harness: boots an AVF Terminal payload in QEMU the way crosvm
 //! does on the phone (contract §2–§3) and drives it.
 
+pub mod app;
 pub mod console;
 pub mod disk;
 pub mod net;
@@ -10,5 +11,6 @@ pub mod procs;
 pub mod qmp;
 pub mod scenario;
 pub mod spec;
+pub mod tcg;
 pub mod timeouts;
 pub mod vm;

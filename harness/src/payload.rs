@@ -11,11 +11,14 @@
 //! `<instance>/app/files/linux/`    = $PAYLOAD_DIR
 //! `<instance>/phone/storage/emulated/` = the `android` share
 
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 use avf_terminal::image_archive;
+use avf_terminal::installed_image::{InstalledImage, ROOT_PART, ROOT_PART_BACKUP};
 
 use crate::spec::Expansion;
 
@@ -52,6 +55,8 @@ pub struct Instance {
     pub phone_root: PathBuf,
     /// Whether `root` was created by us (and so may be removed).
     pub owned: bool,
+    /// Used where it lies (`--in-place`), not installed.
+    pub in_place: bool,
     /// What the installer did differently from a tar tool (link entries
     /// installed as empty files, setuid bits dropped, …), printed already.
     pub install_warnings: Vec<String>,
@@ -105,14 +110,46 @@ impl Instance {
             let _ = std::fs::remove_dir_all(&payload);
             bail!("payload {}: no vm_config.json in it", source.display());
         }
+        allocate_root_part(&payload)?;
         Ok(Instance {
             root: root.to_owned(),
             payload_dir: payload,
             app_data_dir: app,
             phone_root: phone,
             owned: true,
+            in_place: false,
             install_warnings,
         })
+    }
+
+    /// Whether the app would call this image installed (`completed`); a
+    /// payload used in place counts as installed.
+    pub fn is_installed(&self) -> bool {
+        self.in_place || image_archive::is_installed(&self.payload_dir)
+    }
+
+    /// The Upgrade screen's button, then the installer again from `source`
+    /// (the app relaunches into it): `root_part` becomes
+    /// `root_part_backup`, which the new install keeps.
+    pub fn upgrade_reset(&self, source: &Path) -> Result<()> {
+        InstalledImage::new(&self.payload_dir)
+            .and_then(|i| i.upgrade_screen_reset())
+            .with_context(|| {
+                format!(
+                    "the Upgrade screen's reset in {}",
+                    self.payload_dir.display()
+                )
+            })?;
+        let files = self
+            .payload_dir
+            .parent()
+            .context("the install dir has no parent")?;
+        if source.is_dir() {
+            install_dir(source, files, &self.payload_dir)?;
+        } else {
+            image_archive::install_to(source, &self.payload_dir)?;
+        }
+        allocate_root_part(&self.payload_dir)
     }
 
     /// Uses `payload` where it lies (`--in-place`): its files are written.
@@ -128,6 +165,7 @@ impl Instance {
             app_data_dir: app,
             phone_root: scratch.join("phone"),
             owned: true,
+            in_place: true,
             install_warnings: Vec::new(),
         })
     }
@@ -146,11 +184,48 @@ fn install_dir(source: &Path, files: &Path, payload: &Path) -> Result<()> {
         .create_new(true)
         .open(tmp.path().join(image_archive::COMPLETED))
         .context("creating completed")?;
+    // What the Upgrade screen left stays, as in the app's install dir.
+    let backup = payload.join(ROOT_PART_BACKUP);
+    if backup.is_file() {
+        std::fs::rename(&backup, tmp.path().join(ROOT_PART_BACKUP))
+            .with_context(|| format!("keeping {}", backup.display()))?;
+    }
     let _ = std::fs::remove_dir_all(payload);
     std::fs::rename(tmp.path(), payload)
         .with_context(|| format!("moving the copy to {}", payload.display()))?;
     // The temp dir is the payload dir now; nothing is left to remove.
     let _ = tmp.keep();
+    Ok(())
+}
+
+/// The app writes every byte of `root_part` (its installer keeps no
+/// holes), so on the phone the file is fully allocated; its every-start
+/// disk steps read that. `posix_fallocate` gives the same allocation
+/// without writing zeros.
+fn allocate_root_part(payload: &Path) -> Result<()> {
+    let p = payload.join(ROOT_PART);
+    let f = match std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&p)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("opening {}", p.display())),
+    };
+    let len = f.metadata()?.len();
+    if len == 0 {
+        return Ok(());
+    }
+    // SAFETY: a plain syscall on an open fd.
+    let r = unsafe { libc::posix_fallocate(f.as_raw_fd(), 0, len as libc::off_t) };
+    if r != 0 {
+        bail!(
+            "allocating {} ({len} bytes): {}",
+            p.display(),
+            std::io::Error::from_raw_os_error(r)
+        );
+    }
     Ok(())
 }
 
@@ -197,14 +272,15 @@ mod tests {
     }
 
     #[test]
-    fn installs_a_directory_sparsely() {
+    fn installs_a_directory_fully_allocated() {
         let t = tempfile::tempdir().unwrap();
         let src = t.path().join("payload");
         make_payload(&src);
         let inst = Instance::install(&src, &t.path().join("inst")).unwrap();
         let root = inst.payload_dir.join("root_part");
         assert_eq!(std::fs::metadata(&root).unwrap().len(), 64 << 20);
-        assert!(allocated(&root) < 8 << 20, "copy is not sparse");
+        // As the app leaves it: every byte allocated.
+        assert!(allocated(&root) >= 64 << 20, "root_part is not allocated");
         assert_eq!(inst.payload_dir, t.path().join("inst/app/files/linux"));
         assert!(image_archive::is_installed(&inst.payload_dir));
         let left: Vec<_> = std::fs::read_dir(t.path().join("inst/app/files"))
@@ -234,8 +310,8 @@ mod tests {
         let data = std::fs::read(&root).unwrap();
         assert_eq!(&data[1 << 20..(1 << 20) + 8], b"ext4-ish");
         assert_eq!(data.len(), 64 << 20);
-        // The phone writes every byte; we keep the zeros as holes.
-        assert!(allocated(&root) < 8 << 20, "install is not sparse");
+        // The phone writes every byte: allocated as there.
+        assert!(allocated(&root) >= 64 << 20, "root_part is not allocated");
         assert!(image_archive::is_installed(&inst.payload_dir));
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&root).unwrap().permissions().mode();

@@ -124,6 +124,15 @@ impl ProcessGroup {
         }
     }
 
+    /// SIGKILLs one member (a crash or a power cut) and reaps it.
+    pub fn kill(&mut self, name: &str) -> std::io::Result<()> {
+        if let Some(m) = self.members.iter_mut().find(|m| m.name == name) {
+            m.child.kill()?;
+            m.child.wait()?;
+        }
+        Ok(())
+    }
+
     /// SIGKILLs the whole group and reaps every member.
     pub fn kill_all(&mut self) {
         if let Some(pg) = self.pgid {

@@ -16,7 +16,7 @@ use crate::events::EventLog;
 use crate::forwarding::{Forwarder, ForwardingConfig, HostPorts};
 use crate::mdns::{discover_ttyd, MdnsError, MdnsTransport, TtydService};
 use crate::netns::GuestNet;
-use crate::profile::{HostProfile, Transport};
+use crate::profile::{HostProfile, PortFileWritten, Transport, TtydLocator};
 use crate::service::{DebianServer, ServiceConfig, ServiceError};
 use crate::ttyd::{Handshake, TtydClient, TtydError, CONNECT_TIMEOUT};
 
@@ -120,6 +120,8 @@ pub enum HostError {
     #[error(transparent)]
     Mdns(#[from] MdnsError),
     #[error(transparent)]
+    Reach(#[from] crate::reach::ReachError),
+    #[error(transparent)]
     Ttyd(#[from] TtydError),
 }
 
@@ -147,14 +149,16 @@ impl TerminalHost {
     /// starts the DebianService server (its port file comes with discovery).
     pub async fn start(config: TerminalHostConfig) -> Result<Self, HostError> {
         let profile = &config.profile;
-        match profile.transport {
-            Transport::GrpcPortFile { .. } if !profile.shares.internal => {
-                return Err(HostError::Unsupported {
-                    profile: profile.name,
-                    why: "the port-file transport needs the internal share",
-                })
-            }
-            Transport::GrpcPortFile { .. } => {}
+        let Transport::GrpcPortFile {
+            port_file_written,
+            ttyd,
+            ..
+        } = profile.transport;
+        if !profile.shares.internal {
+            return Err(HostError::Unsupported {
+                profile: profile.name,
+                why: "the port-file transport needs the internal share",
+            });
         }
         if !config.internal_dir.is_dir() {
             return Err(HostError::NoShare(config.internal_dir.clone()));
@@ -164,17 +168,24 @@ impl TerminalHost {
         }
         let cert = ClientCert::generate(config.profile.certificate.common_name)?;
         cert.write_ca(&config.internal_dir)?;
+        let mut allowed_peers = config.allowed_peers.clone();
+        if let TtydLocator::Fixed { addr } = ttyd {
+            allowed_peers.insert(IpAddr::V4(addr));
+        }
         let server = DebianServer::start(
             ServiceConfig {
                 bind: config.service_bind,
                 net: config.guest_net.clone(),
-                allowed_peers: config.allowed_peers.clone(),
+                allowed_peers,
                 expected_cid: i32::try_from(config.vsock.guest_cid).ok(),
-                report_vm_ip_addr: config.profile.rpcs.report_vm_ip_addr,
+                rpcs: config.profile.rpcs,
             },
             EventLog::new(),
         )
         .await?;
+        if port_file_written == PortFileWritten::AtStart {
+            server.announce(&config.internal_dir)?;
+        }
         let mut fwd_config = ForwardingConfig::new(&config.vsock.uds);
         fwd_config.host_ports = config.host_ports;
         fwd_config.enabled = config.enabled_ports.clone();
@@ -202,13 +213,35 @@ impl TerminalHost {
         })
     }
 
-    /// Finds ttyd over mDNS (giving up after `within`), accepts gRPC from
-    /// the address found, then writes the port file so the agents can
-    /// connect, as the app does.
+    /// Finds ttyd the profile's way, giving up after `within`: over mDNS
+    /// (then gRPC is accepted from the address found) or by pinging the
+    /// fixed address; then, where the app writes it only now, the port
+    /// file so the agents can connect.
     pub async fn discover_ttyd(&self, within: Duration) -> Result<TtydService, HostError> {
-        let found = discover_ttyd(&self.config.guest_net, self.config.mdns, within).await?;
-        self.server.allow_peer(IpAddr::V4(found.addr));
-        self.server.announce(&self.config.internal_dir)?;
+        let Transport::GrpcPortFile {
+            port_file_written,
+            ttyd,
+            ttyd_port,
+            ..
+        } = self.config.profile.transport;
+        let found = match ttyd {
+            TtydLocator::Mdns { .. } => {
+                let found = discover_ttyd(&self.config.guest_net, self.config.mdns, within).await?;
+                self.server.allow_peer(IpAddr::V4(found.addr));
+                found
+            }
+            TtydLocator::Fixed { addr } => {
+                crate::reach::wait_reachable(&self.config.guest_net, addr, within).await?;
+                TtydService {
+                    host: addr.to_string(),
+                    port: ttyd_port,
+                    addr,
+                }
+            }
+        };
+        if port_file_written == PortFileWritten::AfterDiscovery {
+            self.server.announce(&self.config.internal_dir)?;
+        }
         *self.ttyd.lock().unwrap_or_else(|e| e.into_inner()) = Some(found.clone());
         Ok(found)
     }

@@ -537,6 +537,14 @@ impl InstalledImage {
                 self.resize(extra, log)?;
                 Ok(())
             }
+            PreBootDisk::ResizeOnRequest => {
+                if let Some(want) = extra {
+                    if round_up_4mib(want) != round_up_4mib(self.apparent_size()?) {
+                        self.resize(want, log)?;
+                    }
+                }
+                Ok(())
+            }
         }
     }
 

@@ -16,13 +16,17 @@ pub mod installed_image;
 pub mod mdns;
 pub mod netns;
 pub mod profile;
+pub mod reach;
 pub mod service;
 pub mod ttyd;
+pub mod wire;
 
 /// Generated DebianService messages, server and client.
 pub mod proto {
     #![allow(missing_docs, clippy::all, clippy::pedantic)]
     tonic::include_proto!("com.android.virtualization.terminal.proto");
+    /// Kept undecoded (see [`crate::wire`]); build one with `From`.
+    pub type ReportVmActivePortsRequest = crate::wire::RawPortReport;
 }
 
 pub use balloon::{AppState, MemoryBalloon};

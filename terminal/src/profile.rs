@@ -3,11 +3,15 @@
 //! plan does reads it from here; nothing else knows a release. Each field
 //! names the app class it follows.
 //!
-//! Filled today: `android16`, from the behaviour the suite asserts. Named
-//! but not filled yet: `android15-qpr2` (issue 10) and the Android 17 modes
-//! (issue 13); asking for them is a clear error, never a silent fallback.
+//! Filled: `android16` (the Google build's app) and `android15-qpr2` (the
+//! late Java app), from docs/terminal-app.md. Named but not filled yet: the
+//! Android 17 modes (issue 13); asking for them is a clear error, never a
+//! silent fallback.
 
+use std::net::Ipv4Addr;
 use std::time::Duration;
+
+pub use crate::wire::PortReportForm;
 
 /// How the app reaches the guest's services.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -20,11 +24,44 @@ pub enum Transport {
     GrpcPortFile {
         /// The port file's name in the internal share.
         port_file: &'static str,
-        /// The ttyd instance the app browses for (`_http._tcp`).
-        ttyd_instance: &'static str,
+        /// When the app writes it.
+        port_file_written: PortFileWritten,
+        /// How the app finds ttyd (and the one gRPC peer it accepts).
+        ttyd: TtydLocator,
         /// ttyd's TCP port in the guest.
         ttyd_port: u16,
     },
+}
+
+/// When the app writes the DebianService port file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PortFileWritten {
+    /// When the VM starts (late Java `VmLauncherService`).
+    AtStart,
+    /// Once mDNS has found ttyd (Android 16 `VmLauncherService.doStart`).
+    AfterDiscovery,
+}
+
+/// How the app finds the VM's ttyd.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TtydLocator {
+    /// NSD browse for this instance of `_http._tcp`; the first answer's
+    /// first address wins, and is the one gRPC peer accepted.
+    Mdns { instance: &'static str },
+    /// A fixed guest address the app pings (`InetAddress.isReachable`)
+    /// until it answers, then loads; the only gRPC peer accepted (late
+    /// Java `MainActivity`, `VmLauncherService`).
+    Fixed { addr: Ipv4Addr },
+}
+
+/// The guest's address on the phone's network.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GuestAddress {
+    /// DHCP on a /24 the phone picks per run (tethering).
+    Dhcp,
+    /// Always this address, the host at `host` (the late Java app
+    /// hard-codes 192.168.0.2).
+    Fixed { host: Ipv4Addr, guest: Ipv4Addr },
 }
 
 /// The virtio-fs shares the app gives the VM (`ConfigJson.SharedPathJson`).
@@ -39,8 +76,12 @@ pub struct Shares {
 /// The DebianService calls the app serves (`DebianServiceImpl`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RpcSet {
-    /// `ReportVmIpAddr` (Android 15 QPR2's way to find the VM).
+    /// `ReportVmIpAddr` answers (it does nothing with the address).
     pub report_vm_ip_addr: bool,
+    /// `OpenStorageBalloonRequestQueue` exists (else UNIMPLEMENTED).
+    pub storage_balloon: bool,
+    /// How `ReportVmActivePortsRequest.ports` is decoded.
+    pub port_report: PortReportForm,
 }
 
 /// The client certificate the app makes for ttyd (`CertificateUtils`).
@@ -135,6 +176,11 @@ pub enum PreBootDisk {
         sparse_share_percent: u64,
         physical_min_percent: u64,
     },
+    /// The late Java app: nothing on a plain start; a new size from the
+    /// settings is applied by `InstalledImage.resize` (nothing when the
+    /// size rounded up to 4 MiB is unchanged, else `e2fsck -y -f`,
+    /// `posix_fallocate` when growing, `resize2fs <img> <MiB>M`).
+    ResizeOnRequest,
 }
 
 /// What the app shows instead of starting the VM.
@@ -159,13 +205,23 @@ pub struct HostProfile {
     pub rpcs: RpcSet,
     pub certificate: CertificateShape,
     pub agents: AgentContract,
-    pub upgrade_gate: UpgradeGate,
+    pub guest_address: GuestAddress,
+    /// `None`: the app starts any installed image.
+    pub upgrade_gate: Option<UpgradeGate>,
     /// The disk steps before every start (`VmLauncherService`,
     /// `InstalledImage`).
     pub pre_boot: PreBootDisk,
     /// How long the app waits, from the VM's start, to find ttyd before it
-    /// shows its error screen (`MainActivity`'s boot timeout).
+    /// shows its error screen, on a phone (`VmLauncherService`'s
+    /// `VM_BOOT_TIMEOUT_SECONDS`) …
     pub discovery_deadline: Duration,
+    /// … and on an emulated device (`ro.product.vendor.device` starting
+    /// with `vsoc_` or `emu64`): the app's own allowance for slow VMs.
+    pub discovery_deadline_emulated: Duration,
+    /// After its shutdown request, how long the app waits for the VM to
+    /// exit before it stops it hard (`VmLauncherService.doShutdown`);
+    /// `None`: it sends the request and lets the VM go in its own time.
+    pub shutdown_grace: Option<Duration>,
     /// Kernel parameters the host puts before the payload's `params`
     /// (crosvm's own `panic=-1`) …
     pub kernel_params_before: &'static [&'static str],
@@ -180,7 +236,7 @@ pub const PROFILE_NAMES: &[&str] = &["android16", "android15-qpr2", "android17"]
 /// The profile asked for does not exist, or is not filled in yet.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ProfileError {
-    #[error("host profile {0:?} is not filled in yet (known: android16)")]
+    #[error("host profile {0:?} is not filled in yet (filled: android16, android15-qpr2)")]
     NotYet(String),
     #[error("unknown host profile {0:?} (known: {known})", known = PROFILE_NAMES.join(", "))]
     Unknown(String),
@@ -194,16 +250,23 @@ impl HostProfile {
             release: "Android 16",
             transport: Transport::GrpcPortFile {
                 port_file: crate::service::PORT_FILE,
-                ttyd_instance: crate::mdns::TTYD_INSTANCE,
+                port_file_written: PortFileWritten::AfterDiscovery,
+                ttyd: TtydLocator::Mdns {
+                    instance: crate::mdns::TTYD_INSTANCE,
+                },
                 ttyd_port: crate::ttyd::TTYD_PORT,
             },
             shares: Shares {
                 internal: true,
                 android: true,
             },
-            // Unimplemented in 16's DebianServiceImpl; our agents never call it.
+            // ReportVmIpAddr is unimplemented in 16's DebianServiceImpl; the
+            // storage-balloon queue is served (active where the app's flag
+            // is on; the Google build's flag-off body never sends).
             rpcs: RpcSet {
                 report_vm_ip_addr: false,
+                storage_balloon: true,
+                port_report: PortReportForm::ActivePort,
             },
             certificate: CertificateShape {
                 common_name: "avf-terminal",
@@ -212,14 +275,15 @@ impl HostProfile {
                 port_flag: "--grpc-port-file",
                 guest_port_file: "/mnt/internal/debian_service_port",
             },
-            upgrade_gate: UpgradeGate::LastTokenAtLeast(2025),
+            guest_address: GuestAddress::Dhcp,
+            upgrade_gate: Some(UpgradeGate::LastTokenAtLeast(2025)),
             pre_boot: PreBootDisk::Android16 {
                 sparse_share_percent: 95,
                 physical_min_percent: 90,
             },
-            // Our allowance until issue 10 measures the TCG factor against
-            // the app's own deadline.
-            discovery_deadline: Duration::from_secs(60),
+            discovery_deadline: Duration::from_secs(30),
+            discovery_deadline_emulated: Duration::from_secs(180),
+            shutdown_grace: Some(Duration::from_secs(3)),
             // The Pixel 10's guest command line (Android 16) is
             // `panic=-1 <params> ds=nocloud arm64.nompam 8250.nr_uarts=4
             // console=ttyS0 debian_server_port=0 gfxstream_enabled
@@ -265,10 +329,54 @@ impl HostProfile {
         }
     }
 
+    /// Android 15 QPR2's Terminal app, the late Java era
+    /// (docs/terminal-app.md §12): the VM at 192.168.0.2, found by ping,
+    /// not mDNS; the port file written at start; ports as `repeated
+    /// int32`; `ReportVmIpAddr` answered; no storage-balloon queue; no
+    /// upgrade gate; the shutdown request without a hard-stop timer. The
+    /// crosvm device set is Android 16's (measured there, unverified for
+    /// 15), less the sound device the later apps force on.
+    pub fn android15_qpr2() -> HostProfile {
+        let a16 = HostProfile::android16();
+        HostProfile {
+            name: "android15-qpr2",
+            release: "Android 15 QPR2",
+            transport: Transport::GrpcPortFile {
+                port_file: crate::service::PORT_FILE,
+                port_file_written: PortFileWritten::AtStart,
+                ttyd: TtydLocator::Fixed {
+                    addr: Ipv4Addr::new(192, 168, 0, 2),
+                },
+                ttyd_port: crate::ttyd::TTYD_PORT,
+            },
+            rpcs: RpcSet {
+                report_vm_ip_addr: true,
+                storage_balloon: false,
+                port_report: PortReportForm::Int32,
+            },
+            guest_address: GuestAddress::Fixed {
+                host: Ipv4Addr::new(192, 168, 0, 1),
+                guest: Ipv4Addr::new(192, 168, 0, 2),
+            },
+            upgrade_gate: None,
+            pre_boot: PreBootDisk::ResizeOnRequest,
+            // MainActivity's isReachable loop: at most 10 s.
+            discovery_deadline: Duration::from_secs(10),
+            discovery_deadline_emulated: Duration::from_secs(10),
+            shutdown_grace: None,
+            devices: DeviceSet {
+                sound: false,
+                ..a16.devices
+            },
+            ..a16
+        }
+    }
+
     /// The profile named `name` (as in a scenario or on the command line).
     pub fn by_name(name: &str) -> Result<HostProfile, ProfileError> {
         match name {
             "android16" => Ok(HostProfile::android16()),
+            "android15-qpr2" => Ok(HostProfile::android15_qpr2()),
             n if PROFILE_NAMES.contains(&n) => Err(ProfileError::NotYet(n.to_string())),
             n => Err(ProfileError::Unknown(n.to_string())),
         }
@@ -281,7 +389,8 @@ impl HostProfile {
     pub fn check_build_id(&self, file: Option<&str>) -> Result<(), UpgradeScreen> {
         let first = file.map_or("<no build id>", |t| t.lines().next().unwrap_or(""));
         match self.upgrade_gate {
-            UpgradeGate::LastTokenAtLeast(min) => {
+            None => Ok(()),
+            Some(UpgradeGate::LastTokenAtLeast(min)) => {
                 // Kotlin's split(" ") then last(); Integer.parseInt or 0.
                 let last = first.rsplit(' ').next().unwrap_or("");
                 let read_as = last.parse::<i32>().unwrap_or(0);
@@ -338,6 +447,10 @@ mod tests {
     #[test]
     fn names_resolve_or_say_why_not() {
         assert_eq!(HostProfile::by_name("android16").unwrap().name, "android16");
+        assert_eq!(
+            HostProfile::by_name("android15-qpr2").unwrap().release,
+            "Android 15 QPR2"
+        );
         assert_eq!(
             HostProfile::by_name("android17"),
             Err(ProfileError::NotYet("android17".into()))

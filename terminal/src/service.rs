@@ -59,9 +59,9 @@ pub struct ServiceConfig {
     /// CID is refused (PERMISSION_DENIED), as the app would never accept that
     /// guest's vsock connections.
     pub expected_cid: Option<i32>,
-    /// Whether `ReportVmIpAddr` is served (the profile's RPC set); when not,
-    /// the call is UNIMPLEMENTED, as in an app that lacks it.
-    pub report_vm_ip_addr: bool,
+    /// The calls served and how they decode (the profile's): a call the
+    /// app lacks is UNIMPLEMENTED, as there.
+    pub rpcs: crate::profile::RpcSet,
 }
 
 type ItemTx<T> = mpsc::Sender<Result<T, Status>>;
@@ -169,8 +169,15 @@ impl DebianService for Svc {
     ) -> Result<Response<proto::ReportVmActivePortsResponse>, Status> {
         self.0.admit(&request, "ReportVmActivePorts")?;
         let peer = request.remote_addr();
+        // Read the way this release's app reads it (see crate::wire).
+        let form = self.0.config.rpcs.port_report;
+        let read = request.into_inner().read(form).map_err(|e| {
+            Status::internal(format!(
+                "ReportVmActivePortsRequest does not parse as the {form:?} form: {e}"
+            ))
+        })?;
         let mut ports = Vec::new();
-        for p in request.into_inner().ports {
+        for p in read {
             let port = u16::try_from(p.port).map_err(|_| {
                 Status::invalid_argument(format!("ActivePort.port {} is not a TCP port", p.port))
             })?;
@@ -231,6 +238,11 @@ impl DebianService for Svc {
         &self,
         request: Request<proto::StorageBalloonQueueOpeningRequest>,
     ) -> Result<Response<Self::OpenStorageBalloonRequestQueueStream>, Status> {
+        if !self.0.config.rpcs.storage_balloon {
+            return Err(Status::unimplemented(
+                "OpenStorageBalloonRequestQueue is not served by this app",
+            ));
+        }
         self.0.admit(&request, "OpenStorageBalloonRequestQueue")?;
         let (tx, stream) = self
             .0
@@ -249,7 +261,7 @@ impl DebianService for Svc {
         &self,
         request: Request<proto::IpAddr>,
     ) -> Result<Response<proto::ReportVmIpAddrResponse>, Status> {
-        if !self.0.config.report_vm_ip_addr {
+        if !self.0.config.rpcs.report_vm_ip_addr {
             return Err(Status::unimplemented(
                 "ReportVmIpAddr is not served by this app",
             ));

@@ -141,12 +141,12 @@ async fn discovery_port_file_terminal_agents_forwarding_shutdown() {
 
     let from = host.events().cursor();
     agent
-        .report_vm_active_ports(proto::ReportVmActivePortsRequest {
-            ports: vec![proto::ActivePort {
+        .report_vm_active_ports(proto::ReportVmActivePortsRequest::from(vec![
+            proto::ActivePort {
                 port: 8080,
                 comm: "python3".into(),
-            }],
-        })
+            },
+        ]))
         .await
         .unwrap();
     host.events()
@@ -175,7 +175,7 @@ async fn discovery_port_file_terminal_agents_forwarding_shutdown() {
 
     // The port goes away when the guest stops listening.
     agent
-        .report_vm_active_ports(proto::ReportVmActivePortsRequest { ports: vec![] })
+        .report_vm_active_ports(proto::ReportVmActivePortsRequest::from(vec![]))
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -238,7 +238,7 @@ async fn refuses_bad_setups_with_clear_errors() {
         .await
         .unwrap();
     let err = c
-        .report_vm_active_ports(proto::ReportVmActivePortsRequest { ports: vec![] })
+        .report_vm_active_ports(proto::ReportVmActivePortsRequest::from(vec![]))
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::PermissionDenied);
@@ -267,7 +267,7 @@ async fn the_address_found_by_mdns_becomes_the_allowed_peer() {
     let mut c = DebianServiceClient::connect(format!("http://{}", host.server().local_addr()))
         .await
         .unwrap();
-    let ports = || proto::ReportVmActivePortsRequest { ports: vec![] };
+    let ports = || proto::ReportVmActivePortsRequest::from(vec![]);
     let err = c.report_vm_active_ports(ports()).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::PermissionDenied);
     host.discover_ttyd(T).await.unwrap();

@@ -27,7 +27,10 @@ async fn server_with_ip_addr(
         net: Default::default(),
         allowed_peers: allowed.iter().copied().collect::<HashSet<_>>(),
         expected_cid: cid,
-        report_vm_ip_addr,
+        rpcs: avf_terminal::profile::RpcSet {
+            report_vm_ip_addr,
+            ..avf_terminal::HostProfile::android16().rpcs
+        },
     };
     DebianServer::start(config, EventLog::new()).await.unwrap()
 }
@@ -80,9 +83,10 @@ async fn records_active_ports_and_ip_addr() {
     let from = srv.log().cursor();
     let mut ports_rx = srv.active_ports();
     let resp = c
-        .report_vm_active_ports(proto::ReportVmActivePortsRequest {
-            ports: vec![port(8080, "python3"), port(3000, "node")],
-        })
+        .report_vm_active_ports(proto::ReportVmActivePortsRequest::from(vec![
+            port(8080, "python3"),
+            port(3000, "node"),
+        ]))
         .await
         .unwrap();
     assert!(resp.into_inner().success);
@@ -110,9 +114,9 @@ async fn records_active_ports_and_ip_addr() {
 
     // A port outside u16 is rejected with a message naming the field.
     let err = c
-        .report_vm_active_ports(proto::ReportVmActivePortsRequest {
-            ports: vec![port(70000, "bad")],
-        })
+        .report_vm_active_ports(proto::ReportVmActivePortsRequest::from(vec![port(
+            70000, "bad",
+        )]))
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
@@ -128,7 +132,7 @@ async fn other_peers_are_refused() {
     let srv = server(&[IpAddr::V4(Ipv4Addr::new(10, 0, 2, 15))], None).await;
     let mut c = client(&srv).await;
     let err = c
-        .report_vm_active_ports(proto::ReportVmActivePortsRequest { ports: vec![] })
+        .report_vm_active_ports(proto::ReportVmActivePortsRequest::from(vec![]))
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::PermissionDenied);
@@ -291,9 +295,9 @@ async fn survives_garbage_and_a_client_that_vanishes_mid_stream() {
 
     // Still serving.
     let resp = c
-        .report_vm_active_ports(proto::ReportVmActivePortsRequest {
-            ports: vec![port(9000, "x")],
-        })
+        .report_vm_active_ports(proto::ReportVmActivePortsRequest::from(vec![port(
+            9000, "x",
+        )]))
         .await
         .unwrap();
     assert!(resp.into_inner().success);
@@ -357,4 +361,61 @@ async fn stop_does_not_wait_forever_on_connected_guests() {
         tokio::net::TcpStream::connect(addr).await.is_err(),
         "no longer listening"
     );
+}
+
+/// Android 15 QPR2's app: ports as `repeated int32` (what its guests send),
+/// no storage-balloon queue; an Android 16 guest's ActivePort report reads
+/// as the garbage that app would see.
+#[tokio::test]
+async fn android15_qpr2_reads_int32_ports_and_has_no_storage_balloon() {
+    let config = ServiceConfig {
+        bind: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+        net: Default::default(),
+        allowed_peers: [localhost()].into_iter().collect(),
+        expected_cid: None,
+        rpcs: avf_terminal::HostProfile::android15_qpr2().rpcs,
+    };
+    let srv = DebianServer::start(config, EventLog::new()).await.unwrap();
+    let mut c = client(&srv).await;
+    let err = c
+        .open_storage_balloon_request_queue(proto::StorageBalloonQueueOpeningRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unimplemented);
+
+    let mut raw = tonic::client::Grpc::new(
+        tonic::transport::Channel::from_shared(format!("http://{}", srv.local_addr()))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+    let path = || {
+        tonic::codegen::http::uri::PathAndQuery::from_static(
+            "/com.android.virtualization.terminal.proto.DebianService/ReportVmActivePorts",
+        )
+    };
+    // Unpacked int32 (field 1, wire type 0): 8080, then 3000.
+    let unpacked: Vec<u8> = vec![0x08, 0x90, 0x3f, 0x08, 0xb8, 0x17];
+    raw.ready().await.unwrap();
+    raw.unary(tonic::Request::new(unpacked), path(), BytesCodec)
+        .await
+        .unwrap();
+    let ports = srv.active_ports().borrow().clone();
+    assert_eq!(
+        ports.iter().map(|p| p.port).collect::<Vec<_>>(),
+        vec![8080, 3000]
+    );
+    // An Android 16 guest's report: the ActivePort bytes become ports.
+    c.report_vm_active_ports(proto::ReportVmActivePortsRequest::from(vec![port(
+        8080, "sh",
+    )]))
+    .await
+    .unwrap();
+    let ports = srv.active_ports().borrow().clone();
+    assert_eq!(
+        ports.iter().map(|p| p.port).collect::<Vec<_>>(),
+        vec![8, 8080, 18, 2, u16::from(b's'), u16::from(b'h')]
+    );
+    srv.stop().await;
 }

@@ -37,6 +37,10 @@ pub struct TapPlan {
     pub network: Ipv4Addr,
     /// The host's address on the /24: the guest's gateway and DNS server.
     pub host: Ipv4Addr,
+    /// DHCP leases from here …
+    first: Ipv4Addr,
+    /// … to here.
+    last: Ipv4Addr,
     /// dnsmasq's lease and pid files go here.
     run_dir: PathBuf,
 }
@@ -49,6 +53,22 @@ impl TapPlan {
             name: name.to_string(),
             network: Ipv4Addr::new(192, 168, x, 0),
             host: Ipv4Addr::new(192, 168, x, 1),
+            first: Ipv4Addr::new(192, 168, x, 100),
+            last: Ipv4Addr::new(192, 168, x, 199),
+            run_dir: run_dir.to_path_buf(),
+        }
+    }
+
+    /// Namespace `name` where the guest always gets `guest` and the host
+    /// is `host`, on their /24 (a profile's fixed addresses).
+    pub fn fixed(name: &str, host: Ipv4Addr, guest: Ipv4Addr, run_dir: &Path) -> TapPlan {
+        let o = host.octets();
+        TapPlan {
+            name: name.to_string(),
+            network: Ipv4Addr::new(o[0], o[1], o[2], 0),
+            host,
+            first: guest,
+            last: guest,
             run_dir: run_dir.to_path_buf(),
         }
     }
@@ -65,8 +85,6 @@ impl TapPlan {
     /// DNS = host) and DNS for [`HOST_DNS_NAME`], nothing else (no
     /// upstream: offline).
     pub fn dnsmasq_args(&self) -> Vec<OsString> {
-        let n = self.network.octets();
-        let range = |last: u8| Ipv4Addr::new(n[0], n[1], n[2], last);
         let fixed = [
             "--keep-in-foreground",
             "--log-facility=-",
@@ -83,11 +101,7 @@ impl TapPlan {
         let own = [
             format!("--interface={TAP_IFNAME}"),
             format!("--listen-address={}", self.host),
-            format!(
-                "--dhcp-range={},{},255.255.255.0,1h",
-                range(100),
-                range(199)
-            ),
+            format!("--dhcp-range={},{},255.255.255.0,1h", self.first, self.last),
             format!("--dhcp-option=option:router,{}", self.host),
             format!("--dhcp-option=option:dns-server,{}", self.host),
             format!("--host-record={HOST_DNS_NAME},{}", self.host),

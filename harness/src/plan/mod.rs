@@ -23,6 +23,7 @@ pub use options::{Firmware, LaunchArgs, NetMode, Options};
 use std::ffi::OsString;
 use std::path::PathBuf;
 
+use avf_terminal::profile::GuestAddress;
 use avf_terminal::HostProfile;
 
 use crate::net::TapPlan;
@@ -239,8 +240,13 @@ pub fn plan(spec: &VmSpec, opts: &Options, launch: &Launch) -> std::io::Result<P
     });
     let memory_mib = opts.memory_mib.unwrap_or(spec.memory_mib);
     let cid = CID_BASE + launch.index;
-    let tap = (spec.network && opts.net == NetMode::Tap)
-        .then(|| TapPlan::new(&launch.netns, launch.subnet, &paths.run));
+    let tap =
+        (spec.network && opts.net == NetMode::Tap).then(|| match opts.profile.guest_address {
+            GuestAddress::Dhcp => TapPlan::new(&launch.netns, launch.subnet, &paths.run),
+            GuestAddress::Fixed { host, guest } => {
+                TapPlan::fixed(&launch.netns, host, guest, &paths.run)
+            }
+        });
 
     let boot_path = match (&spec.kernel, opts.firmware) {
         (Some(_), _) => BootPath::Direct,

@@ -38,6 +38,16 @@ pub struct Options {
     pub vcpus: Option<u32>,
     /// Override `memory_mib`.
     pub memory_mib: Option<u64>,
+    /// The user refused the app's all-files-access request: the app drops
+    /// the `/storage/emulated` share.
+    pub deny_all_files_access: bool,
+    /// The phone's `/data` size in GiB (default
+    /// [`crate::app::DEFAULT_PHONE_STORAGE_GIB`]): the app's pre-boot disk
+    /// steps compare `root_part` against a share of it.
+    pub phone_storage_gib: Option<u64>,
+    /// The phone is an emulator (`ro.product.vendor.device` starting with
+    /// `vsoc_` or `emu64`): the app's own longer deadlines apply.
+    pub emulated_device: bool,
 }
 
 /// [`Options`] as command-line flags (`avf-harness boot`), both ways.
@@ -57,6 +67,15 @@ pub struct LaunchArgs {
     /// Override memory_mib
     #[arg(long)]
     pub memory_mib: Option<u64>,
+    /// Refuse the app's all-files-access request (no /storage/emulated share)
+    #[arg(long)]
+    pub deny_all_files_access: bool,
+    /// The phone's /data size in GiB (the app's pre-boot disk steps)
+    #[arg(long)]
+    pub phone_storage_gib: Option<u64>,
+    /// Play an emulated phone (Cuttlefish/Goldfish): the app's longer deadlines
+    #[arg(long)]
+    pub emulated_device: bool,
 }
 
 fn parse_profile(s: &str) -> Result<HostProfile, String> {
@@ -71,6 +90,9 @@ impl From<LaunchArgs> for Options {
             net: a.net,
             vcpus: a.vcpus,
             memory_mib: a.memory_mib,
+            deny_all_files_access: a.deny_all_files_access,
+            phone_storage_gib: a.phone_storage_gib,
+            emulated_device: a.emulated_device,
         }
     }
 }
@@ -85,6 +107,9 @@ impl Options {
             net,
             vcpus,
             memory_mib,
+            deny_all_files_access,
+            phone_storage_gib,
+            emulated_device,
         } = self;
         let mut v: Vec<OsString> = vec![
             "--profile".into(),
@@ -99,6 +124,15 @@ impl Options {
         }
         if let Some(m) = memory_mib {
             v.extend(["--memory-mib".into(), m.to_string().into()]);
+        }
+        if *deny_all_files_access {
+            v.push("--deny-all-files-access".into());
+        }
+        if let Some(g) = phone_storage_gib {
+            v.extend(["--phone-storage-gib".into(), g.to_string().into()]);
+        }
+        if *emulated_device {
+            v.push("--emulated-device".into());
         }
         v
     }

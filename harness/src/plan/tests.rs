@@ -229,6 +229,9 @@ fn repro_args_carry_every_launch_knob() {
         net: NetMode::Tap,
         vcpus: Some(1),
         memory_mib: Some(2048),
+        deny_all_files_access: true,
+        phone_storage_gib: Some(64),
+        emulated_device: true,
     };
     for opts in [odd, Options::default()] {
         let argv = std::iter::once("x".into()).chain(opts.to_args());

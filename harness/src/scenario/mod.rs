@@ -4,6 +4,7 @@
 
 pub mod filters;
 pub mod guest;
+pub mod lifecycle;
 pub mod model;
 pub mod steps;
 pub mod terminal;
@@ -158,7 +159,7 @@ impl Runner {
             self.progress(&format!("{}: step {i}: {name}", sc.name));
             // Boxed: the step futures are large, and debug builds on a
             // test thread's stack overflow otherwise.
-            let r = Box::pin(dispatch(vm, term.as_mut(), step, &snap, report)).await;
+            let r = Box::pin(dispatch(sc, vm, term, step, &snap, report)).await;
             if r.is_err() && step.side() == Side::App && !vm.qemu_exited() {
                 terminal::save_diagnostics(vm).await;
             }
@@ -182,13 +183,17 @@ impl Runner {
 /// need the app's host side (`app`), which the runner started because the
 /// scenario has them.
 async fn dispatch(
+    sc: &Scenario,
     vm: &mut Vm,
-    app: Option<&mut terminal::Session>,
+    term: &mut Option<terminal::Session>,
     step: &Step,
     snap: &Snapshotter<'_>,
     report: &mut RunReport,
 ) -> Result<Option<String>> {
-    let app = move || app.ok_or_else(|| anyhow!("app step without the app's host side"));
+    fn app(term: &mut Option<terminal::Session>) -> Result<&mut terminal::Session> {
+        term.as_mut()
+            .ok_or_else(|| anyhow!("app step without the app's host side"))
+    }
     Ok(match step {
         Step::Boot(s) => steps::boot(vm, s, report).await.map(|_| None)?,
         Step::Exec(s) => steps::exec(vm, s, snap).await.map(|_| None)?,
@@ -198,14 +203,15 @@ async fn dispatch(
         Step::HostFsck(s) => steps::host_fsck(vm, s).await.map(|_| None)?,
         Step::TapNetwork(s) => Some(steps::tap_network(vm, s).await?),
         Step::GuestNote(s) => Some(steps::guest_note(vm, s).await?),
-        Step::TtydDiscover(s) => Some(app()?.discover(vm, s).await?),
-        Step::TtydProbe(s) => app()?.probe(s).await.map(|_| None)?,
-        Step::TtydRun(s) => app()?.run(s).await.map(|_| None)?,
-        Step::AgentsConnected(s) => app()?.agents(vm, s).await.map(|_| None)?,
-        Step::GuestPort(s) => Some(app()?.guest_port(vm, s).await?),
-        Step::ForwardRoundtrip(s) => Some(app()?.roundtrip(s).await?),
-        Step::AppShutdown(s) => Some(app()?.shutdown(vm, s).await?),
-        Step::StorageBalloon(s) => Some(app()?.storage(vm, s).await?),
-        Step::MemoryPolicy(s) => Some(app()?.memory_policy(vm, s).await?),
+        Step::TtydDiscover(s) => Some(app(term)?.discover(vm, s).await?),
+        Step::TtydProbe(s) => app(term)?.probe(s).await.map(|_| None)?,
+        Step::TtydRun(s) => app(term)?.run(s).await.map(|_| None)?,
+        Step::AgentsConnected(s) => app(term)?.agents(vm, s).await.map(|_| None)?,
+        Step::GuestPort(s) => Some(app(term)?.guest_port(vm, s).await?),
+        Step::ForwardRoundtrip(s) => Some(app(term)?.roundtrip(s).await?),
+        Step::AppShutdown(s) => Some(app(term)?.shutdown(vm, s).await?),
+        Step::StorageBalloon(s) => Some(app(term)?.storage(vm, s).await?),
+        Step::MemoryPolicy(s) => Some(app(term)?.memory_policy(vm, s).await?),
+        Step::AppRestart(s) => Some(lifecycle::restart(sc, vm, term, s).await?),
     })
 }

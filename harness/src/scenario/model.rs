@@ -39,6 +39,15 @@ pub struct Scenario {
     pub vcpus: Option<u32>,
     #[serde(default)]
     pub memory_mib: Option<u64>,
+    /// The user refuses the app's all-files-access request.
+    #[serde(default)]
+    pub deny_all_files_access: bool,
+    /// The phone's `/data` size in GiB (the app's pre-boot disk steps).
+    #[serde(default)]
+    pub phone_storage_gib: Option<u64>,
+    /// The phone is an emulator (the app's longer deadlines).
+    #[serde(default)]
+    pub emulated_device: bool,
     /// How the app behaves around the boot (only with app-side steps).
     #[serde(default)]
     pub terminal: Option<TerminalOptions>,
@@ -111,6 +120,11 @@ steps! {
     AppShutdown(AppShutdown) => App, |_s| "app_shutdown".into();
     StorageBalloon(StorageBalloon) => App, |s| format!("storage_balloon hold {} MiB", s.hold_mib);
     MemoryPolicy(MemoryPolicy) => App, |_s| "memory_policy".into();
+    /// The app stops the VM, does what the user asked between runs, and
+    /// starts it again through its whole start sequence.
+    AppRestart(AppRestart) => App, |s| format!("app_restart stop={:?}{}{}", s.stop,
+        s.resize_mib.map(|m| format!(" resize={m}MiB")).unwrap_or_default(),
+        if s.upgrade_reset { " upgrade_reset" } else { "" });
 }
 
 // ---- steps on the VM ----
@@ -357,6 +371,49 @@ pub struct MemoryPolicy {
     pub tolerance_mib: u64,
 }
 
+/// How a run ends before the app's next start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopKind {
+    /// The app's own stop (the profile's: shutdown request, the grace ×
+    /// the TCG factor, then a hard stop).
+    App,
+    /// QEMU SIGKILLed mid-run: a crash or a power cut.
+    Kill,
+    /// The VM has already gone (e.g. after `app_shutdown`).
+    Exited,
+}
+
+/// How the app's own stop must end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopOutcome {
+    /// The guest powered off inside the grace.
+    InGrace,
+    /// The grace ran out (or no shutdown stream was open): stopped hard.
+    Hard,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppRestart {
+    pub stop: StopKind,
+    /// With `stop = "app"`: how the stop must end.
+    #[serde(default)]
+    pub expect: Option<StopOutcome>,
+    /// Before the next start, ROOT's ext4 must have no journal to replay
+    /// and be marked clean (a shutdown that completed).
+    #[serde(default)]
+    pub expect_clean_fs: bool,
+    /// The settings' disk size, applied by the next start's disk steps.
+    #[serde(default)]
+    pub resize_mib: Option<u64>,
+    /// The Upgrade screen's button: `root_part` becomes
+    /// `root_part_backup`, the image is installed again.
+    #[serde(default)]
+    pub upgrade_reset: bool,
+}
+
 fn default_tolerance() -> u64 {
     64
 }
@@ -430,6 +487,9 @@ impl Scenario {
             net: self.net,
             vcpus: self.vcpus,
             memory_mib: self.memory_mib,
+            deny_all_files_access: self.deny_all_files_access,
+            phone_storage_gib: self.phone_storage_gib,
+            emulated_device: self.emulated_device,
         }
     }
 

@@ -62,6 +62,10 @@ impl avf_terminal::MemoryBalloon for QmpBalloon {
     }
 }
 
+/// The waits for the app's deadlines run this long × the deadline before
+/// the measured factor decides (a TCG guest on a busy 2-core host).
+const MAX_TCG_FACTOR: u32 = 40;
+
 /// The app's side for one scenario run.
 pub struct Session {
     host: TerminalHost,
@@ -226,15 +230,47 @@ impl Session {
     }
 
     pub async fn discover(&mut self, vm: &Vm, s: &TtydDiscover) -> Result<String> {
-        // The deadline counts from the guest's start, as the app's does.
-        let deadline = Scaled::from_duration(self.profile.discovery_deadline);
-        let limit = s.within.unwrap_or(deadline).get();
+        // The deadline counts from the guest's start, as the app's does:
+        // the app's own value × this VM's TCG factor, unless the scenario
+        // names one. The factor needs the guest up, so the wait runs to
+        // the longest plausible factor and the check comes after.
+        let app_deadline = match vm.options().emulated_device {
+            true => self.profile.discovery_deadline_emulated,
+            false => self.profile.discovery_deadline,
+        };
+        let limit = match s.within {
+            Some(w) => w.get(),
+            None => Scaled::from_duration(app_deadline * MAX_TCG_FACTOR).get(),
+        };
         let left = limit.saturating_sub(vm.since_start());
         let found = self.host.discover_ttyd(left).await?;
         let since = vm.since_start();
         if since > limit {
             bail!("ttyd found {since:?} after the guest started, more than {limit:?}");
         }
+        let deadline_note = match s.within {
+            Some(_) => format!("scenario limit {} s", fmt_secs(limit)),
+            None => {
+                vm.qga().await?.ping().await?;
+                let f = vm.tcg_factor().await?;
+                let deadline = f.scale(app_deadline);
+                if since > deadline {
+                    bail!(
+                        "the {} app would show its error screen: ttyd found {} s after the start, its deadline is {} s × {f} = {} s",
+                        self.profile.release,
+                        fmt_secs(since),
+                        app_deadline.as_secs(),
+                        fmt_secs(deadline)
+                    );
+                }
+                format!(
+                    "the app's deadline {} s × {:.1} = {} s ({f})",
+                    app_deadline.as_secs(),
+                    f.factor(),
+                    fmt_secs(deadline)
+                )
+            }
+        };
         let guest = vm
             .guest_ip()
             .ok_or_else(|| anyhow!("mDNS answered, but the guest has no DHCP lease"))?;
@@ -247,7 +283,7 @@ impl Session {
             );
         }
         Ok(format!(
-            "ttyd found by mDNS at {} s: {} {}:{}",
+            "ttyd found by mDNS at {} s: {} {}:{}; {deadline_note}",
             fmt_secs(since),
             found.host,
             found.addr,
@@ -458,6 +494,11 @@ impl Session {
             sent_hash,
             fmt_secs(elapsed)
         ))
+    }
+
+    /// The app's shutdown request to the guest (its stream, if open).
+    pub async fn request_shutdown(&self) -> avf_terminal::ShutdownOutcome {
+        self.host.request_shutdown().await
     }
 
     pub async fn shutdown(&self, vm: &mut Vm, s: &AppShutdown) -> Result<String> {

@@ -24,6 +24,7 @@ use crate::plan::{self, Launch, Options, Paths, Plan, Process, Ready};
 use crate::procs::{self, ProcessGroup};
 use crate::qmp::{Qmp, QmpEvent};
 use crate::spec::{ShareTag, VmSpec};
+use crate::tcg::TcgFactor;
 use crate::timeouts::{wait_until, Check, Timeout};
 
 /// What to launch.
@@ -57,6 +58,16 @@ pub struct PowerdownReport {
     pub elapsed: Duration,
 }
 
+/// How a run ends when the instance is kept for another start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Halt {
+    /// QMP `quit`: the app's `vm.stop()` (crosvm killed; the guest is not
+    /// asked).
+    Quit,
+    /// QEMU SIGKILLed: a crash or a power cut.
+    Kill,
+}
+
 static VM_INDEX: AtomicU32 = AtomicU32::new(0);
 
 pub struct Vm {
@@ -70,6 +81,12 @@ pub struct Vm {
     qmp: Arc<Qmp>,
     console: Console,
     qga: OnceCell<Qga>,
+    tcg: OnceCell<TcgFactor>,
+    /// The knobs this run was started with (a restart reuses them).
+    options: Options,
+    started_by_app: crate::app::Started,
+    /// The app's starts of this instance, this one included.
+    starts: u32,
     started: Instant,
     exited: bool,
     /// Dropped after the processes (it deletes their namespace).
@@ -120,20 +137,6 @@ async fn wait_ready(procs: &mut ProcessGroup, p: &Process, ready: &Ready) -> Res
     .await
 }
 
-/// What the app checks on the installed payload before it starts a VM: a
-/// payload it would refuse never boots here either (the error is the
-/// profile's typed outcome, e.g. [`avf_terminal::profile::UpgradeScreen`]).
-pub fn app_gate(instance: &Instance, profile: &avf_terminal::HostProfile) -> Result<()> {
-    let file = instance.payload_dir.join("build_id");
-    let text = match std::fs::read_to_string(&file) {
-        Ok(t) => Some(t),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(anyhow!("reading {}: {e}", file.display())),
-    };
-    profile.check_build_id(text.as_deref())?;
-    Ok(())
-}
-
 /// Removes its dirs on drop (a launch that failed half-way).
 struct DirGuard(Vec<PathBuf>);
 
@@ -174,28 +177,56 @@ impl Vm {
     /// instruction, so host services that must exist before the guest looks
     /// for them (the Terminal app's `ca.crt`) can start; then [`Vm::resume`].
     pub async fn launch_paused(req: LaunchRequest) -> Result<Vm> {
-        let index = VM_INDEX.fetch_add(1, Ordering::SeqCst);
         let pid = std::process::id();
         sweep_stale_dirs();
-        // `avf-<pid>-<n>-…`: the sweep knows the owner by the pid.
-        let run = private_dir(Path::new("/tmp"), &format!("avf-{pid}-{index}-"))?;
-        // Until the Vm owns them, a failed start removes the dirs itself.
-        let mut guard = DirGuard(vec![run.clone()]);
-        let _ = std::fs::remove_dir_all(&req.artefacts);
-        std::fs::create_dir_all(&req.artefacts)
-            .with_context(|| format!("creating {}", req.artefacts.display()))?;
-        let paths = Paths {
-            run: run.clone(),
-            artefacts: req.artefacts.clone(),
-        };
+        let index = VM_INDEX.load(Ordering::SeqCst);
         let instance_root = private_dir(&instance_base(), &format!("{pid}-{index}-"))?;
-        guard.0.push(instance_root.clone());
+        // Until a Vm owns it, a failed start removes the dir itself.
+        let mut guard = DirGuard(vec![instance_root.clone()]);
         let instance = if req.in_place {
             Instance::in_place(&req.payload, &instance_root)?
         } else {
             Instance::install(&req.payload, &instance_root)?
         };
-        app_gate(&instance, &req.options.profile)?;
+        let vm = Box::pin(Vm::start(
+            instance,
+            req.options,
+            &req.artefacts,
+            req.keep_instance,
+            None,
+        ))
+        .await?;
+        guard.0.clear();
+        Ok(vm)
+    }
+
+    /// The app's start of an installed instance (see [`crate::app`]): its
+    /// checks and disk steps, its config, then the plan carried out, paused.
+    async fn start(
+        instance: Instance,
+        options: Options,
+        artefacts: &Path,
+        keep_instance: bool,
+        disk_size: Option<u64>,
+    ) -> Result<Vm> {
+        let index = VM_INDEX.fetch_add(1, Ordering::SeqCst);
+        let pid = std::process::id();
+        // `avf-<pid>-<n>-…`: the sweep knows the owner by the pid.
+        let run = private_dir(Path::new("/tmp"), &format!("avf-{pid}-{index}-"))?;
+        let mut guard = DirGuard(vec![run.clone()]);
+        let _ = std::fs::remove_dir_all(artefacts);
+        std::fs::create_dir_all(artefacts)
+            .with_context(|| format!("creating {}", artefacts.display()))?;
+        let paths = Paths {
+            run: run.clone(),
+            artefacts: artefacts.to_owned(),
+        };
+        let started = crate::app::before_launch(
+            &instance,
+            &options,
+            disk_size,
+            &artefacts.join("pre-boot.log"),
+        )?;
         let launch = Launch {
             index,
             paths: paths.clone(),
@@ -203,11 +234,80 @@ impl Vm {
             // 192.168.X.0/24, X random: tethering picks its subnet per run.
             subnet: 1 + uuid::Uuid::new_v4().as_bytes()[0] % 254,
         };
-        let spec = VmSpec::load(&instance.vm_config(), &instance.expansion())?;
-        let plan = plan::plan(&spec, &req.options, &launch).context("planning the VM")?;
-        let vm = Box::pin(Vm::execute(spec, plan, paths, instance, req.keep_instance)).await?;
-        guard.0.clear(); // the Vm owns them now
+        let mut spec = VmSpec::load(&instance.vm_config(), &instance.expansion())?;
+        crate::app::override_config(&mut spec, &instance, &options);
+        let plan = plan::plan(&spec, &options, &launch).context("planning the VM")?;
+        let mut vm = Box::pin(Vm::execute(spec, plan, paths, instance, keep_instance)).await?;
+        vm.options = options;
+        vm.started_by_app = started;
+        guard.0.clear(); // the Vm owns it now
         Ok(vm)
+    }
+
+    /// Ends this run as `how` says but keeps the installed instance, as
+    /// the phone keeps `files/linux` between runs.
+    pub async fn halt(&mut self, how: Halt) {
+        match how {
+            Halt::Quit => {
+                if !self.qemu_exited() {
+                    let _ = tokio::time::timeout(Timeout::QemuExit.get(), self.qmp.quit()).await;
+                    let _ = self
+                        .wait_qemu_exit("QEMU quitting", Timeout::QemuExit.get())
+                        .await;
+                }
+            }
+            Halt::Kill => {
+                let _ = self.procs.kill("qemu");
+            }
+        }
+        self.procs.kill_all();
+        self._nbd.clear();
+        self.exited = true;
+    }
+
+    /// Starts the same installed instance again, paused: the app's next
+    /// start (gate, pre-boot disk steps, config). Call after [`Vm::halt`];
+    /// this run's artefacts go to `artefacts`.
+    /// `disk_size` is a new size the user chose in the settings (the
+    /// next start's disk steps apply it).
+    pub async fn relaunch_paused(
+        &mut self,
+        artefacts: &Path,
+        disk_size: Option<u64>,
+    ) -> Result<()> {
+        let instance = self.instance.clone();
+        let mut next = Box::pin(Vm::start(
+            instance,
+            self.options.clone(),
+            artefacts,
+            self.keep_instance,
+            disk_size,
+        ))
+        .await?;
+        next.starts = self.starts + 1;
+        // The instance moves to the next run; dropping this one keeps it.
+        self.instance.owned = false;
+        *self = next;
+        Ok(())
+    }
+
+    /// How many times the app has started this instance.
+    pub fn starts(&self) -> u32 {
+        self.starts
+    }
+
+    /// What the app did before this run's launch.
+    pub fn started_by_app(&self) -> &crate::app::Started {
+        &self.started_by_app
+    }
+
+    /// The TCG factor of this run (measured on first use; the guest must
+    /// be up): the app's deadlines × it are this VM's deadlines.
+    pub async fn tcg_factor(&self) -> Result<TcgFactor> {
+        self.tcg
+            .get_or_try_init(|| crate::tcg::measure(self))
+            .await
+            .copied()
     }
 
     /// Carries out `plan`: network, files, disks, sidecars, QEMU; then
@@ -287,6 +387,10 @@ impl Vm {
             qmp,
             console,
             qga: OnceCell::new(),
+            tcg: OnceCell::new(),
+            options: Options::default(),
+            started_by_app: crate::app::Started::default(),
+            starts: 1,
             started: Instant::now(),
             exited: false,
             tap,
@@ -311,6 +415,10 @@ impl Vm {
     }
     pub fn plan(&self) -> &Plan {
         &self.plan
+    }
+    /// The knobs this run was started with.
+    pub fn options(&self) -> &Options {
+        &self.options
     }
     pub fn qmp(&self) -> &Qmp {
         &self.qmp
@@ -583,7 +691,7 @@ mod tests {
                     let _ = std::fs::remove_file(payload.join("build_id"));
                 }
             }
-            app_gate(&inst, &p)
+            crate::app::gate(&inst, &p)
         };
         gate(Some("2064\n")).unwrap();
         for old in [Some("debian/aarch64/0.1.0-25-20261126\n"), None] {

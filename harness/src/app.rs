@@ -1,0 +1,114 @@
+//! The Terminal app's start sequence, which is how the harness starts every
+//! payload under a host profile: install (→ `completed`) → the upgrade gate
+//! (`MainActivity`, `InstalledImage.isOlderThanCurrentVersion`) → the
+//! pre-boot disk steps on `root_part` (`VmLauncherService.doStart`,
+//! `InstalledImage`) → vm_config.json as the app overrides it
+//! (`VmLauncherService.overrideConfigIfNecessary`, `ConfigJson`) → launch.
+//! Discovery, gRPC and ttyd follow in the app's host side
+//! ([`crate::scenario::terminal`]).
+//!
+//! Every outcome the app would show instead of a terminal is a typed error
+//! (e.g. [`avf_terminal::profile::UpgradeScreen`]) a scenario can assert.
+
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::{anyhow, Context, Result};
+use avf_terminal::installed_image::{self, DiskStep, InstalledImage};
+
+use crate::payload::Instance;
+use crate::plan::Options;
+use crate::spec::{Disk, ShareTag, VmSpec};
+
+/// The phone's `/data` size when a scenario gives none (a 128 GB phone):
+/// the pre-boot steps compare `root_part` against a share of it.
+pub const DEFAULT_PHONE_STORAGE_GIB: u64 = 128;
+
+/// What the app did before it launched the VM.
+#[derive(Debug, Default, Clone)]
+pub struct Started {
+    /// The pre-boot disk commands on `root_part`, with their exit codes.
+    pub disk_steps: Vec<DiskStep>,
+}
+
+impl Started {
+    /// One line per command, for `pre-boot.log` and notes.
+    pub fn log(&self) -> String {
+        self.disk_steps.iter().map(|s| format!("{s}\n")).collect()
+    }
+}
+
+/// The app's checks and disk steps on an installed payload, before its
+/// vm_config.json is read: a payload the app would refuse never boots here
+/// either.
+/// `disk_size`: a size the user chose in the settings (else the app keeps
+/// the current one).
+pub fn before_launch(
+    instance: &Instance,
+    options: &Options,
+    disk_size: Option<u64>,
+    log: &Path,
+) -> Result<Started> {
+    if !instance.is_installed() {
+        return Err(anyhow!(
+            "{}: no `completed` marker: the app would install the image again",
+            instance.payload_dir.display()
+        ));
+    }
+    gate(instance, &options.profile)?;
+    let root = instance.payload_dir.join(installed_image::ROOT_PART);
+    let mut disk_steps = Vec::new();
+    if root.is_file() {
+        let image = InstalledImage::new(&instance.payload_dir)?;
+        let phone = options
+            .phone_storage_gib
+            .unwrap_or(DEFAULT_PHONE_STORAGE_GIB)
+            << 30;
+        disk_steps = image
+            .pre_boot(options.profile.pre_boot, phone, disk_size)
+            .map_err(|f| {
+                let ran: Vec<String> = f.steps.iter().map(|s| s.to_string()).collect();
+                anyhow!(
+                    "the app's pre-boot steps on {}: {} (after: {})",
+                    root.display(),
+                    f.error,
+                    ran.join("; ")
+                )
+            })?;
+    }
+    let started = Started { disk_steps };
+    let mut f =
+        std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    f.write_all(started.log().as_bytes())?;
+    Ok(started)
+}
+
+/// The upgrade gate on the installed `build_id` (the profile's rule).
+pub fn gate(instance: &Instance, profile: &avf_terminal::HostProfile) -> Result<()> {
+    let file = instance.payload_dir.join("build_id");
+    let text = match std::fs::read_to_string(&file) {
+        Ok(t) => Some(t),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(anyhow!("reading {}: {e}", file.display())),
+    };
+    profile.check_build_id(text.as_deref())?;
+    Ok(())
+}
+
+/// What the app changes in the config it read before it asks for the VM:
+/// the user's storage is shared only with the all-files-access permission
+/// (`MainActivity` asks for it; refused, the share is dropped and
+/// `/mnt/shared` never mounts), and `root_part_backup`, while it exists, is
+/// one more writable disk after the config's own.
+pub fn override_config(spec: &mut VmSpec, instance: &Instance, options: &Options) {
+    if options.deny_all_files_access {
+        spec.shares.retain(|s| s.tag != ShareTag::Android);
+    }
+    let backup = instance.payload_dir.join(installed_image::ROOT_PART_BACKUP);
+    if backup.is_file() {
+        spec.disks.push(Disk::Image {
+            path: backup,
+            writable: true,
+        });
+    }
+}

@@ -1,0 +1,237 @@
+//! The app's lifecycle between runs: it stops the VM (its own way, or the
+//! VM dies under it), applies what the user asked for (a new disk size,
+//! the Upgrade screen's reset), and starts the same installed image again
+//! through its whole start sequence ([`crate::app`]). The steps after an
+//! `app_restart` run against the new VM and a new app host.
+
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+
+use super::model::{AppRestart, Scenario, StopKind, StopOutcome};
+use super::terminal::Session;
+use crate::timeouts::Timeout;
+use crate::vm::{Halt, Vm};
+
+/// Runs one `app_restart`; the note says how the run ended, what the app
+/// did to the disk and how long each part took.
+pub async fn restart(
+    sc: &Scenario,
+    vm: &mut Vm,
+    term: &mut Option<Session>,
+    s: &AppRestart,
+) -> Result<String> {
+    let mut notes = Vec::new();
+    match s.stop {
+        StopKind::App => {
+            let app = term
+                .as_ref()
+                .context("stop = \"app\" needs the app's host side")?;
+            let outcome = app_stop(vm, app).await?;
+            notes.push(outcome.note.clone());
+            if let Some(want) = s.expect {
+                if outcome.kind != want {
+                    bail!(
+                        "the app's stop ended {:?}, expected {want:?}: {}",
+                        outcome.kind,
+                        outcome.note
+                    );
+                }
+            }
+        }
+        StopKind::Kill => {
+            vm.halt(Halt::Kill).await;
+            notes.push("QEMU SIGKILLed".into());
+        }
+        StopKind::Exited => {
+            if !vm.qemu_exited() {
+                bail!("stop = \"exited\", but the VM is still running");
+            }
+            vm.halt(Halt::Quit).await;
+        }
+    }
+    if let Some(app) = term.take() {
+        app.finish().await?;
+    }
+    let root = vm
+        .partition_file("ROOT")
+        .context("the payload has no ROOT partition")?
+        .to_owned();
+    if s.expect_clean_fs {
+        let state = ext4_state(&root)?;
+        if state.needs_recovery || !state.clean {
+            bail!(
+                "{}: after the stop the filesystem is not clean (state {:?}, needs_recovery {})",
+                root.display(),
+                state.state,
+                state.needs_recovery
+            );
+        }
+        notes.push(format!(
+            "ROOT clean, no journal to replay ({})",
+            state.state
+        ));
+    }
+    if s.upgrade_reset {
+        let payload = sc.payload_dir()?;
+        vm.instance().upgrade_reset(&payload)?;
+        notes.push("Upgrade screen: root_part → root_part_backup, image installed again".into());
+    }
+    let n = vm.starts() + 1;
+    let artefacts = super::artefacts_dir(&sc.name).join(format!("start-{n}"));
+    let t = Instant::now();
+    vm.relaunch_paused(&artefacts, s.resize_mib.map(|m| m << 20))
+        .await
+        .with_context(|| {
+            format!(
+                "the app's start #{n} (artefacts in {})",
+                artefacts.display()
+            )
+        })?;
+    let steps = &vm.started_by_app().disk_steps;
+    notes.push(format!(
+        "start #{n}: {} pre-boot disk command(s) in {:.1} s: {}",
+        steps.len(),
+        t.elapsed().as_secs_f64(),
+        steps
+            .iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join("; ")
+    ));
+    if sc.needs_app() {
+        let opts = sc.terminal.clone().unwrap_or_default();
+        *term = Some(Box::pin(Session::start(&opts, vm)).await?);
+    }
+    vm.resume().await?;
+    Ok(notes.join("; "))
+}
+
+/// How the app's stop ended.
+pub struct StopReport {
+    pub kind: StopOutcome,
+    pub note: String,
+}
+
+/// The app's stop under the VM's profile (Android 16 `doShutdown`): the
+/// shutdown request if a stream is open, then the grace × the TCG factor
+/// for the VM to exit, then a hard stop.
+pub async fn app_stop(vm: &mut Vm, app: &Session) -> Result<StopReport> {
+    let factor = vm.tcg_factor().await?;
+    // No grace: the app lets the VM go in its own time (our limit is the
+    // harness's power-off timeout).
+    let (grace, grace_note) = match vm.plan().profile.shutdown_grace {
+        Some(g) => (
+            factor.scale(g),
+            format!("the grace {} s × {factor}", g.as_secs()),
+        ),
+        None => (
+            Timeout::Powerdown.get(),
+            "no hard-stop timer in this app".to_string(),
+        ),
+    };
+    let from = vm.qmp().event_count();
+    let t0 = Instant::now();
+    let report = match app.request_shutdown().await {
+        avf_terminal::ShutdownOutcome::NoStream => StopReport {
+            kind: StopOutcome::Hard,
+            note: "no shutdown stream open: stopped hard at once".into(),
+        },
+        avf_terminal::ShutdownOutcome::Requested => match vm.wait_shutdown(from, t0, grace).await {
+            Ok(r) => StopReport {
+                kind: StopOutcome::InGrace,
+                note: format!(
+                    "powered off {:.2} s after the request ({}), inside {:.1} s ({grace_note})",
+                    r.elapsed.as_secs_f64(),
+                    r.reason,
+                    grace.as_secs_f64(),
+                ),
+            },
+            Err(e) => StopReport {
+                kind: StopOutcome::Hard,
+                note: format!(
+                    "still running after {:.1} s ({grace_note}): stopped hard ({e:#})",
+                    grace.as_secs_f64(),
+                ),
+            },
+        },
+    };
+    vm.halt(Halt::Quit).await;
+    Ok(report)
+}
+
+/// What `dumpe2fs -h` says of an ext4 image.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Ext4State {
+    pub state: String,
+    pub clean: bool,
+    pub needs_recovery: bool,
+}
+
+/// The superblock's state and whether the journal needs replaying.
+pub fn ext4_state(image: &std::path::Path) -> Result<Ext4State> {
+    let out = Command::new("dumpe2fs")
+        .arg("-h")
+        .arg(image)
+        .output()
+        .context("running dumpe2fs (e2fsprogs)")?;
+    if !out.status.success() {
+        bail!(
+            "dumpe2fs -h {}: {}",
+            image.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(parse_dumpe2fs(&String::from_utf8_lossy(&out.stdout)))
+}
+
+fn parse_dumpe2fs(text: &str) -> Ext4State {
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_default()
+    };
+    let state = field("Filesystem state:");
+    Ext4State {
+        clean: state.split_whitespace().next() == Some("clean"),
+        needs_recovery: field("Filesystem features:")
+            .split_whitespace()
+            .any(|f| f == "needs_recovery"),
+        state,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dumpe2fs_state_and_recovery_flag() {
+        let dirty = "Filesystem volume name:   root\nFilesystem features:      has_journal ext_attr needs_recovery extent\nFilesystem state:         clean\n";
+        let s = parse_dumpe2fs(dirty);
+        assert!(s.clean && s.needs_recovery);
+        let s = parse_dumpe2fs("Filesystem features:      has_journal\nFilesystem state:         not clean with errors\n");
+        assert!(!s.clean && !s.needs_recovery);
+        assert_eq!(s.state, "not clean with errors");
+    }
+
+    #[test]
+    fn a_fresh_ext4_is_clean() {
+        let d = tempfile::tempdir().unwrap();
+        let img = d.path().join("fs");
+        std::fs::File::create(&img)
+            .unwrap()
+            .set_len(16 << 20)
+            .unwrap();
+        let st = Command::new("mkfs.ext4")
+            .args(["-q", "-F"])
+            .arg(&img)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let s = ext4_state(&img).unwrap();
+        assert!(s.clean && !s.needs_recovery, "{s:?}");
+    }
+}
