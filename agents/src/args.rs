@@ -99,6 +99,14 @@ pub struct LauncherArgs {
     /// The forwarder_guest program (default: next to this program, else $PATH).
     #[arg(long, value_name = "PATH", hide = true)]
     pub forwarder: Option<PathBuf>,
+    /// The kernel command line, read for `debian_server_port=` (tests).
+    #[arg(
+        long,
+        value_name = "FILE",
+        default_value = crate::wire_form::PROC_CMDLINE,
+        hide = true
+    )]
+    pub cmdline: PathBuf,
 }
 
 #[derive(Parser, Debug)]
@@ -162,6 +170,7 @@ mod tests {
             a.grpc.port_source(),
             PortSource::File(DEFAULT_PORT_FILE.into())
         );
+        assert_eq!(a.cmdline, PathBuf::from("/proc/cmdline"));
     }
 
     #[test]

@@ -42,13 +42,25 @@ pub fn resolve(port: &PortSource, host: &HostSource) -> anyhow::Result<SocketAdd
     Ok(SocketAddr::new(ip, port))
 }
 
-/// Tries to open a channel to the DebianService, re-reading the port file
+/// Tries to open a client of the DebianService, re-reading the port file
 /// and the gateway on every attempt.
 pub async fn connect(
     port: &PortSource,
     host: &HostSource,
     policy: WaitPolicy,
 ) -> anyhow::Result<DebianServiceClient<Channel>> {
+    connect_channel(port, host, policy)
+        .await
+        .map(DebianServiceClient::new)
+}
+
+/// [`connect`], returning the channel itself (for calls the generated
+/// client cannot make: the launcher's int32 port reports).
+pub async fn connect_channel(
+    port: &PortSource,
+    host: &HostSource,
+    policy: WaitPolicy,
+) -> anyhow::Result<Channel> {
     let mut last = anyhow!("no attempt made");
     for attempt in 1..=policy.attempts.max(1) {
         match try_once(port, host, policy.connect_timeout).await {
@@ -72,7 +84,7 @@ async fn try_once(
     port: &PortSource,
     host: &HostSource,
     timeout: Duration,
-) -> anyhow::Result<DebianServiceClient<Channel>> {
+) -> anyhow::Result<Channel> {
     let addr = resolve(port, host)?;
     let channel = Endpoint::from_shared(format!("http://{addr}"))
         .context("building the endpoint URI")?
@@ -81,5 +93,5 @@ async fn try_once(
         .connect()
         .await
         .with_context(|| format!("connecting to DebianService at {addr}"))?;
-    Ok(DebianServiceClient::new(channel))
+    Ok(channel)
 }

@@ -5,14 +5,16 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
+use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::Channel;
 
 use crate::forward::Endpoint;
 use crate::listeners::{Diff, Snapshot, Watcher};
 use crate::proto::{
     ActivePort, DebianServiceClient, ForwardingRequestItem, QueueOpeningRequest,
-    ReportVmActivePortsRequest,
+    ReportVmActivePortsRequest, ReportVmActivePortsRequestInt32, ReportVmActivePortsResponse,
 };
+use crate::wire_form::{self, PortReportForm};
 
 /// How often the listeners are polled: bounds the report latency.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
@@ -107,10 +109,70 @@ where
     Ok(())
 }
 
-/// Reports a full snapshot at start and again whenever it changes, polling
+/// The gRPC path of `ReportVmActivePorts`, for the int32 form (the
+/// generated client only sends the `ActivePort` message).
+pub const REPORT_PATH: &str =
+    "/com.android.virtualization.terminal.proto.DebianService/ReportVmActivePorts";
+
+/// Sends one snapshot in `form` and returns the app's `success`.
+pub async fn send_report(
+    channel: &Channel,
+    form: &PortReportForm,
+    snapshot: &Snapshot,
+) -> Result<bool, tonic::Status> {
+    let response = match form {
+        PortReportForm::ActivePort(_) => {
+            let ports = snapshot
+                .iter()
+                .map(|(port, comm)| ActivePort {
+                    port: i32::from(*port),
+                    comm: comm.clone(),
+                })
+                .collect();
+            DebianServiceClient::new(channel.clone())
+                .report_vm_active_ports(ReportVmActivePortsRequest { ports })
+                .await?
+        }
+        PortReportForm::Int32(_) => {
+            let ports = snapshot.keys().map(|p| i32::from(*p)).collect();
+            let mut grpc = tonic::client::Grpc::new(channel.clone());
+            grpc.ready()
+                .await
+                .map_err(|e| tonic::Status::unavailable(format!("channel not ready: {e}")))?;
+            let codec = tonic_prost::ProstCodec::<
+                ReportVmActivePortsRequestInt32,
+                ReportVmActivePortsResponse,
+            >::default();
+            grpc.unary(
+                tonic::Request::new(ReportVmActivePortsRequestInt32 { ports }),
+                PathAndQuery::from_static(REPORT_PATH),
+                codec,
+            )
+            .await?
+        }
+    };
+    Ok(response.into_inner().success)
+}
+
+/// Decides the report form for this connection (the kernel command line
+/// `cmdline`, else a probe of the app: [`wire_form`]), logs it once, then
+/// reports a full snapshot at start and again whenever it changes, polling
 /// every `interval`. Runs until an RPC fails.
 pub async fn report_ports(
-    mut client: DebianServiceClient<Channel>,
+    channel: Channel,
+    watcher: Watcher,
+    interval: Duration,
+    cmdline: PathBuf,
+) -> anyhow::Result<()> {
+    let form = wire_form::decide(channel.clone(), &cmdline).await;
+    eprintln!("port reports: {form}");
+    report_ports_as(channel, form, watcher, interval).await
+}
+
+/// [`report_ports`] with the form already decided.
+pub async fn report_ports_as(
+    channel: Channel,
+    form: PortReportForm,
     mut watcher: Watcher,
     interval: Duration,
 ) -> anyhow::Result<()> {
@@ -130,19 +192,9 @@ pub async fn report_ports(
                 diff.added, diff.removed, diff.changed
             );
         }
-        let ports = now
-            .iter()
-            .map(|(port, comm)| ActivePort {
-                port: i32::from(*port),
-                comm: comm.clone(),
-            })
-            .collect();
-        let ok = client
-            .report_vm_active_ports(ReportVmActivePortsRequest { ports })
+        let ok = send_report(&channel, &form, &now)
             .await
-            .context("ReportVmActivePorts")?
-            .into_inner()
-            .success;
+            .context("ReportVmActivePorts")?;
         if ok {
             reported = Some(now);
         } else {
@@ -154,17 +206,45 @@ pub async fn report_ports(
 
 /// Both halves together; whichever ends first ends the launcher.
 pub async fn run<S>(
-    client: DebianServiceClient<Channel>,
+    channel: Channel,
     cid: u32,
     watcher: Watcher,
     interval: Duration,
+    cmdline: PathBuf,
     spawn: S,
 ) -> anyhow::Result<()>
 where
     S: FnMut(Endpoint, Endpoint) -> anyhow::Result<()>,
 {
     tokio::select! {
-        r = serve_forwarding(client.clone(), cid, spawn) => r,
-        r = report_ports(client, watcher, interval) => r,
+        r = serve_forwarding(DebianServiceClient::new(channel.clone()), cid, spawn) => r,
+        r = report_ports(channel, watcher, interval, cmdline) => r,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_path_is_the_generated_method() {
+        assert_eq!(
+            REPORT_PATH,
+            format!(
+                "/{}/ReportVmActivePorts",
+                crate::proto::debian_service_server::SERVICE_NAME
+            )
+        );
+    }
+
+    #[test]
+    fn int32_form_is_unpacked() {
+        use prost::Message;
+        let bytes = ReportVmActivePortsRequestInt32 {
+            ports: vec![8080, 300],
+        }
+        .encode_to_vec();
+        // field 1, wire type 0, per port: 0x08 varint
+        assert_eq!(bytes, [0x08, 0x90, 0x3f, 0x08, 0xac, 0x02]);
     }
 }

@@ -16,6 +16,7 @@ pub mod port_file;
 pub mod proto;
 pub mod shutdown;
 pub mod vsock_cid;
+pub mod wire_form;
 
 /// Exit status for "this guest can never do this" (sysexits' EX_CONFIG); the
 /// units list it in `RestartPreventExitStatus=` so systemd stops retrying.

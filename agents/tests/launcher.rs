@@ -5,13 +5,17 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use prost::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use avf_agents::forward::{self, Endpoint};
 use avf_agents::launcher;
 use avf_agents::listeners::Watcher;
-use avf_agents::proto::ForwardingRequestItem;
-use common::{client, FakeApp};
+use avf_agents::proto::{
+    ForwardingRequestItem, ReportVmActivePortsRequest, ReportVmActivePortsRequestInt32,
+};
+use avf_agents::wire_form::{self, ActivePortReason, Int32Reason, PortReportForm, PROBE_DEADLINE};
+use common::{channel, client, wire_fields, Era, FakeApp, CMDLINE_NO_SERVER_PORT};
 
 /// The latest report containing / not containing `port`, after `since`.
 fn seen(app: &FakeApp, port: u16, since: Instant) -> Option<(Instant, bool, String)> {
@@ -48,12 +52,14 @@ async fn wait_report(app: &FakeApp, port: u16, present: bool, since: Instant) ->
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listener_appears_within_a_second_and_goes_away() {
     let app = FakeApp::start();
-    let cl = client(&app).await;
+    let (_d, cmdline) = common::cmdline(CMDLINE_NO_SERVER_PORT);
+    let ch = channel(&app).await;
     let started = Instant::now();
     let reporter = tokio::spawn(launcher::report_ports(
-        cl,
+        ch,
         Watcher::system(),
         launcher::POLL_INTERVAL,
+        cmdline,
     ));
     // The snapshot at start comes at once, even with nothing new.
     while app.reports().is_empty() {
@@ -101,11 +107,13 @@ async fn listener_appears_within_a_second_and_goes_away() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reporter_fails_when_the_app_dies() {
     let mut app = FakeApp::start();
-    let cl = client(&app).await;
+    let (_d, cmdline) = common::cmdline(CMDLINE_NO_SERVER_PORT);
+    let ch = channel(&app).await;
     let reporter = tokio::spawn(launcher::report_ports(
-        cl,
+        ch,
         Watcher::system(),
         Duration::from_millis(50),
+        cmdline,
     ));
     tokio::time::sleep(Duration::from_millis(200)).await;
     app.kill();
@@ -116,6 +124,179 @@ async fn reporter_fails_when_the_app_dies() {
         .unwrap()
         .unwrap();
     assert!(format!("{:#}", r.unwrap_err()).contains("ReportVmActivePorts"));
+}
+
+/// Starts the reporter against `app` with a kernel command line `cmdline`
+/// and a fresh listener; returns when `arrived` holds (3 s after the
+/// probe's deadline at most).
+async fn report_until<F>(app: &FakeApp, cmdline: &str, arrived: F) -> (Instant, u16)
+where
+    F: Fn(&FakeApp, u16) -> bool,
+{
+    let (d, cmdline) = common::cmdline(cmdline);
+    let ch = channel(app).await;
+    let started = Instant::now();
+    let reporter = tokio::spawn(launcher::report_ports(
+        ch,
+        Watcher::system(),
+        launcher::POLL_INTERVAL,
+        cmdline,
+    ));
+    let l = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    while !arrived(app, port) {
+        assert!(
+            started.elapsed() < PROBE_DEADLINE + Duration::from_secs(3),
+            "port {port} not reported; raw reports: {:?}",
+            app.raw_reports()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    reporter.abort();
+    drop((l, d));
+    (started, port)
+}
+
+/// The ports of an `ActivePort`-form report, checking its wire form:
+/// field 1, length-delimited, only.
+fn active_ports(raw: &[u8]) -> Vec<i32> {
+    let fields = wire_fields(raw);
+    assert!(fields.iter().all(|f| *f == (1, 2)), "{fields:?}");
+    let m = ReportVmActivePortsRequest::decode(raw).unwrap();
+    m.ports.iter().map(|p| p.port).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn android_15_qpr2_app_gets_unpacked_int32_reports() {
+    let app = FakeApp::start_era(Era::Java);
+    let (started, port) = report_until(&app, CMDLINE_NO_SERVER_PORT, |app, port| {
+        app.int32_reports()
+            .iter()
+            .any(|(_, p)| p.contains(&i32::from(port)))
+    })
+    .await;
+    assert_eq!(app.balloon_opens(), 1, "one probe per connection");
+    // UNIMPLEMENTED comes at once: the first report does not wait out the deadline.
+    let first = app.int32_reports()[0].0;
+    assert!(first - started < PROBE_DEADLINE, "{:?}", first - started);
+    let raws = app.raw_reports();
+    assert_eq!(raws.len(), app.int32_reports().len());
+    for (raw, (_, ports)) in raws.iter().zip(app.int32_reports()) {
+        // One varint (field 1, wire type 0) per port: unpacked.
+        let fields = wire_fields(raw);
+        assert_eq!(fields, vec![(1, 0); ports.len()], "{raw:?}");
+        assert_eq!(
+            ReportVmActivePortsRequestInt32::decode(&raw[..])
+                .unwrap()
+                .ports,
+            ports
+        );
+        assert!(ports.iter().all(|p| *p >= 1024), "{ports:?}");
+    }
+    let (_, last) = app.int32_reports().last().unwrap().clone();
+    assert!(last.contains(&i32::from(port)));
+    assert!(app.reports().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn android_16_app_gets_active_port_reports() {
+    let app = FakeApp::start_era(Era::ActivePort);
+    let (started, port) = report_until(&app, CMDLINE_NO_SERVER_PORT, |app, port| {
+        app.reports()
+            .iter()
+            .any(|(_, p)| p.iter().any(|a| a.port == i32::from(port)))
+    })
+    .await;
+    assert_eq!(app.balloon_opens(), 1, "one probe per connection");
+    // The queue opens at once: no wait for the deadline either.
+    let first = app.reports()[0].0;
+    assert!(first - started < PROBE_DEADLINE, "{:?}", first - started);
+    for raw in app.raw_reports() {
+        active_ports(&raw);
+    }
+    let (_, last) = app.reports().last().unwrap().clone();
+    let me = std::fs::read_to_string("/proc/self/comm").unwrap();
+    let mine = last.iter().find(|p| p.port == i32::from(port)).unwrap();
+    assert_eq!(mine.comm, me.trim_end());
+    assert!(app.int32_reports().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_balloon_queue_means_active_port_after_the_deadline() {
+    let app = FakeApp::start_era(Era::SilentBalloon);
+    let (started, _) = report_until(&app, CMDLINE_NO_SERVER_PORT, |app, port| {
+        app.reports()
+            .iter()
+            .any(|(_, p)| p.iter().any(|a| a.port == i32::from(port)))
+    })
+    .await;
+    assert_eq!(app.balloon_opens(), 1);
+    let first = app.reports()[0].0 - started;
+    assert!(
+        first >= PROBE_DEADLINE - Duration::from_millis(100),
+        "first report after {first:?}, before the probe's deadline"
+    );
+    for raw in app.raw_reports() {
+        active_ports(&raw);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debian_server_port_on_the_cmdline_means_active_port_without_a_probe() {
+    // Even an app that would answer UNIMPLEMENTED is not asked.
+    let app = FakeApp::start_era(Era::Java);
+    let cmdline = "root=/dev/vda1 console=ttyS0 debian_server_port=41234 hostname=debian\n";
+    let (_, port) = report_until(&app, cmdline, |app, port| {
+        app.raw_reports()
+            .iter()
+            .any(|raw| active_ports(raw).contains(&i32::from(port)))
+    })
+    .await;
+    assert_eq!(app.balloon_opens(), 0, "probed despite the cmdline");
+    // What the int32 decoder makes of it: the ActivePort tag byte 8 shows
+    // up as a "port" (why the form matters, docs/terminal-app.md §12.5).
+    let (_, garbage) = app.int32_reports().last().unwrap().clone();
+    assert!(garbage.contains(&8), "{garbage:?}");
+    assert!(garbage.contains(&i32::from(port)), "{garbage:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probe_names_the_reason_per_era() {
+    let short = Duration::from_millis(300);
+    let cases = [
+        (
+            Era::Java,
+            PortReportForm::Int32(Int32Reason::BalloonQueueUnimplemented),
+        ),
+        (
+            Era::ActivePort,
+            PortReportForm::ActivePort(ActivePortReason::BalloonQueueOpened),
+        ),
+        (
+            Era::SilentBalloon,
+            PortReportForm::ActivePort(ActivePortReason::BalloonQueueDeadline),
+        ),
+    ];
+    for (era, want) in cases {
+        let app = FakeApp::start_era(era);
+        let ch = channel(&app).await;
+        let started = Instant::now();
+        assert_eq!(wire_form::probe(ch, short).await, want, "{era:?}");
+        assert!(started.elapsed() < short + Duration::from_millis(500));
+        assert_eq!(app.balloon_opens(), 1, "{era:?}");
+    }
+    // A dead app is "anything else": ActivePort, naming the status.
+    let mut app = FakeApp::start_era(Era::Java);
+    let ch = channel(&app).await;
+    app.kill();
+    let got = wire_form::probe(ch, short).await;
+    assert!(
+        matches!(
+            got,
+            PortReportForm::ActivePort(ActivePortReason::BalloonQueueStatus { .. })
+        ),
+        "{got:?}"
+    );
 }
 
 /// An echo server standing for the guest's service.

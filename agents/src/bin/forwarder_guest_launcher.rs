@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use clap::Parser;
 
 use avf_agents::args::LauncherArgs;
-use avf_agents::connect::{connect, WaitPolicy};
+use avf_agents::connect::{connect_channel, WaitPolicy};
 use avf_agents::launcher::{self, POLL_INTERVAL};
 use avf_agents::listeners::Watcher;
 
@@ -25,7 +25,7 @@ fn main() -> std::process::ExitCode {
     avf_agents::run_main("forwarder_guest_launcher", async move {
         let cid = avf_agents::vsock_cid::local_cid()?;
         let program = forwarder_program(args.forwarder);
-        let client = connect(
+        let channel = connect_channel(
             &args.grpc.port_source(),
             &args.grpc.host_source(),
             WaitPolicy::default(),
@@ -33,10 +33,11 @@ fn main() -> std::process::ExitCode {
         .await?;
         eprintln!("connected; local vsock CID {cid}");
         launcher::run(
-            client,
+            channel,
             cid,
             Watcher::system(),
             POLL_INTERVAL,
+            args.cmdline,
             |local, remote| launcher::spawn_forwarder(&program, &local, &remote),
         )
         .await
