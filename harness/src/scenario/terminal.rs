@@ -282,8 +282,18 @@ impl Session {
                 found.host,
             );
         }
+        let how = match self.profile.transport {
+            avf_terminal::profile::Transport::GrpcPortFile {
+                ttyd: avf_terminal::profile::TtydLocator::Mdns { .. },
+                ..
+            } => "by mDNS",
+            avf_terminal::profile::Transport::GrpcPortFile {
+                ttyd: avf_terminal::profile::TtydLocator::Fixed { .. },
+                ..
+            } => "answering ping",
+        };
         Ok(format!(
-            "ttyd found by mDNS at {} s: {} {}:{}; {deadline_note}",
+            "ttyd found {how} at {} s: {} {}:{}; {deadline_note}",
             fmt_secs(since),
             found.host,
             found.addr,
