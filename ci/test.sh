@@ -25,6 +25,11 @@ image-build/build-all.sh --base debian --layout efi --kernel avf
 step "ttyd root for the terminal crate's real-ttyd tests"
 terminal/scripts/ttyd-root.sh >/dev/null
 
+step "GitHub workflow check (action-validator: the workflow schema)"
+command -v action-validator >/dev/null ||
+  cargo install --locked -q action-validator --version 0.9.0
+action-validator .github/workflows/*.yml
+
 step "tests"
 cargo nextest run --workspace --profile ci "$@"
 

@@ -20,6 +20,20 @@ use crate::payload::Instance;
 use crate::plan::Options;
 use crate::spec::{Disk, ShareTag, VmSpec};
 
+/// The app's error screen when ttyd is not found in time (Android 16
+/// `VmLauncherService.doStart`'s boot timeout): a typed outcome a
+/// scenario can assert, like [`avf_terminal::profile::UpgradeScreen`].
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the {release} Terminal app would show its error screen: ttyd not found {after:?} after the VM started; its deadline is {app_deadline:?} × {factor:.1} (TCG) = {deadline:?}")]
+pub struct DiscoveryTimeout {
+    pub release: &'static str,
+    /// When ttyd was found, since the guest started.
+    pub after: std::time::Duration,
+    pub app_deadline: std::time::Duration,
+    pub factor: f64,
+    pub deadline: std::time::Duration,
+}
+
 /// The phone's `/data` size when a scenario gives none (a 128 GB phone):
 /// the pre-boot steps compare `root_part` against a share of it.
 pub const DEFAULT_PHONE_STORAGE_GIB: u64 = 128;

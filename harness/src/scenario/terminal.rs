@@ -255,13 +255,14 @@ impl Session {
                 let f = vm.tcg_factor().await?;
                 let deadline = f.scale(app_deadline);
                 if since > deadline {
-                    bail!(
-                        "the {} app would show its error screen: ttyd found {} s after the start, its deadline is {} s × {f} = {} s",
-                        self.profile.release,
-                        fmt_secs(since),
-                        app_deadline.as_secs(),
-                        fmt_secs(deadline)
-                    );
+                    return Err(crate::app::DiscoveryTimeout {
+                        release: self.profile.release,
+                        after: since,
+                        app_deadline,
+                        factor: f.factor(),
+                        deadline,
+                    }
+                    .into());
                 }
                 format!(
                     "the app's deadline {} s × {:.1} = {} s ({f})",
