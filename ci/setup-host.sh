@@ -41,7 +41,7 @@ bookworm_pkgs=(
   bc bison flex libssl-dev libelf-dev cpio xz-utils zstd pigz kmod
   shellcheck iproute2 dnsmasq-base avahi-utils openssl sudo util-linux
   systemd debian-archive-keyring ca-certificates rsync file
-  jq curl
+  jq curl dpkg-dev
 )
 
 missing() {

@@ -6,6 +6,7 @@ pub mod filters;
 pub mod guest;
 pub mod lifecycle;
 pub mod model;
+pub mod repo;
 pub mod steps;
 pub mod terminal;
 
@@ -197,6 +198,7 @@ async fn dispatch(
     Ok(match step {
         Step::Boot(s) => steps::boot(vm, s, report).await.map(|_| None)?,
         Step::Exec(s) => steps::exec(vm, s, snap).await.map(|_| None)?,
+        Step::PackageInstall(s) => Some(repo::package_install(vm, s).await?),
         Step::ConsoleSnapshot(s) => steps::console_snapshot(vm, s, snap).map(|_| None)?,
         Step::Balloon(s) => steps::balloon(vm, s).await.map(|_| None)?,
         Step::Powerdown(s) => steps::powerdown(vm, s).await.map(|_| None)?,

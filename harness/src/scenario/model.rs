@@ -97,6 +97,9 @@ macro_rules! steps {
 steps! {
     /// Wait for `AVF-BOOT-OK <build_id>` and the guest agent.
     Boot(Boot) => Vm, |_s| "boot".into();
+    /// The guest's package manager installs a package from a repository
+    /// the harness serves.
+    PackageInstall(PackageInstall) => Vm, |s| format!("package_install {}", s.package);
     /// `sh -c` in the guest through the agent.
     Exec(Exec) => Vm, |s| format!("exec `{}`", s.sh.lines().next().unwrap_or_default());
     /// Golden snapshot of the console transcript so far.
@@ -149,6 +152,14 @@ pub struct Exec {
     /// Golden snapshot of the (filtered) stdout.
     #[serde(default)]
     pub snapshot: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PackageInstall {
+    /// With apt: a package the harness builds (`dpkg-deb`); with pacman:
+    /// one of ours in `out/repo`.
+    pub package: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -1,0 +1,254 @@
+//! A package repository the harness serves to the guest, in the format of
+//! the guest's own package manager, and the install from it: what a user
+//! does on the phone with the network the app gives (`apt` on the Debian
+//! vehicle, `pacman` with our repository on Arch Linux ARM).
+//!
+//! The repository is built on the host with the distributions' own tools
+//! (`dpkg-deb` + `dpkg-scanpackages`; for pacman, `out/repo` as
+//! `repo-add` made it) and served by a small static HTTP server bound on
+//! the host's side of the guest network (its namespace in the TAP mode).
+
+use std::path::{Component, Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use avf_terminal::netns::GuestNet;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::task::JoinHandle;
+
+use super::guest::guest_sh;
+use super::model::PackageInstall;
+use crate::vm::Vm;
+
+/// A static HTTP/1.0 server of one directory (GET only, no listing);
+/// stops when dropped.
+pub struct Served {
+    pub url: String,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// `path` of a request under `root`, or `None` when it leaves it.
+fn confined(root: &Path, path: &str) -> Option<PathBuf> {
+    let rel = Path::new(path.split('?').next()?.trim_start_matches('/'));
+    if rel
+        .components()
+        .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
+    {
+        return None;
+    }
+    Some(root.join(rel))
+}
+
+async fn answer(mut sock: tokio::net::TcpStream, root: PathBuf) -> std::io::Result<()> {
+    let mut req = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !req.windows(4).any(|w| w == b"\r\n\r\n") && req.len() < 65536 {
+        let n = sock.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        req.extend_from_slice(&buf[..n]);
+    }
+    let line = String::from_utf8_lossy(&req);
+    let mut parts = line.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    // No symlinks are followed out of the repository: only regular files.
+    let file = confined(&root, path)
+        .filter(|p| std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_file()));
+    match (method, file) {
+        ("GET" | "HEAD", Some(f)) => {
+            let body = tokio::fs::read(&f).await?;
+            let head = format!(
+                "HTTP/1.0 200 OK\r\nContent-Length: {}\r\nContent-Type: application/octet-stream\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            sock.write_all(head.as_bytes()).await?;
+            if method == "GET" {
+                sock.write_all(&body).await?;
+            }
+        }
+        _ => {
+            sock.write_all(
+                b"HTTP/1.0 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            )
+            .await?
+        }
+    }
+    sock.shutdown().await
+}
+
+/// Serves `root` where the guest reaches the host.
+pub fn serve(vm: &Vm, root: &Path) -> Result<Served> {
+    let net = match vm.netns() {
+        Some(p) => GuestNet::Namespace(p),
+        None => GuestNet::Current,
+    };
+    let listener = net
+        .tcp_listen(vm.host_bind(0))
+        .context("binding the repository's HTTP server")?;
+    let port = listener.local_addr()?.port();
+    let url = format!("http://{}:{port}", vm.gateway());
+    let root = root.to_owned();
+    let task = tokio::spawn(async move {
+        while let Ok((sock, _)) = listener.accept().await {
+            tokio::spawn(answer(sock, root.clone()));
+        }
+    });
+    Ok(Served { url, task })
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?}: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// A one-package apt repository (flat: `Packages` beside the `.deb`) in
+/// `dir`: `package` 1.0, architecture all, one file
+/// `/usr/share/<package>/installed-from-the-harness`.
+pub fn build_apt_repo(dir: &Path, package: &str) -> Result<()> {
+    let tree = dir.join("src");
+    let share = tree.join("usr/share").join(package);
+    std::fs::create_dir_all(tree.join("DEBIAN"))?;
+    std::fs::create_dir_all(&share)?;
+    std::fs::write(
+        tree.join("DEBIAN/control"),
+        format!(
+            "Package: {package}\nVersion: 1.0\nArchitecture: all\nMaintainer: arch-avf <arch-avf@localhost>\nDescription: served by the arch-avf harness to test the guest's package manager\n"
+        ),
+    )?;
+    std::fs::write(share.join("installed-from-the-harness"), b"ok\n")?;
+    let pool = dir.join("repo");
+    std::fs::create_dir_all(&pool)?;
+    run(Command::new("dpkg-deb")
+        .args(["--root-owner-group", "--build"])
+        .arg(&tree)
+        .arg(pool.join(format!("{package}_1.0_all.deb"))))?;
+    let out = Command::new("dpkg-scanpackages")
+        .args(["--multiversion", "."])
+        .current_dir(&pool)
+        .output()
+        .context("running dpkg-scanpackages (dpkg-dev)")?;
+    if !out.status.success() {
+        bail!(
+            "dpkg-scanpackages: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    std::fs::write(pool.join("Packages"), &out.stdout)?;
+    Ok(())
+}
+
+/// The step: build and serve the repository, then the guest's package
+/// manager installs from it (only from it: the phone's network may have
+/// no route to the distribution's mirrors).
+pub async fn package_install(vm: &Vm, s: &PackageInstall) -> Result<String> {
+    let has = |cmd: &'static str| async move {
+        guest_sh(
+            vm,
+            &format!("command -v {cmd} >/dev/null && echo yes || echo no"),
+        )
+        .await
+        .map(|o| o.trim() == "yes")
+    };
+    let scratch = tempfile::tempdir().context("a scratch dir for the repository")?;
+    let t0 = Instant::now();
+    let (served, script) = if has("apt-get").await? {
+        build_apt_repo(scratch.path(), &s.package)?;
+        let served = serve(vm, &scratch.path().join("repo"))?;
+        let script = format!(
+            r#"set -e
+list=/etc/apt/sources.list.d/avf-harness.list
+echo "deb [trusted=yes] {url} ./" > "$list"
+only="-o Dir::Etc::sourcelist=$list -o Dir::Etc::sourceparts=- -o APT::Get::List-Cleanup=0"
+apt-get $only -q update
+DEBIAN_FRONTEND=noninteractive apt-get $only -q -y install {pkg}
+rm -f "$list"
+dpkg-query -W -f '${{Status}} ${{Version}}\n' {pkg}
+cat /usr/share/{pkg}/installed-from-the-harness"#,
+            url = served.url,
+            pkg = s.package
+        );
+        (served, script)
+    } else if has("pacman").await? {
+        // Our own repository, as repo-add made it (out/repo/aarch64).
+        let repo = crate::payload::out_dir().join("repo/aarch64");
+        if !repo.join("avf.db").exists() {
+            bail!(
+                "{}: no pacman repository (build it with image-build/build-all.sh)",
+                repo.display()
+            );
+        }
+        let served = serve(vm, &repo)?;
+        let script = format!(
+            r#"set -e
+conf=$(mktemp)
+sed '/^\[/,$d' /etc/pacman.conf > "$conf"
+printf '[avf]\nSigLevel = Optional TrustAll\nServer = {url}\n' >> "$conf"
+pacman --config "$conf" --noconfirm -Sy {pkg}
+rm -f "$conf"
+pacman -Q {pkg}"#,
+            url = served.url,
+            pkg = s.package
+        );
+        (served, script)
+    } else {
+        bail!("the guest has neither apt-get nor pacman");
+    };
+    let out = guest_sh(vm, &script)
+        .await
+        .with_context(|| format!("installing {} from {}", s.package, served.url))?;
+    let last = out.lines().last().unwrap_or_default().to_string();
+    Ok(format!(
+        "{} installed from {} in {:.1} s: {}",
+        s.package,
+        served.url,
+        t0.elapsed().as_secs_f64(),
+        out.lines().rev().nth(1).unwrap_or(&last)
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_stay_in_the_repository() {
+        let root = Path::new("/srv/repo");
+        assert_eq!(
+            confined(root, "/Packages"),
+            Some(PathBuf::from("/srv/repo/Packages"))
+        );
+        assert_eq!(
+            confined(root, "/./a.deb?x=1"),
+            Some(PathBuf::from("/srv/repo/a.deb"))
+        );
+        assert_eq!(confined(root, "/../etc/shadow"), None);
+        assert_eq!(confined(root, "/a/../../b"), None);
+    }
+
+    #[test]
+    fn builds_an_apt_repository_with_the_debian_tools() {
+        let d = tempfile::tempdir().unwrap();
+        build_apt_repo(d.path(), "avf-repo-probe").unwrap();
+        let packages = std::fs::read_to_string(d.path().join("repo/Packages")).unwrap();
+        assert!(packages.contains("Package: avf-repo-probe"), "{packages}");
+        assert!(
+            packages.contains("Filename: ./avf-repo-probe_1.0_all.deb"),
+            "{packages}"
+        );
+    }
+}
