@@ -2,13 +2,20 @@
 //! PR_SET_PDEATHSIG so they die with the harness even under SIGKILL; the
 //! group is SIGKILLed on drop (normal exit, panic unwinding, timeout) and
 //! from a SIGINT/SIGTERM handler that knows every live group.
+//!
+//! PR_SET_PDEATHSIG fires when the *thread* that forked the child exits,
+//! not the process: a child forked from a tokio worker (or any thread that
+//! ends before the run does) would be SIGKILLed mid-run. So every child is
+//! forked by one spawner thread ([`spawn_child`]) that lives as long as
+//! the process.
 
 use std::fs::File;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicI32, Ordering};
-use std::sync::Once;
+use std::sync::mpsc;
+use std::sync::{Mutex, Once, OnceLock};
 
 /// Live process groups, readable from a signal handler (atomics only).
 static LIVE: [AtomicI32; 64] = [const { AtomicI32::new(0) }; 64];
@@ -53,6 +60,40 @@ fn unregister(pg: i32) {
     for slot in &LIVE {
         let _ = slot.compare_exchange(pg, 0, Ordering::SeqCst, Ordering::SeqCst);
     }
+}
+
+/// A command to fork, and where the spawner sends the outcome.
+type SpawnRequest = (Command, mpsc::SyncSender<std::io::Result<Child>>);
+
+/// The spawner thread's inbox; the thread runs until the process exits
+/// (this sender, in a static, is never dropped).
+static SPAWNER: OnceLock<Mutex<mpsc::Sender<SpawnRequest>>> = OnceLock::new();
+
+/// Spawns `cmd` from the long-lived spawner thread, so a PR_SET_PDEATHSIG
+/// set in its `pre_exec` is tied to a thread that outlives every run, not
+/// to the calling thread. Blocks until the fork/exec is done (anything the
+/// caller keeps alive for `pre_exec`, such as a namespace fd, stays valid).
+pub fn spawn_child(cmd: Command) -> std::io::Result<Child> {
+    let inbox = SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<SpawnRequest>();
+        std::thread::Builder::new()
+            .name("avf-spawner".into())
+            .spawn(move || {
+                for (mut cmd, reply) in rx {
+                    let _ = reply.send(cmd.spawn());
+                }
+            })
+            .expect("starting the spawner thread");
+        Mutex::new(tx)
+    });
+    let (reply, outcome) = mpsc::sync_channel(1);
+    let gone = || std::io::Error::other("the spawner thread is gone");
+    inbox
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .send((cmd, reply))
+        .map_err(|_| gone())?;
+    outcome.recv().map_err(|_| gone())?
 }
 
 pub struct Member {
@@ -101,8 +142,9 @@ impl ProcessGroup {
                 Ok(())
             });
         }
-        let child = cmd.spawn().map_err(|e| {
-            std::io::Error::new(e.kind(), format!("cannot start {name} ({cmd:?}): {e}"))
+        let shown = format!("{cmd:?}");
+        let child = spawn_child(cmd).map_err(|e| {
+            std::io::Error::new(e.kind(), format!("cannot start {name} ({shown}): {e}"))
         })?;
         let pid = child.id();
         if self.pgid.is_none() {
@@ -294,6 +336,37 @@ mod tests {
         if unsafe { libc::geteuid() } == 0 {
             assert!(foreign.exists(), "another user's entry was swept");
         }
+    }
+
+    /// PDEATHSIG follows the forking thread: a child spawned on behalf of
+    /// a thread that then exits must keep running.
+    #[test]
+    fn a_child_outlives_the_thread_that_asked_for_it() {
+        let log = tempfile::NamedTempFile::new().unwrap();
+        let path = log.path().to_owned();
+        let mut group = std::thread::spawn(move || {
+            let mut g = ProcessGroup::new();
+            let mut c = Command::new("sleep");
+            c.arg("30");
+            g.spawn("sleep", c, &path).unwrap();
+            g
+        })
+        .join()
+        .unwrap();
+        // The thread is gone; PDEATHSIG (if tied to it) is delivered while
+        // the kernel reparents its children, just after join returns.
+        let t0 = std::time::Instant::now();
+        while t0.elapsed() < std::time::Duration::from_millis(500) {
+            assert_eq!(
+                group.try_wait("sleep").unwrap(),
+                None,
+                "the child died with the thread that spawned it"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let pg = group.pgid().unwrap();
+        group.kill_all();
+        assert!(group_members(pg).is_empty());
     }
 
     #[test]
