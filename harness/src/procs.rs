@@ -1,25 +1,56 @@
 //! One process group per VM: QEMU and its sidecars join it, each with
 //! PR_SET_PDEATHSIG so they die with the harness even under SIGKILL; the
 //! group is SIGKILLed on drop (normal exit, panic unwinding, timeout) and
-//! from a SIGINT/SIGTERM handler that knows every live group.
+//! from a SIGINT/SIGTERM/SIGHUP handler that knows every live group. The
+//! run and instance dirs are registered too ([`register_dir`]): on those
+//! signals they are removed before the process ends, as on drop.
+//!
+//! PR_SET_PDEATHSIG fires when the *thread* that forked the child exits,
+//! not the process: a child forked from a tokio worker (or any thread that
+//! ends before the run does) would be SIGKILLed mid-run. So every child is
+//! forked by one spawner thread ([`spawn_child`]) that lives as long as
+//! the process.
 
 use std::fs::File;
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicI32, Ordering};
-use std::sync::Once;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::mpsc;
+use std::sync::{Mutex, Once, OnceLock};
 
 /// Live process groups, readable from a signal handler (atomics only).
 static LIVE: [AtomicI32; 64] = [const { AtomicI32::new(0) }; 64];
 static HANDLERS: Once = Once::new();
+/// The write end of the pipe that wakes the cleaner thread (-1: none).
+static CLEANER: AtomicI32 = AtomicI32::new(-1);
+/// Set by the first signal; a second one ends the process at once.
+static CLEANING: AtomicBool = AtomicBool::new(false);
+/// Run and instance dirs of this process, removed on SIGINT/SIGTERM/SIGHUP.
+static DIRS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 
-extern "C" fn on_signal(sig: libc::c_int) {
+fn kill_live_groups() {
     for slot in &LIVE {
         let pg = slot.load(Ordering::SeqCst);
         if pg > 0 {
             // SAFETY: kill is async-signal-safe.
             unsafe { libc::kill(-pg, libc::SIGKILL) };
+        }
+    }
+}
+
+/// Kills the live groups at once, then leaves the dirs (which need
+/// allocation and locks, not allowed here) to the cleaner thread, which
+/// ends the process with this signal. A second signal, or no cleaner,
+/// ends it now.
+extern "C" fn on_signal(sig: libc::c_int) {
+    kill_live_groups();
+    let w = CLEANER.load(Ordering::SeqCst);
+    if w >= 0 && !CLEANING.swap(true, Ordering::SeqCst) {
+        let b = sig as u8;
+        // SAFETY: write is async-signal-safe; one byte into an empty pipe.
+        if unsafe { libc::write(w, (&raw const b).cast(), 1) } == 1 {
+            return;
         }
     }
     // Re-raise with the default action so the exit status tells the truth.
@@ -29,13 +60,73 @@ extern "C" fn on_signal(sig: libc::c_int) {
     }
 }
 
-/// Installs the SIGINT/SIGTERM/SIGHUP handlers once per process.
+/// The cleaner thread: on a signal's byte, kills the groups again (one
+/// may have been registered since), removes the registered dirs, then
+/// ends the process with that signal's default action.
+fn cleaner(r: std::os::fd::OwnedFd) {
+    use std::io::Read;
+    let mut pipe = File::from(r);
+    let mut b = [0u8; 1];
+    while pipe.read_exact(&mut b).is_err() {}
+    let sig = libc::c_int::from(b[0]);
+    kill_live_groups();
+    let dirs = std::mem::take(&mut *DIRS.lock().unwrap_or_else(|e| e.into_inner()));
+    for d in dirs {
+        let _ = std::fs::remove_dir_all(d);
+    }
+    // SAFETY: plain syscalls; kill (not raise) so the signal goes to the
+    // process, whichever thread has it unblocked.
+    unsafe {
+        libc::signal(sig, libc::SIG_DFL);
+        libc::kill(libc::getpid(), sig);
+    }
+}
+
+/// Installs the SIGINT/SIGTERM/SIGHUP handlers (and the cleaner thread
+/// they wake) once per process.
 pub fn install_signal_handlers() {
-    HANDLERS.call_once(|| unsafe {
+    HANDLERS.call_once(|| {
+        let mut fds = [-1; 2];
+        // SAFETY: pipe2 fills `fds` on success.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } == 0 {
+            use std::os::fd::FromRawFd;
+            // SAFETY: a fresh fd, owned by the thread from here on.
+            let r = unsafe { std::os::fd::OwnedFd::from_raw_fd(fds[0]) };
+            let started = std::thread::Builder::new()
+                .name("avf-cleaner".into())
+                .spawn(move || cleaner(r));
+            if started.is_ok() {
+                CLEANER.store(fds[1], Ordering::SeqCst);
+            }
+        }
         for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-            libc::signal(s, on_signal as *const () as libc::sighandler_t);
+            // SAFETY: the handler only uses async-signal-safe calls.
+            unsafe { libc::signal(s, on_signal as *const () as libc::sighandler_t) };
         }
     });
+}
+
+/// Makes `dir` (a run or instance dir of this process) one that SIGINT,
+/// SIGTERM and SIGHUP remove before the process ends, as a normal drop
+/// would. Call [`release_dir`] once it is removed or handed on.
+pub fn register_dir(dir: &Path) {
+    install_signal_handlers();
+    DIRS.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(dir.to_owned());
+}
+
+/// Forgets `dir` (removed already, or to be kept).
+pub fn release_dir(dir: &Path) {
+    DIRS.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|d| d != dir);
+}
+
+/// Removes a dir registered with [`register_dir`] and forgets it.
+pub fn remove_dir(dir: &Path) {
+    let _ = std::fs::remove_dir_all(dir);
+    release_dir(dir);
 }
 
 fn register(pg: i32) {
@@ -53,6 +144,40 @@ fn unregister(pg: i32) {
     for slot in &LIVE {
         let _ = slot.compare_exchange(pg, 0, Ordering::SeqCst, Ordering::SeqCst);
     }
+}
+
+/// A command to fork, and where the spawner sends the outcome.
+type SpawnRequest = (Command, mpsc::SyncSender<std::io::Result<Child>>);
+
+/// The spawner thread's inbox; the thread runs until the process exits
+/// (this sender, in a static, is never dropped).
+static SPAWNER: OnceLock<Mutex<mpsc::Sender<SpawnRequest>>> = OnceLock::new();
+
+/// Spawns `cmd` from the long-lived spawner thread, so a PR_SET_PDEATHSIG
+/// set in its `pre_exec` is tied to a thread that outlives every run, not
+/// to the calling thread. Blocks until the fork/exec is done (anything the
+/// caller keeps alive for `pre_exec`, such as a namespace fd, stays valid).
+pub fn spawn_child(cmd: Command) -> std::io::Result<Child> {
+    let inbox = SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<SpawnRequest>();
+        std::thread::Builder::new()
+            .name("avf-spawner".into())
+            .spawn(move || {
+                for (mut cmd, reply) in rx {
+                    let _ = reply.send(cmd.spawn());
+                }
+            })
+            .expect("starting the spawner thread");
+        Mutex::new(tx)
+    });
+    let (reply, outcome) = mpsc::sync_channel(1);
+    let gone = || std::io::Error::other("the spawner thread is gone");
+    inbox
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .send((cmd, reply))
+        .map_err(|_| gone())?;
+    outcome.recv().map_err(|_| gone())?
 }
 
 pub struct Member {
@@ -101,8 +226,9 @@ impl ProcessGroup {
                 Ok(())
             });
         }
-        let child = cmd.spawn().map_err(|e| {
-            std::io::Error::new(e.kind(), format!("cannot start {name} ({cmd:?}): {e}"))
+        let shown = format!("{cmd:?}");
+        let child = spawn_child(cmd).map_err(|e| {
+            std::io::Error::new(e.kind(), format!("cannot start {name} ({shown}): {e}"))
         })?;
         let pid = child.id();
         if self.pgid.is_none() {
@@ -294,6 +420,109 @@ mod tests {
         if unsafe { libc::geteuid() } == 0 {
             assert!(foreign.exists(), "another user's entry was swept");
         }
+    }
+
+    /// PDEATHSIG follows the forking thread: a child spawned on behalf of
+    /// a thread that then exits must keep running.
+    #[test]
+    fn a_child_outlives_the_thread_that_asked_for_it() {
+        let log = tempfile::NamedTempFile::new().unwrap();
+        let path = log.path().to_owned();
+        let mut group = std::thread::spawn(move || {
+            let mut g = ProcessGroup::new();
+            let mut c = Command::new("sleep");
+            c.arg("30");
+            g.spawn("sleep", c, &path).unwrap();
+            g
+        })
+        .join()
+        .unwrap();
+        // The thread is gone; PDEATHSIG (if tied to it) is delivered while
+        // the kernel reparents its children, just after join returns.
+        let t0 = std::time::Instant::now();
+        while t0.elapsed() < std::time::Duration::from_millis(500) {
+            assert_eq!(
+                group.try_wait("sleep").unwrap(),
+                None,
+                "the child died with the thread that spawned it"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let pg = group.pgid().unwrap();
+        group.kill_all();
+        assert!(group_members(pg).is_empty());
+    }
+
+    /// Set for the child process of
+    /// `sigterm_kills_the_groups_and_removes_the_registered_dirs`.
+    const SIGNAL_CHILD: &str = "AVF_PROCS_SIGNAL_CHILD";
+
+    /// The child's body (returns at once in a normal run): registers a run
+    /// dir and an instance dir, starts a group, says so, and waits to be
+    /// signalled.
+    #[test]
+    fn signal_child() {
+        let Some(base) = std::env::var_os(SIGNAL_CHILD) else {
+            return;
+        };
+        let base = PathBuf::from(base);
+        let pid = std::process::id();
+        let run = base.join(format!("avf-{pid}-0-run"));
+        let instance = base.join(format!("{pid}-0-instance"));
+        for d in [&run, &instance] {
+            std::fs::create_dir_all(d.join("sub")).unwrap();
+            std::fs::write(d.join("sub/file"), b"x").unwrap();
+            register_dir(d);
+        }
+        let mut g = ProcessGroup::new();
+        let mut c = Command::new("sleep");
+        c.arg("30");
+        g.spawn("sleep", c, &run.join("sleep.log")).unwrap();
+        let pg = g.pgid().unwrap();
+        std::fs::write(base.join("ready.tmp"), pg.to_string()).unwrap();
+        std::fs::rename(base.join("ready.tmp"), base.join("ready")).unwrap();
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        }
+    }
+
+    #[test]
+    fn sigterm_kills_the_groups_and_removes_the_registered_dirs() {
+        use std::os::unix::process::ExitStatusExt;
+        let base = tempfile::tempdir().unwrap();
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "procs::tests::signal_child", "--nocapture"])
+            .env(SIGNAL_CHILD, base.path())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let ready = base.path().join("ready");
+        let t0 = std::time::Instant::now();
+        let pg: i32 = loop {
+            if let Ok(t) = std::fs::read_to_string(&ready) {
+                break t.parse().unwrap();
+            }
+            if t0.elapsed() > std::time::Duration::from_secs(20) {
+                let _ = child.kill();
+                panic!("the child never got ready");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        let pid = child.id();
+        let made = |name: &str| base.path().join(name.replace("PID", &pid.to_string()));
+        assert!(made("avf-PID-0-run").is_dir() && made("PID-0-instance").is_dir());
+        assert!(!group_members(pg).is_empty());
+        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        let status = child.wait().unwrap();
+        assert_eq!(status.signal(), Some(libc::SIGTERM), "{status:?}");
+        let left: Vec<_> = std::fs::read_dir(base.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .filter(|n| n != "ready")
+            .collect();
+        assert!(left.is_empty(), "left behind: {left:?}");
+        assert!(group_members(pg).is_empty(), "{:?}", group_members(pg));
     }
 
     #[test]

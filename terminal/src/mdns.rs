@@ -5,8 +5,14 @@
 //! sender: to a given UDP address in QEMU user-mode networking (a host port
 //! forwarded to the guest's 5353), or to the mDNS group on an interface in
 //! the TAP mode.
+//!
+//! A reply counts only if it answers a question we asked ([`Asked`]: its ID
+//! and its question section, which a legacy-unicast reply repeats) and
+//! comes from where an answer can ([`source_ok`]); anything else on our
+//! port is ignored.
 
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::collections::VecDeque;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::Duration;
 
 use hickory_proto::op::{Message, MessageType, OpCode, Query};
@@ -86,14 +92,21 @@ pub async fn discover_ttyd(
     let mut last = String::from("no answer");
     let mut srv: Option<(String, u16)> = None;
     let mut id: u16 = rand_id();
+    let mut asked: VecDeque<Asked> = VecDeque::new();
     let mut buf = vec![0u8; 9000];
     loop {
         // Ask for what is still missing: the SRV first, then the target's A.
         id = id.wrapping_add(1);
-        let query = match &srv {
-            None => query_bytes(id, TTYD_INSTANCE, RecordType::SRV),
-            Some((host, _)) => query_bytes(id, host, RecordType::A),
+        let question = match &srv {
+            None => Asked::new(id, TTYD_INSTANCE, RecordType::SRV),
+            Some((host, _)) => Asked::new(id, host, RecordType::A),
         };
+        let query = question.bytes();
+        // A late answer to an earlier query of this discovery still counts.
+        if asked.len() == ASKED_KEPT {
+            asked.pop_front();
+        }
+        asked.push_back(question);
         queries += 1;
         if let Err(e) = sock.send_to(&query, dest).await {
             // e.g. ECONNREFUSED from a forward that is not up yet: retry.
@@ -102,8 +115,8 @@ pub async fn discover_ttyd(
         let round_end = (tokio::time::Instant::now() + RETRY_INTERVAL).min(deadline);
         while let Ok(received) = tokio::time::timeout_at(round_end, sock.recv_from(&mut buf)).await
         {
-            let len = match received {
-                Ok((len, _)) => len,
+            let (len, from) = match received {
+                Ok(got) => got,
                 Err(e) => {
                     last = format!("receive: {e}");
                     // ICMP errors surface here immediately; don't spin.
@@ -119,6 +132,17 @@ pub async fn discover_ttyd(
                 }
             };
             if msg.message_type() != MessageType::Response {
+                continue;
+            }
+            if !source_ok(transport, from) {
+                last = format!("ignored a reply from {from} (not where answers come from)");
+                continue;
+            }
+            if !asked.iter().any(|q| q.answered_by(&msg)) {
+                last = format!(
+                    "ignored a reply from {from} to a question not asked (id {})",
+                    msg.id()
+                );
                 continue;
             }
             let found = parse_reply(&msg, srv.as_ref());
@@ -184,16 +208,69 @@ fn rand_id() -> u16 {
     (nanos ^ std::process::id()) as u16
 }
 
-fn query_bytes(id: u16, name: &str, rtype: RecordType) -> Vec<u8> {
-    let mut msg = Message::new();
-    msg.set_id(id)
-        .set_message_type(MessageType::Query)
-        .set_op_code(OpCode::Query)
-        .set_recursion_desired(false);
-    // Names come from constants or from a parsed SRV: always valid.
-    let name = Name::from_ascii(name).unwrap_or_else(|_| Name::root());
-    msg.add_query(Query::query(name, rtype));
-    msg.to_vec().unwrap_or_default()
+/// How many of our latest queries a reply may answer.
+const ASKED_KEPT: usize = 16;
+
+/// A query we sent: a reply must carry its ID and repeat its question
+/// (RFC 6762 §6.7: a legacy-unicast response echoes both).
+#[derive(Clone, Debug)]
+struct Asked {
+    id: u16,
+    name: Name,
+    rtype: RecordType,
+}
+
+impl Asked {
+    fn new(id: u16, name: &str, rtype: RecordType) -> Asked {
+        // Names come from constants or from a parsed SRV: always valid.
+        let name = Name::from_ascii(name).unwrap_or_else(|_| Name::root());
+        Asked { id, name, rtype }
+    }
+
+    fn bytes(&self) -> Vec<u8> {
+        let mut msg = Message::new();
+        msg.set_id(self.id)
+            .set_message_type(MessageType::Query)
+            .set_op_code(OpCode::Query)
+            .set_recursion_desired(false);
+        msg.add_query(Query::query(self.name.clone(), self.rtype));
+        msg.to_vec().unwrap_or_default()
+    }
+
+    /// Whether `reply` answers this query: same ID, and our question
+    /// (name, case-insensitively, and type) in its question section.
+    fn answered_by(&self, reply: &Message) -> bool {
+        reply.id() == self.id
+            && reply
+                .queries()
+                .iter()
+                .any(|q| q.query_type() == self.rtype && q.name() == &self.name)
+    }
+}
+
+/// Whether a reply from `from` can be an answer. Unicast: only the address
+/// queried answers. Multicast: a responder answers from port 5353 (RFC
+/// 6762 §6.7) on the guest's side of the link, never from the host's own
+/// interface address, nor from loopback unless the interface is loopback.
+fn source_ok(transport: MdnsTransport, from: SocketAddr) -> bool {
+    match transport {
+        MdnsTransport::Unicast(dest) => from == dest,
+        MdnsTransport::Multicast { interface } => {
+            let ip = match from.ip() {
+                IpAddr::V4(ip) => ip,
+                IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                    Some(ip) => ip,
+                    None => return false,
+                },
+            };
+            from.port() == MDNS_GROUP.port()
+                && ip != interface
+                && !ip.is_unspecified()
+                && !ip.is_multicast()
+                && !ip.is_broadcast()
+                && (interface.is_loopback() || !ip.is_loopback())
+        }
+    }
 }
 
 #[derive(Default)]
@@ -240,50 +317,209 @@ mod tests {
     async fn responder(ignore: usize, with_additional: bool) -> SocketAddr {
         let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let addr = sock.local_addr().unwrap();
-        serve(sock, ignore, with_additional);
+        serve(sock, None, ignore, with_additional, None);
         addr
     }
 
-    fn serve(sock: UdpSocket, ignore: usize, with_additional: bool) {
+    /// A reply to `query` (id `id`) saying ttyd is at `addr`:7681, with the
+    /// A record in the additional section.
+    fn reply(id: u16, query: &Query, addr: Ipv4Addr, with_additional: bool) -> Message {
+        let host = Name::from_ascii("avf-guest.local.").unwrap();
+        let mut r = Message::new();
+        r.set_id(id)
+            .set_message_type(MessageType::Response)
+            .set_authoritative(true);
+        r.add_query(query.clone());
+        let a = Record::from_rdata(host.clone(), 10, RData::A(A::from(addr)));
+        match query.query_type() {
+            RecordType::SRV => {
+                let instance = Name::from_ascii(TTYD_INSTANCE).unwrap();
+                r.add_answer(Record::from_rdata(
+                    instance,
+                    10,
+                    RData::SRV(SRV::new(0, 0, 7681, host.clone())),
+                ));
+                if with_additional {
+                    r.add_additional(a);
+                }
+            }
+            RecordType::A if query.name() == &host => {
+                r.add_answer(a);
+            }
+            _ => {}
+        }
+        r
+    }
+
+    /// A forged reply sent before each real one.
+    #[derive(Clone, Copy)]
+    enum Forgery {
+        /// A valid answer, from a socket other than the one queried.
+        OtherSource,
+        /// From the right socket, with an ID we never sent.
+        OtherId,
+        /// From the right socket, with our ID, answering another name.
+        OtherName,
+        /// From the right socket, answering no question at all.
+        NoQuestion,
+    }
+
+    /// Where a forged reply says ttyd is.
+    const EVIL: Ipv4Addr = Ipv4Addr::new(6, 6, 6, 6);
+
+    /// Serves on `sock`, replying from `reply_from` if given; sends junk
+    /// and, if asked, a forged reply pointing at [`EVIL`] first (from
+    /// `sock` itself when `reply_from` is set: the multicast test's
+    /// "host's own address").
+    fn serve(
+        sock: UdpSocket,
+        reply_from: Option<UdpSocket>,
+        ignore: usize,
+        with_additional: bool,
+        forgery: Option<Forgery>,
+    ) {
         tokio::spawn(async move {
+            let out = reply_from.as_ref().unwrap_or(&sock);
+            let rogue = UdpSocket::bind("127.0.0.1:0").await.unwrap();
             let mut buf = vec![0u8; 9000];
             let mut seen = 0;
             loop {
                 let (len, from) = sock.recv_from(&mut buf).await.unwrap();
                 seen += 1;
                 // Junk first, to show it is ignored.
-                sock.send_to(b"\x00\x01junk", from).await.unwrap();
+                out.send_to(b"\x00\x01junk", from).await.unwrap();
                 if seen <= ignore {
                     continue;
                 }
                 let q = Message::from_vec(&buf[..len]).unwrap();
                 let query = q.queries()[0].clone();
-                let host = Name::from_ascii("avf-guest.local.").unwrap();
-                let mut r = Message::new();
-                r.set_id(q.id())
-                    .set_message_type(MessageType::Response)
-                    .set_authoritative(true);
-                r.add_query(query.clone());
-                let a = Record::from_rdata(host.clone(), 10, RData::A(A::new(10, 0, 2, 15)));
-                match query.query_type() {
-                    RecordType::SRV => {
-                        r.add_answer(Record::from_rdata(
-                            query.name().clone(),
-                            10,
-                            RData::SRV(SRV::new(0, 0, 7681, host.clone())),
-                        ));
-                        if with_additional {
-                            r.add_additional(a);
-                        }
-                    }
-                    RecordType::A if query.name() == &host => {
-                        r.add_answer(a);
-                    }
-                    _ => continue,
+                if reply_from.is_some() {
+                    // From the interface's own address: not an answer.
+                    let forged = reply(q.id(), &query, EVIL, true);
+                    sock.send_to(&forged.to_vec().unwrap(), from).await.unwrap();
                 }
-                sock.send_to(&r.to_vec().unwrap(), from).await.unwrap();
+                let forged = match forgery {
+                    None => None,
+                    Some(Forgery::OtherSource) => {
+                        let r = reply(q.id(), &query, EVIL, true);
+                        rogue.send_to(&r.to_vec().unwrap(), from).await.unwrap();
+                        None
+                    }
+                    Some(Forgery::OtherId) => {
+                        Some(reply(q.id().wrapping_add(100), &query, EVIL, true))
+                    }
+                    Some(Forgery::OtherName) => {
+                        let other = Name::from_ascii("other._http._tcp.local.").unwrap();
+                        let mut r = reply(q.id(), &query, EVIL, true);
+                        r.take_queries();
+                        r.add_query(Query::query(other, query.query_type()));
+                        Some(r)
+                    }
+                    Some(Forgery::NoQuestion) => {
+                        let mut r = reply(q.id(), &query, EVIL, true);
+                        r.take_queries();
+                        Some(r)
+                    }
+                };
+                if let Some(f) = forged {
+                    out.send_to(&f.to_vec().unwrap(), from).await.unwrap();
+                }
+                // The real answer comes after the forgery.
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                let r = reply(q.id(), &query, Ipv4Addr::new(10, 0, 2, 15), with_additional);
+                if r.answers().is_empty() {
+                    continue;
+                }
+                out.send_to(&r.to_vec().unwrap(), from).await.unwrap();
             }
         });
+    }
+
+    async fn discover_despite(forgery: Forgery) -> TtydService {
+        let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = sock.local_addr().unwrap();
+        serve(sock, None, 0, true, Some(forgery));
+        discover_ttyd(
+            &GuestNet::Current,
+            MdnsTransport::Unicast(addr),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_reply_from_another_source_is_ignored() {
+        let svc = discover_despite(Forgery::OtherSource).await;
+        assert_eq!(svc.addr, Ipv4Addr::new(10, 0, 2, 15));
+    }
+
+    #[tokio::test]
+    async fn a_reply_with_another_id_is_ignored() {
+        let svc = discover_despite(Forgery::OtherId).await;
+        assert_eq!(svc.addr, Ipv4Addr::new(10, 0, 2, 15));
+    }
+
+    #[tokio::test]
+    async fn a_reply_for_another_name_is_ignored() {
+        let svc = discover_despite(Forgery::OtherName).await;
+        assert_eq!(svc.addr, Ipv4Addr::new(10, 0, 2, 15));
+    }
+
+    #[tokio::test]
+    async fn a_reply_to_no_question_is_ignored() {
+        let svc = discover_despite(Forgery::NoQuestion).await;
+        assert_eq!(svc.addr, Ipv4Addr::new(10, 0, 2, 15));
+    }
+
+    #[test]
+    fn a_reply_must_repeat_our_id_and_question() {
+        let asked = Asked::new(7, TTYD_INSTANCE, RecordType::SRV);
+        let ours = Query::query(asked.name.clone(), RecordType::SRV);
+        let ok = reply(7, &ours, EVIL, true);
+        assert!(asked.answered_by(&ok));
+        assert!(!asked.answered_by(&reply(8, &ours, EVIL, true)));
+        let upper = Name::from_ascii("TTYD._http._tcp.local.").unwrap();
+        assert!(asked.answered_by(&reply(7, &Query::query(upper, RecordType::SRV), EVIL, true)));
+        let other_type = Query::query(asked.name.clone(), RecordType::TXT);
+        assert!(!asked.answered_by(&reply(7, &other_type, EVIL, true)));
+        let other = Query::query(
+            Name::from_ascii("other._http._tcp.local.").unwrap(),
+            RecordType::SRV,
+        );
+        assert!(!asked.answered_by(&reply(7, &other, EVIL, true)));
+        let mut none = ok.clone();
+        none.take_queries();
+        assert!(!asked.answered_by(&none));
+    }
+
+    #[test]
+    fn replies_come_only_from_where_answers_can() {
+        let at = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let uni = MdnsTransport::Unicast(at("127.0.0.1:5555"));
+        assert!(source_ok(uni, at("127.0.0.1:5555")));
+        assert!(!source_ok(uni, at("127.0.0.1:5556")));
+        assert!(!source_ok(uni, at("127.0.0.2:5555")));
+        let tap = MdnsTransport::Multicast {
+            interface: Ipv4Addr::new(192, 168, 7, 1),
+        };
+        assert!(source_ok(tap, at("192.168.7.150:5353")));
+        assert!(source_ok(tap, at("[::ffff:192.168.7.150]:5353")));
+        assert!(
+            !source_ok(tap, at("192.168.7.1:5353")),
+            "the host's own address"
+        );
+        assert!(!source_ok(tap, at("127.0.0.1:5353")), "loopback");
+        assert!(
+            !source_ok(tap, at("192.168.7.150:40000")),
+            "not the mDNS port"
+        );
+        assert!(!source_ok(tap, at("[fe80::1]:5353")));
+        let lo = MdnsTransport::Multicast {
+            interface: Ipv4Addr::LOCALHOST,
+        };
+        assert!(source_ok(lo, at("127.0.0.2:5353")));
+        assert!(!source_ok(lo, at("127.0.0.1:5353")));
     }
 
     #[tokio::test]
@@ -302,7 +538,26 @@ mod tests {
             .unwrap();
         s.join_multicast_v4(MDNS_GROUP.ip(), &Ipv4Addr::LOCALHOST)
             .unwrap();
-        serve(UdpSocket::from_std(s.into()).unwrap(), 0, true);
+        // Answers come from another address of the link than the host's
+        // interface (127.0.0.1): 127.0.0.2, port 5353. A reply from the
+        // interface's own address comes first and is ignored.
+        let out = socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::DGRAM,
+            Some(socket2::Protocol::UDP),
+        )
+        .unwrap();
+        out.set_reuse_address(true).unwrap();
+        out.set_nonblocking(true).unwrap();
+        out.bind(&SocketAddr::from((Ipv4Addr::new(127, 0, 0, 2), 5353)).into())
+            .unwrap();
+        serve(
+            UdpSocket::from_std(s.into()).unwrap(),
+            Some(UdpSocket::from_std(out.into()).unwrap()),
+            0,
+            true,
+            None,
+        );
         let svc = discover_ttyd(
             &GuestNet::Current,
             MdnsTransport::Multicast {

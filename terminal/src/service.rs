@@ -66,6 +66,36 @@ pub struct ServiceConfig {
 
 type ItemTx<T> = mpsc::Sender<Result<T, Status>>;
 
+/// How many queues of each kind the server holds (see
+/// [`DebianServer::open_queues`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueueCounts {
+    pub forwarding: usize,
+    pub shutdown: usize,
+    pub storage_balloon: usize,
+}
+
+/// Queues kept open per kind. An agent that reconnects opens a new queue
+/// each time; streams it left are pruned when the next opens, and beyond
+/// this many still-open ones the oldest are ended (RESOURCE_EXHAUSTED), so
+/// the server's memory stays bounded however often agents come back.
+pub const MAX_QUEUES_PER_KIND: usize = 8;
+
+/// Makes room for one more queue in `list`: drops the senders whose stream
+/// has gone, then ends the oldest still open beyond
+/// [`MAX_QUEUES_PER_KIND`]` - 1` with a status.
+fn make_room<E, T>(list: &mut Vec<E>, tx: impl Fn(&E) -> &ItemTx<T>) {
+    list.retain(|e| !tx(e).is_closed());
+    let excess = (list.len() + 1).saturating_sub(MAX_QUEUES_PER_KIND);
+    for old in list.drain(..excess) {
+        // Dropping the sender ends the stream; the status says why (when
+        // the stream's buffer has room for it).
+        let _ = tx(&old).try_send(Err(Status::resource_exhausted(format!(
+            "a newer queue of this kind replaced this one (at most {MAX_QUEUES_PER_KIND} open)"
+        ))));
+    }
+}
+
 #[derive(Default)]
 struct Queues {
     forwarding: Vec<(i32, ItemTx<proto::ForwardingRequestItem>)>,
@@ -214,7 +244,9 @@ impl DebianService for Svc {
             }
         }
         let (tx, stream) = self.0.open_queue(Queue::Forwarding, Some(cid), peer);
-        self.0.queues().forwarding.push((cid, tx));
+        let mut queues = self.0.queues();
+        make_room(&mut queues.forwarding, |(_, tx)| tx);
+        queues.forwarding.push((cid, tx));
         Ok(Response::new(stream))
     }
 
@@ -228,7 +260,9 @@ impl DebianService for Svc {
         let (tx, stream) = self
             .0
             .open_queue(Queue::Shutdown, None, request.remote_addr());
-        self.0.queues().shutdown.push(tx);
+        let mut queues = self.0.queues();
+        make_room(&mut queues.shutdown, |tx| tx);
+        queues.shutdown.push(tx);
         Ok(Response::new(stream))
     }
 
@@ -253,6 +287,7 @@ impl DebianService for Svc {
         if let Some(available_bytes) = queues.last_storage {
             let _ = tx.try_send(Ok(proto::StorageBalloonRequestItem { available_bytes }));
         }
+        make_room(&mut queues.storage, |tx| tx);
         queues.storage.push(tx);
         Ok(Response::new(stream))
     }
@@ -337,6 +372,16 @@ impl DebianServer {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(peer);
+    }
+
+    /// How many queues of each kind the server holds a sender for.
+    pub fn open_queues(&self) -> QueueCounts {
+        let q = self.shared.queues();
+        QueueCounts {
+            forwarding: q.forwarding.len(),
+            shutdown: q.shutdown.len(),
+            storage_balloon: q.storage.len(),
+        }
     }
 
     /// The call log.

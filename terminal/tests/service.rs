@@ -419,3 +419,59 @@ async fn android15_qpr2_reads_int32_ports_and_has_no_storage_balloon() {
     );
     srv.stop().await;
 }
+
+/// An agent that reconnects over and over (or many that never hang up)
+/// must not grow the server: closed queues are pruned, at most
+/// `MAX_QUEUES_PER_KIND` stay open per kind (the oldest are ended with a
+/// status), and the newest queue still works.
+#[tokio::test]
+async fn a_thousand_reopened_queues_stay_bounded_and_the_newest_works() {
+    const MAX: usize = 8;
+    let srv = server(&[localhost()], Some(3)).await;
+    let mut c = client(&srv).await;
+    // Still-open streams: the cap must close the oldest.
+    let mut open = Vec::new();
+    let mut storage = Vec::new();
+    for i in 0..1000 {
+        let s = c
+            .open_forwarding_request_queue(proto::QueueOpeningRequest { cid: 3 })
+            .await
+            .unwrap()
+            .into_inner();
+        open.push(s);
+        // Dropped streams: pruned when the next one opens.
+        let gone = c
+            .open_shutdown_request_queue(proto::ShutdownQueueOpeningRequest {})
+            .await
+            .unwrap();
+        drop(gone);
+        let st = c
+            .open_storage_balloon_request_queue(proto::StorageBalloonQueueOpeningRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        // Half of them kept open, half dropped.
+        if i % 2 == 0 {
+            storage.push(st);
+        }
+        let n = srv.open_queues();
+        assert!(n.forwarding <= MAX, "{i}: {n:?}");
+        assert!(n.shutdown <= MAX, "{i}: {n:?}");
+        assert!(n.storage_balloon <= MAX, "{i}: {n:?}");
+    }
+    // The oldest forwarding stream was ended with a status.
+    let first = open.first_mut().unwrap();
+    let ended = tokio::time::timeout(WAIT, first.message()).await.unwrap();
+    let status = ended.expect_err("the oldest queue ends with a status");
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    // The newest gets the request.
+    srv.forwarding().request(8080, 5000).await.unwrap();
+    let last = open.last_mut().unwrap();
+    let item = tokio::time::timeout(WAIT, last.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!((item.guest_tcp_port, item.vsock_port), (8080, 5000));
+    assert_eq!(srv.forwarding().cid(), Some(3));
+}

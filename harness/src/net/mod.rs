@@ -41,8 +41,83 @@ pub struct TapPlan {
     first: Ipv4Addr,
     /// … to here.
     last: Ipv4Addr,
-    /// dnsmasq's lease and pid files go here.
+    /// The run dir; dnsmasq's lease and pid files go in its
+    /// [`TapPlan::dnsmasq_dir`].
     run_dir: PathBuf,
+    /// Who dnsmasq runs as once it has bound its sockets.
+    pub dnsmasq_user: DnsmasqUser,
+}
+
+/// The unprivileged account dnsmasq drops to: it parses the guest's DHCP
+/// and DNS, so it must not do that as root. dnsmasq opens its lease and
+/// pid files as root before it drops privileges (and keeps the lease file
+/// open), and keeps only the capabilities DHCP needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsmasqUser {
+    pub user: String,
+    /// The user's primary group by name, if it has one (`--group`;
+    /// without it dnsmasq would pick `dip`).
+    pub group: Option<String>,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl DnsmasqUser {
+    /// Debian's `dnsmasq` user (made by the `dnsmasq` package) if it
+    /// exists, else `nobody`, with its primary group.
+    pub fn resolve() -> DnsmasqUser {
+        ["dnsmasq", "nobody"]
+            .into_iter()
+            .find_map(lookup_user)
+            .unwrap_or_else(|| DnsmasqUser {
+                // dnsmasq then refuses to start, naming the user.
+                user: "nobody".into(),
+                group: None,
+                uid: 65534,
+                gid: 65534,
+            })
+    }
+}
+
+/// `name`'s uid, gid and primary group name, from the system's user
+/// database (NSS included).
+fn lookup_user(name: &str) -> Option<DnsmasqUser> {
+    let cname = std::ffi::CString::new(name).ok()?;
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    // SAFETY: all-zero is a valid passwd/group (null pointers, zero ids).
+    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut found: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: the buffers outlive the call; `found` is checked before use.
+    let rc = unsafe {
+        libc::getpwnam_r(
+            cname.as_ptr(),
+            &mut pw,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut found,
+        )
+    };
+    if rc != 0 || found.is_null() {
+        return None;
+    }
+    let (uid, gid) = (pw.pw_uid, pw.pw_gid);
+    let mut gr: libc::group = unsafe { std::mem::zeroed() };
+    let mut gfound: *mut libc::group = std::ptr::null_mut();
+    let mut gbuf = vec![0 as libc::c_char; 16 * 1024];
+    // SAFETY: as above.
+    let rc = unsafe { libc::getgrgid_r(gid, &mut gr, gbuf.as_mut_ptr(), gbuf.len(), &mut gfound) };
+    let group = (rc == 0 && !gfound.is_null()).then(|| {
+        // SAFETY: getgrgid_r succeeded: gr_name is a C string in `gbuf`.
+        unsafe { std::ffi::CStr::from_ptr(gr.gr_name) }
+            .to_string_lossy()
+            .into_owned()
+    });
+    Some(DnsmasqUser {
+        user: name.to_string(),
+        group,
+        uid,
+        gid,
+    })
 }
 
 impl TapPlan {
@@ -56,6 +131,7 @@ impl TapPlan {
             first: Ipv4Addr::new(192, 168, x, 100),
             last: Ipv4Addr::new(192, 168, x, 199),
             run_dir: run_dir.to_path_buf(),
+            dnsmasq_user: DnsmasqUser::resolve(),
         }
     }
 
@@ -70,6 +146,7 @@ impl TapPlan {
             first: guest,
             last: guest,
             run_dir: run_dir.to_path_buf(),
+            dnsmasq_user: DnsmasqUser::resolve(),
         }
     }
 
@@ -83,7 +160,7 @@ impl TapPlan {
 
     /// dnsmasq's arguments, in the foreground: DHCP on the /24 (router and
     /// DNS = host) and DNS for [`HOST_DNS_NAME`], nothing else (no
-    /// upstream: offline).
+    /// upstream: offline); run as [`TapPlan::dnsmasq_user`], never root.
     pub fn dnsmasq_args(&self) -> Vec<OsString> {
         let fixed = [
             "--keep-in-foreground",
@@ -93,11 +170,12 @@ impl TapPlan {
             "--no-resolv",
             "--no-hosts",
             "--no-poll",
-            "--user=root",
-            "--group=root",
             "--bind-interfaces",
             "--dhcp-authoritative",
         ];
+        let u = &self.dnsmasq_user;
+        let account = std::iter::once(format!("--user={}", u.user))
+            .chain(u.group.iter().map(|g| format!("--group={g}")));
         let own = [
             format!("--interface={TAP_IFNAME}"),
             format!("--listen-address={}", self.host),
@@ -106,17 +184,46 @@ impl TapPlan {
             format!("--dhcp-option=option:dns-server,{}", self.host),
             format!("--host-record={HOST_DNS_NAME},{}", self.host),
             format!("--dhcp-leasefile={}", self.leases().display()),
-            format!("--pid-file={}", self.run_dir.join("dnsmasq.pid").display()),
+            format!(
+                "--pid-file={}",
+                self.dnsmasq_dir().join("dnsmasq.pid").display()
+            ),
         ];
         fixed
             .into_iter()
             .map(OsString::from)
+            .chain(account.map(OsString::from))
             .chain(own.into_iter().map(OsString::from))
             .collect()
     }
 
+    /// dnsmasq's own dir in the run dir, for its lease and pid files.
+    pub fn dnsmasq_dir(&self) -> PathBuf {
+        self.run_dir.join("dnsmasq")
+    }
+
+    /// Makes [`TapPlan::dnsmasq_dir`]: new (never an existing entry), 0700
+    /// and owned by [`TapPlan::dnsmasq_user`], so the files in it are the
+    /// unprivileged dnsmasq's to write. The run dir around it stays
+    /// root's and private.
+    pub fn make_dnsmasq_dir(&self) -> Result<PathBuf> {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        let dir = self.dnsmasq_dir();
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
+        let u = &self.dnsmasq_user;
+        std::os::unix::fs::chown(&dir, Some(u.uid), Some(u.gid))
+            .with_context(|| format!("chown {}:{} {}", u.uid, u.gid, dir.display()))?;
+        // The mode, whatever the umask did to it.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("chmod 700 {}", dir.display()))?;
+        Ok(dir)
+    }
+
     fn leases(&self) -> PathBuf {
-        self.run_dir.join("dnsmasq.leases")
+        self.dnsmasq_dir().join("dnsmasq.leases")
     }
 
     /// The address dnsmasq leased to `mac`, if any yet.
@@ -159,6 +266,7 @@ fn ip(args: &[&str]) -> Result<()> {
 impl TapNet {
     /// Creates the namespace with the TAP up on the planned /24.
     pub fn create(plan: &TapPlan) -> Result<TapNet> {
+        plan.make_dnsmasq_dir()?;
         let name = plan.name.as_str();
         ip(&["netns", "add", name]).context(
             "creating the TAP mode's network namespace (needs root or CAP_SYS_ADMIN and CAP_NET_ADMIN)",
@@ -235,6 +343,101 @@ pub fn our_namespaces() -> Vec<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn account(u: &DnsmasqUser) -> (String, Option<String>) {
+        (u.user.clone(), u.group.clone())
+    }
+
+    /// dnsmasq parses the guest's packets: it must not stay root, and its
+    /// files go to its own dir.
+    #[test]
+    fn dnsmasq_drops_to_an_unprivileged_user() {
+        let d = tempfile::tempdir().unwrap();
+        let plan = TapPlan::new("avf-1-0", 77, d.path());
+        let u = &plan.dnsmasq_user;
+        assert_ne!(u.uid, 0, "{u:?}");
+        assert_ne!(u.user, "root");
+        let args: Vec<String> = plan
+            .dnsmasq_args()
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let users: Vec<&String> = args.iter().filter(|a| a.starts_with("--user=")).collect();
+        assert_eq!(users, [&format!("--user={}", u.user)], "{args:?}");
+        let groups: Vec<&String> = args.iter().filter(|a| a.starts_with("--group=")).collect();
+        match &u.group {
+            Some(g) => assert_eq!(groups, [&format!("--group={g}")], "{args:?}"),
+            None => assert!(groups.is_empty(), "{args:?}"),
+        }
+        assert!(!args.iter().any(|a| a.contains("=root")), "{args:?}");
+        let state = d.path().join("dnsmasq");
+        for (flag, file) in [
+            ("--dhcp-leasefile=", "dnsmasq.leases"),
+            ("--pid-file=", "dnsmasq.pid"),
+        ] {
+            let want = format!("{flag}{}", state.join(file).display());
+            assert!(args.contains(&want), "{want} not in {args:?}");
+        }
+    }
+
+    #[test]
+    fn the_dnsmasq_user_is_dnsmasq_or_nobody_with_its_group() {
+        let u = DnsmasqUser::resolve();
+        if let Some(want) = lookup_user("dnsmasq") {
+            assert_eq!(account(&u), account(&want));
+        } else {
+            assert_eq!(u.user, "nobody");
+        }
+        // Debian: `nogroup` is nobody's primary group.
+        if let Some(nobody) = lookup_user("nobody") {
+            assert_eq!(nobody.uid, 65534);
+            assert!(nobody.group.is_some(), "{nobody:?}");
+        }
+        assert_eq!(lookup_user("no-such-user-avf"), None);
+    }
+
+    /// The dir dnsmasq writes is its own (0700), the run dir stays root's,
+    /// an existing entry there is refused, and the lease is read from it.
+    #[test]
+    fn the_dnsmasq_dir_is_the_unprivileged_users() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let d = tempfile::tempdir().unwrap();
+        let run = d.path().join("run");
+        std::fs::DirBuilder::new().create(&run).unwrap();
+        std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let mut plan = TapPlan::new("avf-1-0", 77, &run);
+        plan.dnsmasq_user = DnsmasqUser {
+            user: "nobody".into(),
+            group: Some("nogroup".into()),
+            uid: 65534,
+            gid: 65534,
+        };
+        if unsafe { libc::geteuid() } != 0 {
+            // Only root gives a dir away (TAP mode needs root anyway).
+            let e = plan.make_dnsmasq_dir().unwrap_err();
+            assert!(format!("{e:#}").contains("chown 65534:65534"), "{e:#}");
+            return;
+        }
+        let dir = plan.make_dnsmasq_dir().unwrap();
+        assert_eq!(dir, run.join("dnsmasq"));
+        let m = std::fs::symlink_metadata(&dir).unwrap();
+        assert!(m.is_dir());
+        assert_eq!((m.uid(), m.gid()), (65534, 65534));
+        assert_eq!(m.mode() & 0o777, 0o700);
+        let r = std::fs::metadata(&run).unwrap();
+        assert_eq!((r.uid(), r.mode() & 0o777), (0, 0o700));
+        std::fs::write(
+            dir.join("dnsmasq.leases"),
+            "1764120000 52:54:00:a7:f0:01 192.168.77.150 avf *\n",
+        )
+        .unwrap();
+        assert_eq!(
+            plan.lease("52:54:00:a7:f0:01"),
+            Some(Ipv4Addr::new(192, 168, 77, 150))
+        );
+        // Made once: a second call (or anything planted there) fails.
+        assert!(plan.make_dnsmasq_dir().is_err());
+    }
 
     #[test]
     fn lease_lines() {

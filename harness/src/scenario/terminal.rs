@@ -207,10 +207,9 @@ impl Session {
 
     /// Checks that hold for every run, then stops the host (after the VM).
     pub async fn finish(self) -> Result<()> {
-        let refused: Vec<String> = self
-            .host
-            .events()
-            .snapshot()
+        // Kept apart from the bounded log: a flood cannot hide them.
+        let (kept, total) = self.host.events().refused();
+        let mut refused: Vec<String> = kept
             .into_iter()
             .filter_map(|r| match r.event {
                 Event::Refused { method, reason } => {
@@ -219,6 +218,9 @@ impl Session {
                 _ => None,
             })
             .collect();
+        if total > refused.len() {
+            refused.push(format!("and {} more", total - refused.len()));
+        }
         if let Some(t) = self.tty {
             t.close().await;
         }

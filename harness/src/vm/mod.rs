@@ -137,13 +137,16 @@ async fn wait_ready(procs: &mut ProcessGroup, p: &Process, ready: &Ready) -> Res
     .await
 }
 
-/// Removes its dirs on drop (a launch that failed half-way).
+/// Removes its dirs on drop (a launch that failed half-way). The dirs are
+/// registered with [`procs::register_dir`], so a SIGTERM/SIGINT/SIGHUP
+/// removes them too; whoever takes them over (clearing the guard) keeps
+/// them registered.
 struct DirGuard(Vec<PathBuf>);
 
 impl Drop for DirGuard {
     fn drop(&mut self) {
         for d in &self.0 {
-            let _ = std::fs::remove_dir_all(d);
+            procs::remove_dir(d);
         }
     }
 }
@@ -181,6 +184,10 @@ impl Vm {
         sweep_stale_dirs();
         let index = VM_INDEX.load(Ordering::SeqCst);
         let instance_root = private_dir(&instance_base(), &format!("{pid}-{index}-"))?;
+        // A kept instance survives a signal as it survives the Vm's drop.
+        if !req.keep_instance {
+            procs::register_dir(&instance_root);
+        }
         // Until a Vm owns it, a failed start removes the dir itself.
         let mut guard = DirGuard(vec![instance_root.clone()]);
         let instance = if req.in_place {
@@ -213,6 +220,7 @@ impl Vm {
         let pid = std::process::id();
         // `avf-<pid>-<n>-…`: the sweep knows the owner by the pid.
         let run = private_dir(Path::new("/tmp"), &format!("avf-{pid}-{index}-"))?;
+        procs::register_dir(&run);
         let mut guard = DirGuard(vec![run.clone()]);
         let _ = std::fs::remove_dir_all(artefacts);
         std::fs::create_dir_all(artefacts)
@@ -636,9 +644,9 @@ impl Drop for Vm {
     fn drop(&mut self) {
         self.procs.kill_all();
         self._nbd.clear();
-        let _ = std::fs::remove_dir_all(&self.paths.run);
+        procs::remove_dir(&self.paths.run);
         if self.instance.owned && !self.keep_instance {
-            let _ = std::fs::remove_dir_all(&self.instance.root);
+            procs::remove_dir(&self.instance.root);
         }
     }
 }
