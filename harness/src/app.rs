@@ -114,9 +114,16 @@ pub fn gate(instance: &Instance, profile: &avf_terminal::HostProfile) -> Result<
 /// (`MainActivity` asks for it; refused, the share is dropped and
 /// `/mnt/shared` never mounts), and `root_part_backup`, while it exists, is
 /// one more writable disk after the config's own.
+///
+/// Newer apps give no `internal` share at all (`ConfigJson` drops any
+/// sharedPath but the user's storage): the profile says which it gives.
 pub fn override_config(spec: &mut VmSpec, instance: &Instance, options: &Options) {
-    if options.deny_all_files_access {
+    let shares = options.profile.shares;
+    if options.deny_all_files_access || !shares.android {
         spec.shares.retain(|s| s.tag != ShareTag::Android);
+    }
+    if !shares.internal {
+        spec.shares.retain(|s| s.tag != ShareTag::Internal);
     }
     let backup = instance.payload_dir.join(installed_image::ROOT_PART_BACKUP);
     if backup.is_file() {

@@ -16,7 +16,7 @@ use crate::events::EventLog;
 use crate::forwarding::{Forwarder, ForwardingConfig, HostPorts};
 use crate::mdns::{discover_ttyd, MdnsError, MdnsTransport, TtydService};
 use crate::netns::GuestNet;
-use crate::profile::{HostProfile, PortFileWritten, Transport, TtydLocator};
+use crate::profile::{HostProfile, PortFileWritten, TtydLocator};
 use crate::service::{DebianServer, ServiceConfig, ServiceError};
 use crate::ttyd::{Handshake, TtydClient, TtydError, CONNECT_TIMEOUT};
 
@@ -44,7 +44,8 @@ pub enum TtydRoute {
 pub struct TerminalHostConfig {
     /// The app release (and mode) to play.
     pub profile: HostProfile,
-    /// Host directory shared as virtio-fs `internal` (Android 16).
+    /// The app's files dir: where it writes `ca.crt` and the port file;
+    /// shared as virtio-fs `internal` where the profile shares it.
     pub internal_dir: PathBuf,
     /// The vsock device.
     pub vsock: VsockEndpoint,
@@ -149,12 +150,9 @@ impl TerminalHost {
     /// starts the DebianService server (its port file comes with discovery).
     pub async fn start(config: TerminalHostConfig) -> Result<Self, HostError> {
         let profile = &config.profile;
-        let Transport::GrpcPortFile {
-            port_file_written,
-            ttyd,
-            ..
-        } = profile.transport;
-        if !profile.shares.internal {
+        let (ttyd, _) = profile.transport.ttyd();
+        let port_file_written = profile.transport.port_file_written();
+        if port_file_written.is_some() && !profile.shares.internal {
             return Err(HostError::Unsupported {
                 profile: profile.name,
                 why: "the port-file transport needs the internal share",
@@ -183,7 +181,7 @@ impl TerminalHost {
             EventLog::new(),
         )
         .await?;
-        if port_file_written == PortFileWritten::AtStart {
+        if port_file_written == Some(PortFileWritten::AtStart) {
             server.announce(&config.internal_dir)?;
         }
         let mut fwd_config = ForwardingConfig::new(&config.vsock.uds);
@@ -218,12 +216,8 @@ impl TerminalHost {
     /// fixed address; then, where the app writes it only now, the port
     /// file so the agents can connect.
     pub async fn discover_ttyd(&self, within: Duration) -> Result<TtydService, HostError> {
-        let Transport::GrpcPortFile {
-            port_file_written,
-            ttyd,
-            ttyd_port,
-            ..
-        } = self.config.profile.transport;
+        let transport = self.config.profile.transport;
+        let (ttyd, ttyd_port) = transport.ttyd();
         let found = match ttyd {
             TtydLocator::Mdns { .. } => {
                 let found = discover_ttyd(&self.config.guest_net, self.config.mdns, within).await?;
@@ -239,7 +233,7 @@ impl TerminalHost {
                 }
             }
         };
-        if port_file_written == PortFileWritten::AfterDiscovery {
+        if transport.port_file_written() == Some(PortFileWritten::AfterDiscovery) {
             self.server.announce(&self.config.internal_dir)?;
         }
         *self.ttyd.lock().unwrap_or_else(|e| e.into_inner()) = Some(found.clone());

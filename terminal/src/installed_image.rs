@@ -537,6 +537,17 @@ impl InstalledImage {
                 self.resize(extra, log)?;
                 Ok(())
             }
+            PreBootDisk::TruncateToShare {
+                sparse_share_percent,
+            } => {
+                // truncateDiskIfNecessary; a settings size is not applied
+                // here (the newer app has no resize2fs step).
+                let want = sparse_disk_size(total, sparse_share_percent);
+                if self.apparent_size()? != want {
+                    self.truncate(want, log)?;
+                }
+                Ok(())
+            }
             PreBootDisk::ResizeOnRequest => {
                 if let Some(want) = extra {
                     if round_up_4mib(want) != round_up_4mib(self.apparent_size()?) {
@@ -563,6 +574,35 @@ impl InstalledImage {
         std::fs::rename(self.root_part(), &backup)
             .map_err(self.io("moving to root_part_backup"))?;
         Ok(backup)
+    }
+}
+
+#[cfg(test)]
+mod truncate_tests {
+    use super::*;
+
+    /// Android 17: `root_part` becomes the 95 % share of the phone, sparse,
+    /// with no e2fsprogs step; a second start changes nothing.
+    #[test]
+    fn android17_truncates_to_the_share_without_e2fsprogs() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join(ROOT_PART);
+        std::fs::File::create(&root)
+            .unwrap()
+            .set_len(64 << 20)
+            .unwrap();
+        let img = InstalledImage::new(d.path()).unwrap();
+        let policy = PreBootDisk::TruncateToShare {
+            sparse_share_percent: 95,
+        };
+        let steps = img.pre_boot(policy, 1 << 30, None).unwrap();
+        let want = sparse_disk_size(1 << 30, 95);
+        assert_eq!(std::fs::metadata(&root).unwrap().len(), want);
+        assert!(
+            steps.iter().all(|s| !matches!(s, DiskStep::Run { .. })),
+            "{steps:?}"
+        );
+        assert!(img.pre_boot(policy, 1 << 30, None).unwrap().is_empty());
     }
 }
 

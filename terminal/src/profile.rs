@@ -31,6 +31,50 @@ pub enum Transport {
         /// ttyd's TCP port in the guest.
         ttyd_port: u16,
     },
+    /// The app starts the gRPC DebianService before the VM and puts its
+    /// port on the kernel command line (`<param>=<port>`); no share
+    /// carries it. ttyd is still found over mDNS and loaded over TLS with
+    /// the client certificate, whose `ca.crt` the guest cannot see
+    /// (`VmLauncherService`/`VmController`, after-16 and the Android 17
+    /// gRPC mode; docs/android-releases.md).
+    GrpcKernelParam {
+        param: &'static str,
+        ttyd: TtydLocator,
+        ttyd_port: u16,
+    },
+}
+
+impl Transport {
+    /// How the app finds ttyd, and ttyd's port in the guest.
+    pub fn ttyd(&self) -> (TtydLocator, u16) {
+        match *self {
+            Transport::GrpcPortFile {
+                ttyd, ttyd_port, ..
+            }
+            | Transport::GrpcKernelParam {
+                ttyd, ttyd_port, ..
+            } => (ttyd, ttyd_port),
+        }
+    }
+
+    /// When the app writes the port file, if it writes one.
+    pub fn port_file_written(&self) -> Option<PortFileWritten> {
+        match *self {
+            Transport::GrpcPortFile {
+                port_file_written, ..
+            } => Some(port_file_written),
+            Transport::GrpcKernelParam { .. } => None,
+        }
+    }
+
+    /// The kernel parameter that carries the DebianService port, if that
+    /// is how the app hands it over.
+    pub fn kernel_param(&self) -> Option<&'static str> {
+        match *self {
+            Transport::GrpcKernelParam { param, .. } => Some(param),
+            Transport::GrpcPortFile { .. } => None,
+        }
+    }
 }
 
 /// When the app writes the DebianService port file.
@@ -181,6 +225,11 @@ pub enum PreBootDisk {
     /// size rounded up to 4 MiB is unchanged, else `e2fsck -y -f`,
     /// `posix_fallocate` when growing, `resize2fs <img> <MiB>M`).
     ResizeOnRequest,
+    /// Android 17 (`truncateDiskIfNecessary`): when the apparent size is
+    /// not roundUp(`sparse_share_percent` % of the files dir's total
+    /// bytes, 4 MiB), truncate `root_part` to it (sparse; no e2fsck, no
+    /// resize2fs: the guest grows its filesystem online).
+    TruncateToShare { sparse_share_percent: u64 },
 }
 
 /// What the app shows instead of starting the VM.
@@ -231,12 +280,17 @@ pub struct HostProfile {
 }
 
 /// The names [`HostProfile::by_name`] knows, filled or not.
-pub const PROFILE_NAMES: &[&str] = &["android16", "android15-qpr2", "android17"];
+pub const PROFILE_NAMES: &[&str] = &[
+    "android16",
+    "android15-qpr2",
+    "android17-grpc",
+    "android17-aidl",
+];
 
 /// The profile asked for does not exist, or is not filled in yet.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ProfileError {
-    #[error("host profile {0:?} is not filled in yet (filled: android16, android15-qpr2)")]
+    #[error("host profile {0:?} is not filled in yet (filled: android16, android15-qpr2, android17-grpc)")]
     NotYet(String),
     #[error("unknown host profile {0:?} (known: {known})", known = PROFILE_NAMES.join(", "))]
     Unknown(String),
@@ -372,11 +426,48 @@ impl HostProfile {
         }
     }
 
+    /// Android 17's app in its gRPC mode (a payload that carries its own
+    /// `cidata.iso`; docs/android-releases.md): the DebianService port as
+    /// `debian_server_port=` on the kernel command line, no `internal`
+    /// share (so no port file and no `ca.crt` in the guest), the whole
+    /// user storage as `android`, mDNS discovery against the config's
+    /// `boot_timeout_secs` (default 60 s; × 10 on emulators), the port
+    /// report as `ActivePort`, `root_part` truncated (sparse) to 95 % of
+    /// the phone's storage before every start for the guest to grow
+    /// online. The upgrade gate is a third party's reading (build year ≥
+    /// 2026, unconfirmed in the sources); our `build_id` passes it.
+    pub fn android17_grpc() -> HostProfile {
+        let a16 = HostProfile::android16();
+        HostProfile {
+            name: "android17-grpc",
+            release: "Android 17 (gRPC mode)",
+            transport: Transport::GrpcKernelParam {
+                param: "debian_server_port",
+                ttyd: TtydLocator::Mdns {
+                    instance: crate::mdns::TTYD_INSTANCE,
+                },
+                ttyd_port: crate::ttyd::TTYD_PORT,
+            },
+            shares: Shares {
+                internal: false,
+                android: true,
+            },
+            upgrade_gate: Some(UpgradeGate::LastTokenAtLeast(2026)),
+            pre_boot: PreBootDisk::TruncateToShare {
+                sparse_share_percent: 95,
+            },
+            discovery_deadline: Duration::from_secs(60),
+            discovery_deadline_emulated: Duration::from_secs(600),
+            ..a16
+        }
+    }
+
     /// The profile named `name` (as in a scenario or on the command line).
     pub fn by_name(name: &str) -> Result<HostProfile, ProfileError> {
         match name {
             "android16" => Ok(HostProfile::android16()),
             "android15-qpr2" => Ok(HostProfile::android15_qpr2()),
+            "android17-grpc" => Ok(HostProfile::android17_grpc()),
             n if PROFILE_NAMES.contains(&n) => Err(ProfileError::NotYet(n.to_string())),
             n => Err(ProfileError::Unknown(n.to_string())),
         }
@@ -452,8 +543,8 @@ mod tests {
             "Android 15 QPR2"
         );
         assert_eq!(
-            HostProfile::by_name("android17"),
-            Err(ProfileError::NotYet("android17".into()))
+            HostProfile::by_name("android17-aidl"),
+            Err(ProfileError::NotYet("android17-aidl".into()))
         );
         let e = HostProfile::by_name("android99").unwrap_err().to_string();
         assert!(e.contains("android99") && e.contains("android16"), "{e}");

@@ -6,7 +6,9 @@ use avf_terminal::profile::{HostProfile, Transport};
 #[test]
 fn agent_units_follow_the_android16_profile() {
     let p = HostProfile::android16();
-    let Transport::GrpcPortFile { port_file, .. } = p.transport;
+    let Transport::GrpcPortFile { port_file, .. } = p.transport else {
+        panic!("android16 hands the port over in a file")
+    };
     assert!(p.agents.guest_port_file.ends_with(port_file));
     let units = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../agents/systemd");
     let want = format!("{} {}", p.agents.port_flag, p.agents.guest_port_file);

@@ -351,6 +351,7 @@ pub(super) fn boot(
     spec: &VmSpec,
     path: BootPath,
     profile: &HostProfile,
+    app_params: &[String],
     paths: &Paths,
 ) -> Vec<Prepare> {
     match (&spec.kernel, path) {
@@ -362,6 +363,7 @@ pub(super) fn boot(
             let params: Vec<&str> = (profile.kernel_params_before.iter().copied())
                 .chain(std::iter::once(k.params.as_str()))
                 .chain(profile.kernel_params_after.iter().copied())
+                .chain(app_params.iter().map(String::as_str))
                 .filter(|p| !p.is_empty())
                 .collect();
             a.opt("-append", params.join(" "));

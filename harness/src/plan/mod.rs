@@ -190,6 +190,9 @@ pub struct Plan {
     pub tap: Option<TapPlan>,
     pub forwards: Vec<Forward>,
     pub cid: u32,
+    /// The DebianService port the app put on the kernel command line
+    /// (profiles whose transport hands it over that way).
+    pub debian_server_port: Option<u16>,
     pub firmware: BootPath,
     pub vcpus: u32,
     pub memory_mib: u64,
@@ -293,7 +296,22 @@ pub fn plan(spec: &VmSpec, opts: &Options, launch: &Launch) -> std::io::Result<P
             ready: Ready::LogLine(crate::net::DNSMASQ_READY),
         });
     }
-    let prepare = boot(&mut a, spec, boot_path, &opts.profile, paths);
+    // The app's own parameters: the DebianService port, where the
+    // profile hands it over on the command line (the server then binds
+    // it in the VM's own network namespace, where any port is free).
+    let debian_server_port = opts.profile.transport.kernel_param().map(|_| {
+        let r = uuid::Uuid::new_v4();
+        20000 + u16::from_be_bytes([r.as_bytes()[0], r.as_bytes()[1]]) % 40000
+    });
+    let app_params: Vec<String> = opts
+        .profile
+        .transport
+        .kernel_param()
+        .zip(debian_server_port)
+        .map(|(k, v)| format!("{k}={v}"))
+        .into_iter()
+        .collect();
+    let prepare = boot(&mut a, spec, boot_path, &opts.profile, &app_params, paths);
 
     Ok(Plan {
         qemu: Process {
@@ -311,6 +329,7 @@ pub fn plan(spec: &VmSpec, opts: &Options, launch: &Launch) -> std::io::Result<P
         tap,
         forwards,
         cid,
+        debian_server_port,
         firmware: boot_path,
         vcpus,
         memory_mib,

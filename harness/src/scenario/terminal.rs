@@ -77,6 +77,8 @@ pub struct Session {
     /// `[terminal] time_scale`, which the host's policies run at.
     time_scale: f64,
     profile: HostProfile,
+    /// When discovery found ttyd (the app then accepts the VM's calls).
+    discovered_at: Option<Instant>,
 }
 
 impl Session {
@@ -93,15 +95,16 @@ impl Session {
         };
         let guest_net = GuestNet::Namespace(netns);
         let profile = vm.plan().profile.clone();
-        let internal = vm
-            .share_dir(ShareTag::Internal)
-            .ok_or_else(|| {
-                anyhow!(
-                    "{}: no internal share (sharedPath other than /storage/emulated)",
-                    vm.spec().source.display()
-                )
-            })?
-            .to_owned();
+        // The app's files dir: shared as `internal` where the profile
+        // shares it, else the app's alone (it still writes ca.crt there).
+        let internal = match vm.share_dir(ShareTag::Internal) {
+            Some(d) => d.to_owned(),
+            None if !profile.shares.internal => vm.instance().app_data_dir.join("files"),
+            None => bail!(
+                "{}: no internal share (sharedPath other than /storage/emulated)",
+                vm.spec().source.display()
+            ),
+        };
         let mut cfg = TerminalHostConfig::new(
             profile.clone(),
             &internal,
@@ -109,7 +112,7 @@ impl Session {
                 uds: vm.vsock_uds(),
                 guest_cid: vm.guest_cid(),
             },
-            vm.host_bind(0),
+            vm.host_bind(vm.plan().debian_server_port.unwrap_or(0)),
             MdnsTransport::Multicast {
                 interface: vm.gateway(),
             },
@@ -132,6 +135,7 @@ impl Session {
             storage_base: None,
             time_scale: opts.time_scale,
             profile,
+            discovered_at: None,
         })
     }
 
@@ -209,6 +213,16 @@ impl Session {
     pub async fn finish(self) -> Result<()> {
         // Kept apart from the bounded log: a flood cannot hide them.
         let (kept, total) = self.host.events().refused();
+        // Where the app hands the port over before it has found the VM
+        // (the kernel parameter), it refuses the agents' calls until then,
+        // and they retry: only later refusals are faults.
+        let early = |at: Instant| {
+            self.profile.transport.kernel_param().is_some()
+                && self.discovered_at.is_none_or(|d| at < d)
+        };
+        // Beyond the first kept ones the times are unknown: all count.
+        let unseen = total - kept.len();
+        let kept: Vec<_> = kept.into_iter().filter(|r| !early(r.at)).collect();
         let mut refused: Vec<String> = kept
             .into_iter()
             .filter_map(|r| match r.event {
@@ -218,8 +232,8 @@ impl Session {
                 _ => None,
             })
             .collect();
-        if total > refused.len() {
-            refused.push(format!("and {} more", total - refused.len()));
+        if unseen > 0 {
+            refused.push(format!("and {unseen} more"));
         }
         if let Some(t) = self.tty {
             t.close().await;
@@ -246,6 +260,7 @@ impl Session {
         };
         let left = limit.saturating_sub(vm.since_start());
         let found = self.host.discover_ttyd(left).await?;
+        self.discovered_at = Some(Instant::now());
         let since = vm.since_start();
         if since > limit {
             bail!("ttyd found {since:?} after the guest started, more than {limit:?}");
@@ -285,15 +300,9 @@ impl Session {
                 found.host,
             );
         }
-        let how = match self.profile.transport {
-            avf_terminal::profile::Transport::GrpcPortFile {
-                ttyd: avf_terminal::profile::TtydLocator::Mdns { .. },
-                ..
-            } => "by mDNS",
-            avf_terminal::profile::Transport::GrpcPortFile {
-                ttyd: avf_terminal::profile::TtydLocator::Fixed { .. },
-                ..
-            } => "answering ping",
+        let how = match self.profile.transport.ttyd().0 {
+            avf_terminal::profile::TtydLocator::Mdns { .. } => "by mDNS",
+            avf_terminal::profile::TtydLocator::Fixed { .. } => "answering ping",
         };
         Ok(format!(
             "ttyd found {how} at {} s: {} {}:{}; {deadline_note}",
