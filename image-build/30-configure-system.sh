@@ -33,9 +33,12 @@ cat >"$r/etc/hosts" <<'HOSTS'
 ::1 localhost ip6-localhost ip6-loopback
 HOSTS
 
-# Each VM gets its own identity on first boot.
+# Each VM gets its own identity and keys on first boot (machine id, ttyd's
+# TLS pair, SSH host keys, pacman's keyring: avf-pacman-keyring.service).
 : >"$r/etc/machine-id"
-rm -f "$r/var/lib/dbus/machine-id" "$r"/etc/ttyd/server.key "$r"/etc/ttyd/server.crt
+rm -f "$r/var/lib/dbus/machine-id" "$r"/etc/ttyd/server.key "$r"/etc/ttyd/server.crt \
+  "$r"/etc/ssh/ssh_host_*
+rm -rf "$r/etc/pacman.d/gnupg"
 
 # droid (1000:100) from avf-config's sysusers.d, then its home.
 run_in "$r" systemd-sysusers >&2
