@@ -406,6 +406,24 @@ fn root_contents(layout: &str) {
     }
 }
 
+/// droid has a locked password: an empty one let any local user `su droid`
+/// (pam_unix nullok), and droid's sudo needs no password.
+fn droid_password_locked(layout: &str) {
+    let a = need(BASE, layout);
+    let shadow = check(debugfs::cat(&a.payload("root_part"), "/etc/shadow"));
+    let hash = shadow
+        .lines()
+        .find_map(|l| l.strip_prefix("droid:"))
+        .unwrap_or_else(|| panic!("/etc/shadow has no droid: {shadow}"))
+        .split(':')
+        .next()
+        .unwrap();
+    assert!(
+        hash.starts_with('!') || hash.starts_with('*'),
+        "droid's password is not locked in /etc/shadow: {hash:?}"
+    );
+}
+
 /// Copies `dirs` of root_part (those that exist) into a temp dir.
 fn dump_dirs(img: &std::path::Path, dirs: &[&str]) -> tempfile::TempDir {
     let tmp = tempfile::tempdir().unwrap();
@@ -565,6 +583,7 @@ per_layout!(
     efi_part_vfat,
     vm_config,
     root_contents,
+    droid_password_locked,
     no_private_key_material,
     units_verify
 );
