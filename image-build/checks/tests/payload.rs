@@ -424,6 +424,39 @@ fn droid_password_locked(layout: &str) {
     );
 }
 
+/// apt in the guest follows trixie only: sid (where ttyd came from at
+/// build time) is gone, with its pin and its unchecked Release expiry.
+fn apt_sources_trixie_only(layout: &str) {
+    let a = need(BASE, layout);
+    let tmp = dump_dirs(&a.payload("root_part"), &["/etc/apt"]);
+    let mut files = Vec::new();
+    walk(tmp.path(), &mut files);
+    let mut trixie = false;
+    for f in &files {
+        let rel = f.strip_prefix(tmp.path()).unwrap().display().to_string();
+        if !(rel.contains("sources.list") || rel.contains("preferences.d")) {
+            continue;
+        }
+        let text = std::fs::read_to_string(f).unwrap_or_default();
+        for l in text.lines().map(str::trim) {
+            if l.starts_with('#') || l.is_empty() {
+                continue;
+            }
+            let words: Vec<&str> = l.split_whitespace().collect();
+            assert!(
+                !words.contains(&"sid") && !l.contains("n=sid"),
+                "/{rel}: {l:?} (sid must not stay in the guest)"
+            );
+            assert!(
+                !l.contains("check-valid-until"),
+                "/{rel}: {l:?} (Release expiry unchecked)"
+            );
+            trixie |= rel.contains("sources.list") && words.contains(&"trixie");
+        }
+    }
+    assert!(trixie, "no trixie source in /etc/apt of root_part");
+}
+
 /// Copies `dirs` of root_part (those that exist) into a temp dir.
 fn dump_dirs(img: &std::path::Path, dirs: &[&str]) -> tempfile::TempDir {
     let tmp = tempfile::tempdir().unwrap();
@@ -584,6 +617,7 @@ per_layout!(
     vm_config,
     root_contents,
     droid_password_locked,
+    apt_sources_trixie_only,
     no_private_key_material,
     units_verify
 );
