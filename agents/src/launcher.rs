@@ -58,14 +58,28 @@ pub fn forwarder_argv(local: &Endpoint, remote: &Endpoint) -> Vec<OsString> {
 }
 
 /// Starts forwarder_guest as a child process and reaps it in the background.
+/// The child runs as `nobody` (when the launcher is root: supplementary
+/// groups dropped, gid then uid changed) with no capability and
+/// no_new_privs ([`crate::privdrop`]): it needs only AF_VSOCK and TCP to
+/// 127.0.0.1.
 pub fn spawn_forwarder(
     program: &PathBuf,
     local: &Endpoint,
     remote: &Endpoint,
 ) -> anyhow::Result<()> {
-    let mut child = tokio::process::Command::new(program)
-        .args(forwarder_argv(local, remote))
-        .stdin(std::process::Stdio::null())
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(forwarder_argv(local, remote))
+        .stdin(std::process::Stdio::null());
+    if let Some((uid, gid)) = crate::privdrop::forwarder_identity() {
+        // std calls setgroups(0) before setuid when the parent is root.
+        cmd.uid(uid).gid(gid);
+    }
+    // SAFETY: clear_capabilities makes only async-signal-safe syscalls. It
+    // runs after the uid/gid change (std's order), which needs CAP_SETUID.
+    unsafe {
+        cmd.pre_exec(crate::privdrop::clear_capabilities);
+    }
+    let mut child = cmd
         .spawn()
         .with_context(|| format!("starting {}", program.display()))?;
     tokio::spawn(async move {

@@ -399,3 +399,76 @@ async fn forwarding_items_reach_the_guest_service() {
         .unwrap()
         .unwrap();
 }
+
+/// A forwarder runs as nobody (when the launcher is root), with no
+/// supplementary group, no capability and no_new_privs: it only needs
+/// AF_VSOCK and TCP to 127.0.0.1, not the launcher's root and
+/// CAP_SYS_PTRACE / CAP_DAC_READ_SEARCH.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarders_run_unprivileged() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = tempfile::tempdir().unwrap();
+    // nobody must reach the script and write its report.
+    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = d.path().join("status");
+    std::fs::write(&out, "").unwrap();
+    std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let script = d.path().join("fake_forwarder");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\ncat /proc/$$/status > {}\necho \"$@\" >> {}\n",
+            out.display(),
+            out.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let local = Endpoint::Tcp(([127, 0, 0, 1], 8080).into());
+    let remote = Endpoint::Vsock { cid: 2, port: 5000 };
+    launcher::spawn_forwarder(&script, &local, &remote).unwrap();
+    let start = Instant::now();
+    let status = loop {
+        let s = std::fs::read_to_string(&out).unwrap();
+        if s.contains("--remote") {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "forwarder did not run"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let field = |k: &str| -> Vec<String> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{k}:")))
+            .unwrap_or_else(|| panic!("no {k} in {status}"))
+            .split_whitespace()
+            .map(str::to_string)
+            .collect()
+    };
+    let me = std::fs::read_to_string("/proc/self/status").unwrap();
+    let my_uid = me
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    let want_uid = if my_uid == "0" {
+        let (uid, _) = avf_agents::privdrop::lookup_user("nobody").unwrap_or((65534, 65534));
+        uid.to_string()
+    } else {
+        my_uid
+    };
+    assert_eq!(field("Uid"), vec![want_uid.clone(); 4], "{status}");
+    assert!(!field("Gid").contains(&"0".to_string()), "{status}");
+    assert!(field("Groups").is_empty(), "{status}");
+    for cap in ["CapInh", "CapPrm", "CapEff", "CapAmb"] {
+        assert_eq!(field(cap), vec!["0000000000000000"], "{cap}: {status}");
+    }
+    assert_eq!(field("NoNewPrivs"), vec!["1"], "{status}");
+    assert!(status.contains("--local 127.0.0.1:8080 --remote vsock:2:5000"));
+}
