@@ -60,6 +60,7 @@ async fn listener_appears_within_a_second_and_goes_away() {
         Watcher::system(),
         launcher::POLL_INTERVAL,
         cmdline,
+        launcher::ReportedPorts::default(),
     ));
     // The snapshot at start comes at once, even with nothing new.
     while app.reports().is_empty() {
@@ -114,6 +115,7 @@ async fn reporter_fails_when_the_app_dies() {
         Watcher::system(),
         Duration::from_millis(50),
         cmdline,
+        launcher::ReportedPorts::default(),
     ));
     tokio::time::sleep(Duration::from_millis(200)).await;
     app.kill();
@@ -141,6 +143,7 @@ where
         Watcher::system(),
         launcher::POLL_INTERVAL,
         cmdline,
+        launcher::ReportedPorts::default(),
     ));
     let l = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
     let port = l.local_addr().unwrap().port();
@@ -336,6 +339,7 @@ async fn forwarding_items_reach_the_guest_service() {
     let forwarding = tokio::spawn(launcher::serve_forwarding(
         cl,
         2048,
+        launcher::ReportedPorts::from_ports([guest_port]),
         move |local, remote| {
             seen_tx.send((local.clone(), remote.clone())).unwrap();
             let Endpoint::Vsock { cid: 2, port } = remote else {
@@ -471,4 +475,72 @@ async fn forwarders_run_unprivileged() {
     }
     assert_eq!(field("NoNewPrivs"), vec!["1"], "{status}");
     assert!(status.contains("--local 127.0.0.1:8080 --remote vsock:2:5000"));
+}
+
+/// The launcher forwards only to ports it reported as active: a request
+/// for any other guest port (a local service the user did not see offered,
+/// bound to 127.0.0.1 only, say) is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_reported_ports_are_forwarded() {
+    let app = FakeApp::start();
+    let (_d, cmdline) = common::cmdline(CMDLINE_NO_SERVER_PORT);
+    let ch = channel(&app).await;
+    let listening = echo_server().await;
+    // A port nothing listens on: never in a report.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let spawned = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let rec = spawned.clone();
+    let launcher = tokio::spawn(launcher::run(
+        ch,
+        2048,
+        Watcher::system(),
+        launcher::POLL_INTERVAL,
+        cmdline,
+        move |local, _remote| {
+            let Endpoint::Tcp(a) = local else {
+                anyhow::bail!("unexpected local {local}");
+            };
+            rec.lock().unwrap().push(a.port());
+            Ok(())
+        },
+    ));
+    let start = Instant::now();
+    while !app
+        .reports()
+        .iter()
+        .any(|(_, p)| p.iter().any(|a| a.port == i32::from(listening)))
+    {
+        assert!(
+            start.elapsed() < PROBE_DEADLINE + Duration::from_secs(3),
+            "port {listening} not reported"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for port in [silent, listening] {
+        app.forwarding
+            .send(Ok(ForwardingRequestItem {
+                guest_tcp_port: i32::from(port),
+                vsock_port: 40_002,
+            }))
+            .await
+            .unwrap();
+    }
+    let start = Instant::now();
+    while !spawned.lock().unwrap().contains(&listening) {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "reported port not forwarded"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        *spawned.lock().unwrap(),
+        vec![listening],
+        "forwarded a port never reported ({silent})"
+    );
+    launcher.abort();
 }
