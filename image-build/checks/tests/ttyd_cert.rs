@@ -160,3 +160,68 @@ fn the_script_fsyncs_before_and_after_renaming() {
     assert!(pos("sync \"$tmp/server.key\" \"$tmp/server.crt\"") < pos("mv -f "));
     assert!(text.rfind("mv -f ").unwrap() < pos("sync \"$dir\""));
 }
+
+fn directives(unit: &str) -> Vec<String> {
+    let text = std::fs::read_to_string(config_dir().join(unit)).unwrap();
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with('#') && l.contains('='))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The certificate unit runs openssl as root on every boot: sandboxed to
+/// writing /etc/ttyd, with no capability and no network.
+#[test]
+fn the_cert_unit_is_sandboxed() {
+    let d = directives("avf-ttyd-cert.service");
+    for want in [
+        "NoNewPrivileges=yes",
+        "CapabilityBoundingSet=",
+        "ProtectSystem=strict",
+        "ReadWritePaths=/etc/ttyd",
+        "PrivateNetwork=yes",
+        "PrivateDevices=yes",
+        "ProtectKernelTunables=yes",
+        "SystemCallFilter=@system-service",
+    ] {
+        assert!(
+            d.iter().any(|l| l == want),
+            "avf-ttyd-cert.service lacks {want}"
+        );
+    }
+}
+
+/// ttyd's unit is the user's whole terminal session (su droid, sudo): no
+/// directive that would take from sudo what root has on the console.
+#[test]
+fn the_ttyd_unit_leaves_sudo_whole() {
+    let d = directives("avf-ttyd.service");
+    let breaking = [
+        "NoNewPrivileges",
+        "RestrictSUIDSGID",
+        "CapabilityBoundingSet",
+        "AmbientCapabilities",
+        "ProtectSystem",
+        "ProtectHome",
+        "ProtectKernel",
+        "ProtectControlGroups",
+        "ProtectClock",
+        "ProtectHostname",
+        "PrivateTmp",
+        "PrivateDevices",
+        "PrivateUsers",
+        "RestrictNamespaces",
+        "RestrictAddressFamilies",
+        "SystemCallFilter",
+        "MemoryDenyWriteExecute",
+        "User=",
+        "DynamicUser",
+    ];
+    for l in &d {
+        assert!(
+            !breaking.iter().any(|b| l.starts_with(b)),
+            "avf-ttyd.service: {l} would reach the user's shell and sudo"
+        );
+    }
+}
