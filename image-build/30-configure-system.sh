@@ -33,17 +33,23 @@ cat >"$r/etc/hosts" <<'HOSTS'
 ::1 localhost ip6-localhost ip6-loopback
 HOSTS
 
-# Each VM gets its own identity on first boot.
+# Each VM gets its own identity and keys on first boot (machine id, ttyd's
+# TLS pair, SSH host keys, pacman's keyring: avf-pacman-keyring.service).
 : >"$r/etc/machine-id"
-rm -f "$r/var/lib/dbus/machine-id" "$r"/etc/ttyd/server.key "$r"/etc/ttyd/server.crt
+rm -f "$r/var/lib/dbus/machine-id" "$r"/etc/ttyd/server.key "$r"/etc/ttyd/server.crt \
+  "$r"/etc/ssh/ssh_host_*
+rm -rf "$r/etc/pacman.d/gnupg"
 
 # droid (1000:100) from avf-config's sysusers.d, then its home.
 run_in "$r" systemd-sysusers >&2
 ids=$(run_in "$r" id -u droid):$(run_in "$r" id -g droid)
 [[ $ids == 1000:100 ]] || die "user droid is $ids in the image, the contract needs 1000:100"
 run_in "$r" passwd -q -l root >&2
-# No password: console login for debugging; ttyd logs in without one anyway.
-run_in "$r" passwd -q -d droid >&2
+# Locked, not empty: with an empty password any local user could `su droid`
+# (pam_unix nullok) and droid's NOPASSWD sudo made that root. ttyd's
+# `su --login droid` runs as root (pam_rootok) and sudo asks for none, so
+# neither needs a password; the harness uses the guest agent, not a login.
+run_in "$r" usermod -p '!' droid >&2
 mkdir -p "$r/home/droid"
 cp -a "$r/etc/skel/." "$r/home/droid/"
 chown -R 1000:100 "$r/home/droid"

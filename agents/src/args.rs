@@ -86,6 +86,9 @@ pub struct StorageBalloonArgs {
     /// sysfs mount point (tests).
     #[arg(long, value_name = "DIR", default_value = "/sys", hide = true)]
     pub sysfs: PathBuf,
+    /// Where ext4's own reservation is recorded for this boot (tests).
+    #[arg(long, value_name = "DIR", default_value = crate::balloon::DEFAULT_STATE_DIR, hide = true)]
+    pub state_dir: PathBuf,
 }
 
 #[derive(Parser, Debug)]

@@ -148,20 +148,61 @@ pub fn clusters_to_hold(free_bytes: u64, available_bytes: u64, frsize: u64) -> u
     hold.div_ceil(frsize.max(1))
 }
 
+/// Reads a `reserved_clusters` value.
+fn read_clusters(p: &Path) -> anyhow::Result<u64> {
+    let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+    text.trim()
+        .parse()
+        .with_context(|| format!("{}: {:?} is not a cluster count", p.display(), text.trim()))
+}
+
+/// Where the agent records ext4's own reservation for this boot: the
+/// unit's RuntimeDirectory (kept across restarts, gone at reboot).
+pub const DEFAULT_STATE_DIR: &str = "/run/storage_balloon_agent";
+
+/// ext4's own reservation of the filesystem behind `reserved_clusters`:
+/// the value the kernel set at mount (2 % of the clusters, at most 4096),
+/// which ext4 needs to convert unwritten extents and punch holes on a full
+/// disk. The balloon never goes below it.
+///
+/// The first start after boot reads it from `reserved_clusters` and
+/// records it in `state_dir`; a restart (by then the file may hold our own
+/// hold) reads the record instead. Without a usable `state_dir` the value
+/// read now is the floor (said once on stderr).
+pub fn kernel_reservation(reserved_clusters: &Path, state_dir: &Path) -> anyhow::Result<u64> {
+    let dev = reserved_clusters
+        .parent()
+        .and_then(Path::file_name)
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "root".into());
+    let record = state_dir.join(format!("{dev}.kernel_reserved_clusters"));
+    if record.exists() {
+        return read_clusters(&record);
+    }
+    let now = read_clusters(reserved_clusters)?;
+    let tmp = state_dir.join(format!(".{dev}.tmp"));
+    let saved =
+        std::fs::write(&tmp, format!("{now}\n")).and_then(|()| std::fs::rename(&tmp, &record));
+    if let Err(e) = saved {
+        eprintln!(
+            "cannot record ext4's reservation in {}: {e}; a restart will take the current value as the floor",
+            record.display()
+        );
+    }
+    Ok(now)
+}
+
 /// The balloon for one filesystem.
 pub struct Balloon<S> {
     pub reserved_clusters: PathBuf,
     pub stat: S,
+    /// ext4's own reservation ([`kernel_reservation`]): never written below.
+    pub floor: u64,
 }
 
 impl<S: StatFs> Balloon<S> {
     fn current_reservation(&self) -> anyhow::Result<u64> {
-        let p = &self.reserved_clusters;
-        let text =
-            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-        text.trim()
-            .parse()
-            .with_context(|| format!("{}: {:?} is not a cluster count", p.display(), text.trim()))
+        read_clusters(&self.reserved_clusters)
     }
 
     /// Applies one request; returns the number of clusters written.
@@ -175,9 +216,16 @@ impl<S: StatFs> Balloon<S> {
         // repeated request would release the hold it set (and oscillate);
         // with f_bfree the user-visible space would end up root's reserve
         // short of what the app asked for.
+        // The balloon is on top of ext4's own reservation (the floor),
+        // which stays whatever the app says: "free" is what users could
+        // allocate with only that in place.
         let held = self.current_reservation()?;
-        let free = st.bavail.saturating_add(held).saturating_mul(st.frsize);
-        let clusters = clusters_to_hold(free, available_bytes, st.frsize);
+        let free = st
+            .bavail
+            .saturating_add(held)
+            .saturating_sub(self.floor)
+            .saturating_mul(st.frsize);
+        let clusters = self.floor + clusters_to_hold(free, available_bytes, st.frsize);
         let p = &self.reserved_clusters;
         std::fs::write(p, format!("{clusters}\n"))
             .with_context(|| format!("writing {clusters} to {}", p.display()))?;
@@ -347,6 +395,7 @@ mod tests {
                 r_blocks: 50_000,
                 reserved: rc.clone(),
             },
+            floor: 4096,
         };
         let avail = |b: &Balloon<FakeExt4>| b.stat.stat().unwrap().bavail * 4096;
         let x = 2_000_000_000u64; // not a multiple of 4096
@@ -362,8 +411,8 @@ mod tests {
         // More room: the hold shrinks; more than exists: no hold at all.
         let c3 = b.apply(3_000_000_000).unwrap();
         assert!(c3 < c1);
-        assert_eq!(b.apply(u64::MAX).unwrap(), 0);
-        assert_eq!(avail(&b), 950_000 * 4096);
+        assert_eq!(b.apply(u64::MAX).unwrap(), 4096);
+        assert_eq!(avail(&b), (950_000 - 4096) * 4096);
     }
 
     #[test]

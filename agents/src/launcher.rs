@@ -1,7 +1,9 @@
 //! forwarder_guest_launcher: reports the guest's listening ports and starts a
 //! forwarder_guest per forwarded connection.
+use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -58,14 +60,28 @@ pub fn forwarder_argv(local: &Endpoint, remote: &Endpoint) -> Vec<OsString> {
 }
 
 /// Starts forwarder_guest as a child process and reaps it in the background.
+/// The child runs as `nobody` (when the launcher is root: supplementary
+/// groups dropped, gid then uid changed) with no capability and
+/// no_new_privs ([`crate::privdrop`]): it needs only AF_VSOCK and TCP to
+/// 127.0.0.1.
 pub fn spawn_forwarder(
     program: &PathBuf,
     local: &Endpoint,
     remote: &Endpoint,
 ) -> anyhow::Result<()> {
-    let mut child = tokio::process::Command::new(program)
-        .args(forwarder_argv(local, remote))
-        .stdin(std::process::Stdio::null())
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(forwarder_argv(local, remote))
+        .stdin(std::process::Stdio::null());
+    if let Some((uid, gid)) = crate::privdrop::forwarder_identity() {
+        // std calls setgroups(0) before setuid when the parent is root.
+        cmd.uid(uid).gid(gid);
+    }
+    // SAFETY: clear_capabilities makes only async-signal-safe syscalls. It
+    // runs after the uid/gid change (std's order), which needs CAP_SETUID.
+    unsafe {
+        cmd.pre_exec(crate::privdrop::clear_capabilities);
+    }
+    let mut child = cmd
         .spawn()
         .with_context(|| format!("starting {}", program.display()))?;
     tokio::spawn(async move {
@@ -78,11 +94,59 @@ pub fn spawn_forwarder(
     Ok(())
 }
 
-/// Serves the forwarding queue: for every item, `spawn(local, remote)`.
-/// Returns when the host ends the stream; a broken stream is an error.
+/// The ports the app may ask to forward: those of the last report it
+/// accepted, and of the one in flight (the app may act on a report before
+/// its answer reaches us). Shared by the two halves of the launcher.
+#[derive(Debug, Clone, Default)]
+pub struct ReportedPorts(Arc<Mutex<Reported>>);
+
+#[derive(Debug, Default)]
+struct Reported {
+    accepted: BTreeSet<u16>,
+    in_flight: BTreeSet<u16>,
+}
+
+impl ReportedPorts {
+    /// As if `ports` had been reported and accepted (tests).
+    pub fn from_ports(ports: impl IntoIterator<Item = u16>) -> Self {
+        let r = Self::default();
+        r.lock().accepted = ports.into_iter().collect();
+        r
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Reported> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A report of `snapshot` is being sent.
+    pub fn sending(&self, snapshot: &Snapshot) {
+        self.lock().in_flight = snapshot.keys().copied().collect();
+    }
+
+    /// The app answered the report being sent: `accepted` or not.
+    pub fn answered(&self, accepted: bool) {
+        let mut r = self.lock();
+        let sent = std::mem::take(&mut r.in_flight);
+        if accepted {
+            r.accepted = sent;
+        }
+    }
+
+    /// Whether the app may have `port` as an active port from us.
+    pub fn allows(&self, port: u16) -> bool {
+        let r = self.lock();
+        r.accepted.contains(&port) || r.in_flight.contains(&port)
+    }
+}
+
+/// Serves the forwarding queue: for every item on a port the launcher
+/// reported as active (`reported`), `spawn(local, remote)`; an item for
+/// any other port is refused with a log line. Returns when the host ends
+/// the stream; a broken stream is an error.
 pub async fn serve_forwarding<S>(
     mut client: DebianServiceClient<Channel>,
     cid: u32,
+    reported: ReportedPorts,
     mut spawn: S,
 ) -> anyhow::Result<()>
 where
@@ -100,7 +164,14 @@ where
         .context("reading the forwarding request queue")?
     {
         // A bad item or a failed spawn loses one connection, not the queue.
-        match forwarder_args(&item).and_then(|(l, r)| spawn(l, r)) {
+        let checked = forwarder_args(&item).and_then(|(l, r)| match &l {
+            Endpoint::Tcp(a) if !reported.allows(a.port()) => anyhow::bail!(
+                "refused: guest port {} is not among the ports last reported as active",
+                a.port()
+            ),
+            _ => Ok((l, r)),
+        });
+        match checked.and_then(|(l, r)| spawn(l, r)) {
             Ok(()) => {}
             Err(e) => eprintln!("forwarding {item:?}: {e:#}"),
         }
@@ -158,15 +229,17 @@ pub async fn send_report(
 /// `cmdline`, else a probe of the app: [`wire_form`]), logs it once, then
 /// reports a full snapshot at start and again whenever it changes, polling
 /// every `interval`. Runs until an RPC fails.
+/// What was sent and accepted goes to `reported`.
 pub async fn report_ports(
     channel: Channel,
     watcher: Watcher,
     interval: Duration,
     cmdline: PathBuf,
+    reported: ReportedPorts,
 ) -> anyhow::Result<()> {
     let form = wire_form::decide(channel.clone(), &cmdline).await;
     eprintln!("port reports: {form}");
-    report_ports_as(channel, form, watcher, interval).await
+    report_ports_as(channel, form, watcher, interval, reported).await
 }
 
 /// [`report_ports`] with the form already decided.
@@ -175,6 +248,7 @@ pub async fn report_ports_as(
     form: PortReportForm,
     mut watcher: Watcher,
     interval: Duration,
+    allowed: ReportedPorts,
 ) -> anyhow::Result<()> {
     let mut reported: Option<Snapshot> = None;
     let mut ticker = tokio::time::interval(interval);
@@ -192,9 +266,10 @@ pub async fn report_ports_as(
                 diff.added, diff.removed, diff.changed
             );
         }
-        let ok = send_report(&channel, &form, &now)
-            .await
-            .context("ReportVmActivePorts")?;
+        allowed.sending(&now);
+        let sent = send_report(&channel, &form, &now).await;
+        allowed.answered(matches!(sent, Ok(true)));
+        let ok = sent.context("ReportVmActivePorts")?;
         if ok {
             reported = Some(now);
         } else {
@@ -216,9 +291,10 @@ pub async fn run<S>(
 where
     S: FnMut(Endpoint, Endpoint) -> anyhow::Result<()>,
 {
+    let reported = ReportedPorts::default();
     tokio::select! {
-        r = serve_forwarding(DebianServiceClient::new(channel.clone()), cid, spawn) => r,
-        r = report_ports(channel, watcher, interval, cmdline) => r,
+        r = serve_forwarding(DebianServiceClient::new(channel.clone()), cid, reported.clone(), spawn) => r,
+        r = report_ports(channel, watcher, interval, cmdline, reported) => r,
     }
 }
 

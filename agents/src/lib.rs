@@ -13,6 +13,7 @@ pub mod gateway;
 pub mod launcher;
 pub mod listeners;
 pub mod port_file;
+pub mod privdrop;
 pub mod proto;
 pub mod shutdown;
 pub mod vsock_cid;

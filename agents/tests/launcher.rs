@@ -60,6 +60,7 @@ async fn listener_appears_within_a_second_and_goes_away() {
         Watcher::system(),
         launcher::POLL_INTERVAL,
         cmdline,
+        launcher::ReportedPorts::default(),
     ));
     // The snapshot at start comes at once, even with nothing new.
     while app.reports().is_empty() {
@@ -114,6 +115,7 @@ async fn reporter_fails_when_the_app_dies() {
         Watcher::system(),
         Duration::from_millis(50),
         cmdline,
+        launcher::ReportedPorts::default(),
     ));
     tokio::time::sleep(Duration::from_millis(200)).await;
     app.kill();
@@ -141,6 +143,7 @@ where
         Watcher::system(),
         launcher::POLL_INTERVAL,
         cmdline,
+        launcher::ReportedPorts::default(),
     ));
     let l = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
     let port = l.local_addr().unwrap().port();
@@ -340,6 +343,7 @@ async fn forwarding_items_reach_the_guest_service() {
     let forwarding = tokio::spawn(launcher::serve_forwarding(
         cl,
         2048,
+        launcher::ReportedPorts::from_ports([guest_port]),
         move |local, remote| {
             seen_tx.send((local.clone(), remote.clone())).unwrap();
             let Endpoint::Vsock { cid: 2, port } = remote else {
@@ -402,4 +406,145 @@ async fn forwarding_items_reach_the_guest_service() {
         .unwrap()
         .unwrap()
         .unwrap();
+}
+
+/// A forwarder runs as nobody (when the launcher is root), with no
+/// supplementary group, no capability and no_new_privs: it only needs
+/// AF_VSOCK and TCP to 127.0.0.1, not the launcher's root and
+/// CAP_SYS_PTRACE / CAP_DAC_READ_SEARCH.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarders_run_unprivileged() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = tempfile::tempdir().unwrap();
+    // nobody must reach the script and write its report.
+    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = d.path().join("status");
+    std::fs::write(&out, "").unwrap();
+    std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let script = d.path().join("fake_forwarder");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\ncat /proc/$$/status > {}\necho \"$@\" >> {}\n",
+            out.display(),
+            out.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let local = Endpoint::Tcp(([127, 0, 0, 1], 8080).into());
+    let remote = Endpoint::Vsock { cid: 2, port: 5000 };
+    launcher::spawn_forwarder(&script, &local, &remote).unwrap();
+    let start = Instant::now();
+    let status = loop {
+        let s = std::fs::read_to_string(&out).unwrap();
+        if s.contains("--remote") {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "forwarder did not run"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let field = |k: &str| -> Vec<String> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{k}:")))
+            .unwrap_or_else(|| panic!("no {k} in {status}"))
+            .split_whitespace()
+            .map(str::to_string)
+            .collect()
+    };
+    let me = std::fs::read_to_string("/proc/self/status").unwrap();
+    let my_uid = me
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    let want_uid = if my_uid == "0" {
+        let (uid, _) = avf_agents::privdrop::lookup_user("nobody").unwrap_or((65534, 65534));
+        uid.to_string()
+    } else {
+        my_uid
+    };
+    assert_eq!(field("Uid"), vec![want_uid.clone(); 4], "{status}");
+    assert!(!field("Gid").contains(&"0".to_string()), "{status}");
+    assert!(field("Groups").is_empty(), "{status}");
+    for cap in ["CapInh", "CapPrm", "CapEff", "CapAmb"] {
+        assert_eq!(field(cap), vec!["0000000000000000"], "{cap}: {status}");
+    }
+    assert_eq!(field("NoNewPrivs"), vec!["1"], "{status}");
+    assert!(status.contains("--local 127.0.0.1:8080 --remote vsock:2:5000"));
+}
+
+/// The launcher forwards only to ports it reported as active: a request
+/// for any other guest port (a local service the user did not see offered,
+/// bound to 127.0.0.1 only, say) is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_reported_ports_are_forwarded() {
+    let app = FakeApp::start();
+    let (_d, cmdline) = common::cmdline(CMDLINE_NO_SERVER_PORT);
+    let ch = channel(&app).await;
+    let listening = echo_server().await;
+    // A port nothing listens on: never in a report.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let spawned = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let rec = spawned.clone();
+    let launcher = tokio::spawn(launcher::run(
+        ch,
+        2048,
+        Watcher::system(),
+        launcher::POLL_INTERVAL,
+        cmdline,
+        move |local, _remote| {
+            let Endpoint::Tcp(a) = local else {
+                anyhow::bail!("unexpected local {local}");
+            };
+            rec.lock().unwrap().push(a.port());
+            Ok(())
+        },
+    ));
+    let start = Instant::now();
+    while !app
+        .reports()
+        .iter()
+        .any(|(_, p)| p.iter().any(|a| a.port == i32::from(listening)))
+    {
+        assert!(
+            start.elapsed() < PROBE_DEADLINE + Duration::from_secs(3),
+            "port {listening} not reported"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for port in [silent, listening] {
+        app.forwarding
+            .send(Ok(ForwardingRequestItem {
+                guest_tcp_port: i32::from(port),
+                vsock_port: 40_002,
+            }))
+            .await
+            .unwrap();
+    }
+    let start = Instant::now();
+    while !spawned.lock().unwrap().contains(&listening) {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "reported port not forwarded"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        *spawned.lock().unwrap(),
+        vec![listening],
+        "forwarded a port never reported ({silent})"
+    );
+    launcher.abort();
 }

@@ -44,10 +44,8 @@ base_bootstrap() {
   # bsdtar keeps xattrs and ACLs (file capabilities of ping etc.).
   run bsdtar -xpf "$dl/$ALARM_TARBALL" -C "$target"
   run sh -c 'printf "Server = %s/\$arch/\$repo\n" "$2" > "$1/etc/pacman.d/mirrorlist"' mirror "$target" "$ALARM_PKG_MIRROR"
-  run_in "$target" pacman-key --init
-  run_in "$target" pacman-key --populate archlinuxarm
   # shellcheck disable=SC2086 # the package list is split on purpose
-  run_in "$target" pacman -Syu --noconfirm --needed $pkgs
+  pacman_build_keyring "$target" pacman -Syu --noconfirm --needed $pkgs
   if [[ $KERNEL == avf ]]; then
     # linux-avf comes from the local repo (stage 20); drop the board kernel
     # and firmware the tarball ships.
@@ -56,7 +54,32 @@ base_bootstrap() {
   # The tarball's default user would take uid 1000 from droid.
   run_in "$target" userdel -r alarm
   run_in "$target" pacman -Scc --noconfirm
+  # Per machine, made on first boot (avf-pacman-keyring.service, sshd).
+  run rm -rf "$target/etc/pacman.d/gnupg"
   run rm -f "$target"/etc/ssh/ssh_host_*
+}
+
+# pacman_build_keyring ROOT pacman ARGS...: runs pacman in ROOT with a
+# keyring of the build's own, initialised and populated in the chroot's
+# /tmp (a tmpfs arch-chroot mounts for the command and drops after it), so
+# it never reaches the root's disk: a keyring made at build time would put
+# the same local master signing key (trusted to certify packagers' keys)
+# on every machine. Each machine makes its own on first boot
+# (avf-config's avf-pacman-keyring.service).
+pacman_build_keyring() {
+  local root=$1
+  shift
+  # shellcheck disable=SC2016 # expanded by the chroot's shell
+  run_in "$root" sh -c 'set -u
+cmd=$1
+shift
+g=$(mktemp -d /tmp/avf-build-gnupg.XXXXXX) || exit 1
+rc=0
+pacman-key --gpgdir "$g" --init && pacman-key --gpgdir "$g" --populate archlinuxarm &&
+  "$cmd" --gpgdir "$g" "$@" || rc=$?
+gpgconf --homedir "$g" --kill all 2>/dev/null
+rm -rf "$g"
+exit "$rc"' avf-build-keyring "$@"
 }
 
 # base_build_native NAME PKGDIR OUTDIR ROOTFS: makepkg in a throw-away
@@ -66,7 +89,7 @@ base_build_native() {
   bc="$AVF_CACHE/archlinuxarm/buildroot-$name"
   run rm -rf "$bc"
   run cp -a "$rootfs/." "$bc/"
-  run_in "$bc" pacman -S --noconfirm --needed base-devel git cmake nodejs yarn
+  pacman_build_keyring "$bc" pacman -S --noconfirm --needed base-devel git cmake nodejs yarn
   run_in "$bc" useradd -m avfbuild
   run cp -r "$dir" "$bc/home/avfbuild/$name"
   run_in "$bc" chown -R avfbuild: "/home/avfbuild/$name"
@@ -93,7 +116,7 @@ SigLevel = Optional TrustAll
 Server = file:///var/tmp/avf-repo
 CONF' conf "$root"
   # extra/ttyd would conflict with avf-ttyd: it is never installed.
-  run_in "$root" pacman --config /var/tmp/avf-repo/pacman.conf -Sy --noconfirm --needed "${names[@]}"
+  pacman_build_keyring "$root" pacman --config /var/tmp/avf-repo/pacman.conf -Sy --noconfirm --needed "${names[@]}"
   run rm -rf "$root/var/tmp/avf-repo"
 }
 

@@ -1,5 +1,6 @@
 # shellcheck shell=bash
-# Base "debian": trixie arm64 by mmdebstrap, ttyd from sid (trixie has none),
+# Base "debian": trixie arm64 by mmdebstrap, ttyd from sid (trixie has none;
+# the sid source and its pin are removed from the guest after the bootstrap),
 # AVF packages installed by extracting the same pkg.tar.zst files the Arch
 # base installs with pacman. Sourced by the stages; its distribution
 # packages are the debian column of image-build/packages.txt.
@@ -67,8 +68,21 @@ base_kernel_files() {
 }
 
 base_configure() {
-  local root=$1
+  local root=$1 f
   # C.UTF-8 is built into glibc: no locales package needed.
   printf 'LANG=C.UTF-8\n' >"$root/etc/default/locale"
+  # sid served ttyd only, at bootstrap: the guest keeps trixie alone, not a
+  # source whose Release file's expiry is not checked, nor its pin. (ttyd
+  # then gets no update from apt until trixie-backports or forky has one.)
+  for f in "$root/etc/apt/sources.list" "$root"/etc/apt/sources.list.d/*.list; do
+    [[ -f $f ]] || continue
+    sed -i -E '/^[[:space:]]*deb(-src)?[[:space:]].*[[:space:]]sid([[:space:]]|$)/d' "$f"
+  done
+  rm -f "$root/etc/apt/preferences.d/avf-sid-ttyd"
+  if grep -rqsE '[[:space:]]sid([[:space:]]|$)|check-valid-until' "$root/etc/apt/sources.list" "$root/etc/apt/sources.list.d"; then
+    die "$root/etc/apt: a sid source is left after removing it"
+  fi
+  grep -rqsE "[[:space:]]${BASE_SUITE}[[:space:]]" "$root/etc/apt/sources.list" "$root/etc/apt/sources.list.d" ||
+    die "$root/etc/apt: no $BASE_SUITE source"
   # Debian names the unit ssh-less avahi-daemon; nothing else differs here.
 }

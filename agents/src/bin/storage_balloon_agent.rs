@@ -17,11 +17,17 @@ fn main() -> std::process::ExitCode {
             mountinfo: args.mountinfo.clone(),
             sysfs: args.sysfs.clone(),
         };
+        let reserved_clusters = balloon::reserved_clusters_path(&paths).map_err(Permanent)?;
+        let floor = balloon::kernel_reservation(&reserved_clusters, &args.state_dir)?;
         let balloon = Balloon {
-            reserved_clusters: balloon::reserved_clusters_path(&paths).map_err(Permanent)?,
+            reserved_clusters,
             stat: StatVfs(paths.root.clone()),
+            floor,
         };
-        eprintln!("ballooning through {}", balloon.reserved_clusters.display());
+        eprintln!(
+            "ballooning through {}, never below ext4's own {floor} clusters",
+            balloon.reserved_clusters.display()
+        );
         let mut client = connect(
             &args.grpc.port_source(),
             &args.grpc.host_source(),

@@ -25,8 +25,9 @@ fn archlinuxarm_dry_run_prints_the_bootstrap() {
         "gpg --homedir",
         "--verify ",
         "bsdtar -xpf ",
-        "pacman-key --init",
-        "pacman-key --populate archlinuxarm",
+        "pacman-key --gpgdir \"$g\" --init",
+        "pacman-key --gpgdir \"$g\" --populate archlinuxarm",
+        "/etc/pacman.d/gnupg",
         // The whole list is checked against packages.txt by tests/packages.rs.
         "pacman -Syu --noconfirm --needed base systemd ",
         "userdel -r alarm",
@@ -35,7 +36,7 @@ fn archlinuxarm_dry_run_prints_the_bootstrap() {
         "avf-config/PKGBUILD",
         "makepkg\\ --noconfirm",
         "repo-add ",
-        "avf-agents-0.1.0-2-aarch64.pkg.tar.zst",
+        "avf-agents-0.1.0-3-aarch64.pkg.tar.zst",
         "Server = file:///var/tmp/avf-repo",
         "pacman --config /var/tmp/avf-repo/pacman.conf -Sy --noconfirm --needed avf-agents avf-config avf-ttyd",
     ];
@@ -47,7 +48,34 @@ fn archlinuxarm_dry_run_prints_the_bootstrap() {
     let pos = |s: &str| all.find(s).unwrap();
     assert!(pos("md5sum") < pos("bsdtar -xpf"));
     assert!(pos("--verify ") < pos("bsdtar -xpf"));
-    assert!(pos("pacman-key --populate") < pos("pacman -Syu"));
+    assert!(pos("pacman-key --gpgdir \"$g\" --populate") < pos("pacman -Syu"));
+    // No keyring in the image: every machine would share its local master
+    // key. Each pacman that verifies packages gets a keyring of the
+    // build's own in the chroot's /tmp (a tmpfs gone after the command),
+    // and the root's default one is removed after the bootstrap.
+    for l in &cmds {
+        if l.contains("pacman-key") {
+            assert!(
+                l.contains("--gpgdir \"$g\"") && l.contains("mktemp -d /tmp/"),
+                "pacman-key on the image's own keyring: {l}"
+            );
+        }
+        let installs = [" pacman -S ", " pacman -Sy", " pacman --config "]
+            .iter()
+            .any(|p| l.contains(p));
+        if installs {
+            assert!(
+                l.contains(" avf-build-keyring pacman "),
+                "pacman installs without the build's keyring: {l}"
+            );
+        }
+    }
+    assert!(
+        cmds.iter()
+            .any(|l| l.starts_with("+ rm -rf ") && l.ends_with("/etc/pacman.d/gnupg")),
+        "the bootstrap does not remove /etc/pacman.d/gnupg:\n{all}"
+    );
+    assert!(pos("pacman -Scc") < pos("/etc/pacman.d/gnupg"));
     assert!(pos("repo-add ") < pos("pacman --config /var/tmp/avf-repo"));
     assert_eq!(
         o.stdout.lines().last().unwrap(),

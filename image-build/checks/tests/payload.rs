@@ -315,6 +315,7 @@ const ROOT_BINS: &[&str] = &[
 const ENABLED: &[&str] = &[
     "multi-user.target.wants/avf-boot-marker.service",
     "multi-user.target.wants/avf-ttyd.service",
+    "multi-user.target.wants/avf-pacman-keyring.service",
     "multi-user.target.wants/mnt-internal.mount",
     "multi-user.target.wants/mnt-shared.mount",
     "sysinit.target.wants/nftables.service",
@@ -405,6 +406,141 @@ fn root_contents(layout: &str) {
     }
 }
 
+/// droid has a locked password: an empty one let any local user `su droid`
+/// (pam_unix nullok), and droid's sudo needs no password.
+fn droid_password_locked(layout: &str) {
+    let a = need(BASE, layout);
+    let shadow = check(debugfs::cat(&a.payload("root_part"), "/etc/shadow"));
+    let hash = shadow
+        .lines()
+        .find_map(|l| l.strip_prefix("droid:"))
+        .unwrap_or_else(|| panic!("/etc/shadow has no droid: {shadow}"))
+        .split(':')
+        .next()
+        .unwrap();
+    assert!(
+        hash.starts_with('!') || hash.starts_with('*'),
+        "droid's password is not locked in /etc/shadow: {hash:?}"
+    );
+}
+
+/// apt in the guest follows trixie only: sid (where ttyd came from at
+/// build time) is gone, with its pin and its unchecked Release expiry.
+fn apt_sources_trixie_only(layout: &str) {
+    let a = need(BASE, layout);
+    let tmp = dump_dirs(&a.payload("root_part"), &["/etc/apt"]);
+    let mut files = Vec::new();
+    walk(tmp.path(), &mut files);
+    let mut trixie = false;
+    for f in &files {
+        let rel = f.strip_prefix(tmp.path()).unwrap().display().to_string();
+        if !(rel.contains("sources.list") || rel.contains("preferences.d")) {
+            continue;
+        }
+        let text = std::fs::read_to_string(f).unwrap_or_default();
+        for l in text.lines().map(str::trim) {
+            if l.starts_with('#') || l.is_empty() {
+                continue;
+            }
+            let words: Vec<&str> = l.split_whitespace().collect();
+            assert!(
+                !words.contains(&"sid") && !l.contains("n=sid"),
+                "/{rel}: {l:?} (sid must not stay in the guest)"
+            );
+            assert!(
+                !l.contains("check-valid-until"),
+                "/{rel}: {l:?} (Release expiry unchecked)"
+            );
+            trixie |= rel.contains("sources.list") && words.contains(&"trixie");
+        }
+    }
+    assert!(trixie, "no trixie source in /etc/apt of root_part");
+}
+
+/// Copies `dirs` of root_part (those that exist) into a temp dir.
+fn dump_dirs(img: &std::path::Path, dirs: &[&str]) -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    for d in dirs {
+        if debugfs::file_type(img, d).is_err() {
+            continue;
+        }
+        let dest = tmp.path().join(d.trim_start_matches('/'));
+        std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+        check(run_ok(
+            Command::new("debugfs")
+                .arg("-R")
+                .arg(format!("rdump {d} {}", dest.parent().unwrap().display()))
+                .arg(img),
+        ));
+    }
+    tmp
+}
+
+/// Every regular file under `dir`, depth first.
+fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        match e.file_type() {
+            Ok(t) if t.is_dir() => walk(&p, out),
+            Ok(t) if t.is_file() => out.push(p),
+            _ => {}
+        }
+    }
+}
+
+/// No secret is the same on every phone: no private key of any kind ships
+/// (gnupg keyrings, SSH host keys, ttyd's TLS key: all made on first boot),
+/// and the machine id is made on first boot too.
+fn no_private_key_material(layout: &str) {
+    let a = need(BASE, layout);
+    let img = a.payload("root_part");
+    let dirs = ["/etc", "/root", "/home", "/var", "/usr/lib/avf"];
+    let tmp = dump_dirs(&img, &dirs);
+    let mut files = Vec::new();
+    walk(tmp.path(), &mut files);
+    assert!(
+        files.len() > 100,
+        "dumped only {} files from root_part",
+        files.len()
+    );
+    let mut bad = Vec::new();
+    for f in &files {
+        let rel = format!("/{}", f.strip_prefix(tmp.path()).unwrap().display());
+        let name = f.file_name().unwrap().to_string_lossy();
+        let by_name = rel.contains("/private-keys-v1.d/")
+            || name.starts_with("secring.")
+            || rel.starts_with("/etc/pacman.d/gnupg/")
+            || (rel.starts_with("/etc/ssh/") && name.starts_with("ssh_host_"))
+            || rel.starts_with("/etc/ttyd/");
+        let text = std::fs::read(f).unwrap_or_default();
+        let pem = text.windows(16).any(|w| w == b"PRIVATE KEY-----")
+            || text.windows(23).any(|w| w == b"BEGIN PGP PRIVATE KEY B");
+        if by_name || pem {
+            bad.push(rel);
+        }
+    }
+    assert!(bad.is_empty(), "private key material in root_part: {bad:?}");
+    for d in ["/etc/pacman.d/gnupg", "/etc/ttyd/server.key"] {
+        assert!(
+            debugfs::file_type(&img, d).is_err(),
+            "{d} ships in root_part (made per machine on first boot)"
+        );
+    }
+    // Absent, empty or "uninitialized": systemd makes one on first boot.
+    if let Ok(id) = debugfs::cat(&img, "/etc/machine-id") {
+        assert!(
+            id.is_empty() || id == "uninitialized\n",
+            "/etc/machine-id ships a machine id: {id:?}"
+        );
+    }
+    if let Ok(t) = debugfs::file_type(&img, "/var/lib/dbus/machine-id") {
+        assert_eq!(t, "symlink", "/var/lib/dbus/machine-id ships a machine id");
+    }
+}
+
 /// `systemd-analyze verify --root` on the AVF units, over a copy of the root.
 fn units_verify(layout: &str) {
     let a = need(BASE, layout);
@@ -422,10 +558,14 @@ fn units_verify(layout: &str) {
         "avf-boot-marker.service",
         "avf-ttyd.service",
         "avf-ttyd-cert.service",
+        "avf-pacman-keyring.service",
         "mnt-internal.mount",
         "mnt-shared.mount",
     ]
     .iter()
+    // Only where pacman is (archlinuxarm): elsewhere its condition skips it,
+    // but verify would still look for pacman-key.
+    .filter(|u| **u != "avf-pacman-keyring.service" || root.join("usr/bin/pacman-key").exists())
     .map(|u| sd.join(u).display().to_string())
     .collect();
     let agents = avf_image_checks::repo_root().join("agents/systemd");
@@ -476,5 +616,8 @@ per_layout!(
     efi_part_vfat,
     vm_config,
     root_contents,
+    droid_password_locked,
+    apt_sources_trixie_only,
+    no_private_key_material,
     units_verify
 );
