@@ -160,7 +160,8 @@ impl TapPlan {
 
     /// dnsmasq's arguments, in the foreground: DHCP on the /24 (router and
     /// DNS = host) and DNS for [`HOST_DNS_NAME`], nothing else (no
-    /// upstream: offline); run as [`TapPlan::dnsmasq_user`], never root.
+    /// upstream: offline). It is started unprivileged: see
+    /// [`TapPlan::dnsmasq_command`].
     pub fn dnsmasq_args(&self) -> Vec<OsString> {
         let fixed = [
             "--keep-in-foreground",
@@ -173,9 +174,6 @@ impl TapPlan {
             "--bind-interfaces",
             "--dhcp-authoritative",
         ];
-        let u = &self.dnsmasq_user;
-        let account = std::iter::once(format!("--user={}", u.user))
-            .chain(u.group.iter().map(|g| format!("--group={g}")));
         let own = [
             format!("--interface={TAP_IFNAME}"),
             format!("--listen-address={}", self.host),
@@ -192,9 +190,35 @@ impl TapPlan {
         fixed
             .into_iter()
             .map(OsString::from)
-            .chain(account.map(OsString::from))
             .chain(own.into_iter().map(OsString::from))
             .collect()
+    }
+
+    /// How dnsmasq is started: through `setpriv`, which becomes
+    /// [`TapPlan::dnsmasq_user`] with only the capabilities DHCP needs
+    /// (ambient, so dnsmasq keeps them without being root) and then
+    /// restores the parent-death signal that the credential change clears,
+    /// so dnsmasq still dies with the harness, even under SIGKILL. dnsmasq's
+    /// own `--user` would drop privileges after that signal is gone.
+    pub fn dnsmasq_command(&self) -> (OsString, Vec<OsString>) {
+        let u = &self.dnsmasq_user;
+        let caps = "+net_admin,+net_raw,+net_bind_service";
+        let setpriv = [
+            format!("--reuid={}", u.uid),
+            format!("--regid={}", u.gid),
+            "--clear-groups".to_string(),
+            format!("--inh-caps={caps}"),
+            format!("--ambient-caps={caps}"),
+            "--pdeathsig=keep".to_string(),
+            "--".to_string(),
+            "dnsmasq".to_string(),
+        ];
+        let args = setpriv
+            .into_iter()
+            .map(OsString::from)
+            .chain(self.dnsmasq_args())
+            .collect();
+        ("setpriv".into(), args)
     }
 
     /// dnsmasq's own dir in the run dir, for its lease and pid files.
@@ -357,19 +381,30 @@ mod tests {
         let u = &plan.dnsmasq_user;
         assert_ne!(u.uid, 0, "{u:?}");
         assert_ne!(u.user, "root");
-        let args: Vec<String> = plan
-            .dnsmasq_args()
+        let (program, argv) = plan.dnsmasq_command();
+        assert_eq!(program, "setpriv");
+        let args: Vec<String> = argv
             .iter()
             .map(|a| a.to_string_lossy().into_owned())
             .collect();
-        let users: Vec<&String> = args.iter().filter(|a| a.starts_with("--user=")).collect();
-        assert_eq!(users, [&format!("--user={}", u.user)], "{args:?}");
-        let groups: Vec<&String> = args.iter().filter(|a| a.starts_with("--group=")).collect();
-        match &u.group {
-            Some(g) => assert_eq!(groups, [&format!("--group={g}")], "{args:?}"),
-            None => assert!(groups.is_empty(), "{args:?}"),
+        // setpriv becomes the user before dnsmasq runs, with the DHCP
+        // capabilities ambient, and puts the parent-death signal back.
+        for want in [
+            format!("--reuid={}", u.uid),
+            format!("--regid={}", u.gid),
+            "--clear-groups".into(),
+            "--pdeathsig=keep".into(),
+        ] {
+            assert!(args.contains(&want), "{want} not in {args:?}");
         }
-        assert!(!args.iter().any(|a| a.contains("=root")), "{args:?}");
+        let dnsmasq = args.iter().position(|a| a == "dnsmasq").expect("dnsmasq");
+        assert_eq!(args[dnsmasq - 1], "--");
+        assert!(
+            !args
+                .iter()
+                .any(|a| a.starts_with("--user") || a.contains("=root")),
+            "{args:?}"
+        );
         let state = d.path().join("dnsmasq");
         for (flag, file) in [
             ("--dhcp-leasefile=", "dnsmasq.leases"),

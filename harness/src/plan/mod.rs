@@ -285,11 +285,12 @@ pub fn plan(spec: &VmSpec, opts: &Options, launch: &Launch) -> std::io::Result<P
         network(&mut a, tap.as_ref(), &forwards);
     }
     if let Some(t) = &tap {
+        let (program, args) = t.dnsmasq_command();
         sidecars.push(Sidecar {
             process: Process {
                 name: "dnsmasq".into(),
-                program: "dnsmasq".into(),
-                args: t.dnsmasq_args(),
+                program,
+                args,
                 netns: Some(t.path()),
                 log: paths.log("dnsmasq"),
             },
