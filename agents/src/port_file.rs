@@ -69,8 +69,8 @@ pub fn cmdline_port(cmdline: &Path) -> Result<Option<u16>, PortFileError> {
     })?;
     let Some(value) = text
         .split_ascii_whitespace()
-        .filter_map(|w| w.strip_prefix(CMDLINE_PARAM)?.strip_prefix('='))
-        .last()
+        .rev()
+        .find_map(|w| w.strip_prefix(CMDLINE_PARAM)?.strip_prefix('='))
     else {
         return Ok(None);
     };
