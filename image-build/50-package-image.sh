@@ -20,7 +20,7 @@ if [[ $AVF_DRY_RUN == 1 ]]; then
   exit 0
 fi
 [[ -d $IN_DIR/payload ]] || die "--in $IN_DIR: no payload/ (run 40-create-disk-image.sh first)"
-need_tools tune2fs e2fsck fsck.fat jq tar pigz
+need_tools tune2fs e2fsck fsck.fat jq tar pigz mkfs.vfat mcopy
 use_source_date_epoch
 
 mktemp_near tmp "$AVF_OUT" "$BASE-$LAYOUT"
@@ -51,7 +51,29 @@ sed -e "s|{root_part_guid}|$root_guid|g" -e "s|{efi_part_guid}|$efi_guid|g" \
 jq -e '.name == "debian"' "$pl/vm_config.json" >/dev/null || die "$tmpl: \"name\" must be \"debian\""
 ! grep -q '{[a-z_]*}' "$pl/vm_config.json" || die "$tmpl: unknown placeholder $(grep -o '{[a-z_]*}' "$pl/vm_config.json" | sed -n 1p)"
 
-members=(build_id vm_config.json root_part efi_part)
+# cidata.iso: Android 17's app (ImageArchive) treats a payload that carries
+# its own as the gRPC kind, the one our agents speak (it passes the
+# DebianService port as debian_server_port=); without one it would copy its
+# bundled Debian cidata and expect its AIDL guest agent, whose init.sh runs
+# dpkg (docs/android-releases.md). The guest does not read it: a NoCloud
+# seed (vfat, label CIDATA) that says so, reproducible (fixed volume id,
+# file times from SOURCE_DATE_EPOCH).
+seed="$tmp/cidata"
+mkdir -p "$seed"
+printf 'instance-id: arch-avf-%s
+local-hostname: debian
+' "$build_id" >"$seed/meta-data"
+printf '#cloud-config
+# arch-avf: the image configures itself; nothing to do here.
+{}
+' >"$seed/user-data"
+touch -d "@$SOURCE_DATE_EPOCH" "$seed/meta-data" "$seed/user-data"
+mkfs.vfat -C -n CIDATA -i "$(avf_guid "$BASE" cidata-fs | cut -c1-8)" "$pl/cidata.iso" 1024 >/dev/null ||
+  die "mkfs.vfat failed writing $pl/cidata.iso"
+mcopy -m -i "$pl/cidata.iso" "$seed/meta-data" "$seed/user-data" ::/
+rm -rf "$seed"
+
+members=(build_id vm_config.json root_part efi_part cidata.iso)
 [[ -e $pl/vmlinuz ]] && members+=(vmlinuz)
 [[ -e $pl/initrd.img ]] && members+=(initrd.img)
 

@@ -20,13 +20,27 @@ pub struct GrpcArgs {
     /// Older form: the host's address (default: the default IPv4 gateway).
     #[arg(long, value_name = "ADDR")]
     pub host_addr: Option<IpAddr>,
+    /// The kernel command line, read for `debian_server_port=` (tests).
+    #[arg(
+        long,
+        value_name = "FILE",
+        default_value = crate::wire_form::PROC_CMDLINE,
+        hide = true
+    )]
+    pub cmdline: PathBuf,
 }
 
 /// Where the port comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PortSource {
-    File(PathBuf),
     Fixed(u16),
+    /// `debian_server_port=<port>` on the kernel command line, where the
+    /// app puts it (Android 17's gRPC mode: no internal share, so no
+    /// file); else the file (Android 15 QPR2 and 16).
+    CmdlineOrFile {
+        cmdline: PathBuf,
+        file: PathBuf,
+    },
 }
 
 /// Where the host address comes from.
@@ -41,8 +55,12 @@ impl GrpcArgs {
     pub fn port_source(&self) -> PortSource {
         match (&self.grpc_port_file, self.grpc_port) {
             (_, Some(p)) => PortSource::Fixed(p),
-            (Some(f), None) => PortSource::File(f.clone()),
-            (None, None) => PortSource::File(PathBuf::from(DEFAULT_PORT_FILE)),
+            (f, None) => PortSource::CmdlineOrFile {
+                cmdline: self.cmdline.clone(),
+                file: f
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from(DEFAULT_PORT_FILE)),
+            },
         }
     }
 
@@ -102,14 +120,6 @@ pub struct LauncherArgs {
     /// The forwarder_guest program (default: next to this program, else $PATH).
     #[arg(long, value_name = "PATH", hide = true)]
     pub forwarder: Option<PathBuf>,
-    /// The kernel command line, read for `debian_server_port=` (tests).
-    #[arg(
-        long,
-        value_name = "FILE",
-        default_value = crate::wire_form::PROC_CMDLINE,
-        hide = true
-    )]
-    pub cmdline: PathBuf,
 }
 
 #[derive(Parser, Debug)]
@@ -141,7 +151,10 @@ mod tests {
         .unwrap();
         assert_eq!(
             a.grpc.port_source(),
-            PortSource::File(DEFAULT_PORT_FILE.into())
+            PortSource::CmdlineOrFile {
+                cmdline: "/proc/cmdline".into(),
+                file: DEFAULT_PORT_FILE.into()
+            }
         );
         assert_eq!(
             a.grpc.host_source(),
@@ -171,9 +184,12 @@ mod tests {
         let a = LauncherArgs::try_parse_from(["forwarder_guest_launcher"]).unwrap();
         assert_eq!(
             a.grpc.port_source(),
-            PortSource::File(DEFAULT_PORT_FILE.into())
+            PortSource::CmdlineOrFile {
+                cmdline: "/proc/cmdline".into(),
+                file: DEFAULT_PORT_FILE.into()
+            }
         );
-        assert_eq!(a.cmdline, PathBuf::from("/proc/cmdline"));
+        assert_eq!(a.grpc.cmdline, PathBuf::from("/proc/cmdline"));
     }
 
     #[test]

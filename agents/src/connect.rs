@@ -33,7 +33,12 @@ impl Default for WaitPolicy {
 pub fn resolve(port: &PortSource, host: &HostSource) -> anyhow::Result<SocketAddr> {
     let port = match port {
         PortSource::Fixed(p) => *p,
-        PortSource::File(f) => crate::port_file::read_port(f)?,
+        PortSource::CmdlineOrFile { cmdline, file } => {
+            match crate::port_file::cmdline_port(cmdline)? {
+                Some(p) => p,
+                None => crate::port_file::read_port(file)?,
+            }
+        }
     };
     let ip = match host {
         HostSource::Fixed(a) => *a,

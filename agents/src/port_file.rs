@@ -1,4 +1,5 @@
-//! Reading the DebianService port the app writes to the internal share.
+//! Reading the DebianService port the app writes to the internal share, or
+//! (Android 17's gRPC mode) puts on the kernel command line.
 //!
 //! The file holds bare ASCII digits (no newline); we also accept surrounding
 //! whitespace. It may be missing (the app writes it only after it found ttyd)
@@ -18,6 +19,8 @@ pub enum PortFileError {
     Empty(PathBuf),
     #[error("port file {path}: {content:?} is not a TCP port number (1-65535)")]
     Garbage { path: PathBuf, content: String },
+    #[error("{0}: debian_server_port=0: the app runs no gRPC DebianService (its AIDL mode)")]
+    NoGrpcServer(PathBuf),
 }
 
 /// Reads and validates the port once.
@@ -49,6 +52,68 @@ pub fn read_port(path: &Path) -> Result<u16, PortFileError> {
     match trimmed.parse::<u16>() {
         Ok(0) | Err(_) => Err(garbage()),
         Ok(port) => Ok(port),
+    }
+}
+
+/// The kernel parameter Android 17's app passes the port in.
+pub const CMDLINE_PARAM: &str = "debian_server_port";
+
+/// The port from `debian_server_port=<port>` in the kernel command line at
+/// `cmdline`; `None` when the parameter is absent (the app hands the port
+/// over in the file instead). `debian_server_port=0` is the AIDL mode's:
+/// no gRPC server runs, which is an error for a gRPC agent.
+pub fn cmdline_port(cmdline: &Path) -> Result<Option<u16>, PortFileError> {
+    let text = std::fs::read_to_string(cmdline).map_err(|source| PortFileError::Io {
+        path: cmdline.to_owned(),
+        source,
+    })?;
+    let Some(value) = text
+        .split_ascii_whitespace()
+        .rev()
+        .find_map(|w| w.strip_prefix(CMDLINE_PARAM)?.strip_prefix('='))
+    else {
+        return Ok(None);
+    };
+    match value.parse::<u16>() {
+        Ok(0) => Err(PortFileError::NoGrpcServer(cmdline.to_owned())),
+        Ok(p) => Ok(Some(p)),
+        Err(_) => Err(PortFileError::Garbage {
+            path: cmdline.to_owned(),
+            content: format!("{CMDLINE_PARAM}={value}"),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod cmdline_tests {
+    use super::*;
+
+    fn port_of(cmdline: &str) -> Result<Option<u16>, PortFileError> {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("cmdline");
+        std::fs::write(&f, cmdline).unwrap();
+        cmdline_port(&f)
+    }
+
+    #[test]
+    fn the_port_comes_from_the_kernel_command_line_when_there() {
+        assert_eq!(
+            port_of(
+                "panic=-1 root=/dev/vda1 console=ttyS0 debian_server_port=40123 hostname=debian\n"
+            )
+            .unwrap(),
+            Some(40123)
+        );
+        assert_eq!(port_of("root=/dev/vda1 console=ttyS0\n").unwrap(), None);
+        assert!(matches!(
+            port_of("debian_server_port=0"),
+            Err(PortFileError::NoGrpcServer(_))
+        ));
+        assert!(matches!(
+            port_of("debian_server_port=x"),
+            Err(PortFileError::Garbage { .. })
+        ));
+        assert_eq!(port_of("xdebian_server_port=5").unwrap(), None);
     }
 }
 

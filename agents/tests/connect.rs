@@ -15,6 +15,39 @@ fn policy(attempts: u32) -> WaitPolicy {
     }
 }
 
+/// The port file, with a kernel command line that does not carry the
+/// port (Android 15 QPR2 and 16).
+fn from_file(f: std::path::PathBuf) -> PortSource {
+    let cmdline = f.with_file_name("cmdline");
+    std::fs::write(&cmdline, "root=/dev/vda1 console=ttyS0\n").unwrap();
+    PortSource::CmdlineOrFile { cmdline, file: f }
+}
+
+/// Android 17's gRPC mode: the port on the kernel command line wins over
+/// a stale file (there is no internal share there to hold one anyway).
+#[tokio::test]
+async fn the_kernel_command_line_carries_the_port_in_android17() {
+    let app = FakeApp::start();
+    let (_d, f) = port_file();
+    std::fs::write(&f, dead_port().to_string()).unwrap();
+    let cmdline = f.with_file_name("cmdline");
+    std::fs::write(
+        &cmdline,
+        format!(
+            "panic=-1 root=/dev/vda1 debian_server_port={} hostname=debian\n",
+            app.addr.port()
+        ),
+    )
+    .unwrap();
+    connect(
+        &PortSource::CmdlineOrFile { cmdline, file: f },
+        &localhost(),
+        policy(1),
+    )
+    .await
+    .unwrap();
+}
+
 fn localhost() -> HostSource {
     HostSource::Fixed("127.0.0.1".parse().unwrap())
 }
@@ -23,7 +56,7 @@ fn localhost() -> HostSource {
 async fn missing_file_gives_up_naming_it() {
     let (_d, f) = port_file();
     let start = Instant::now();
-    let e = connect(&PortSource::File(f.clone()), &localhost(), policy(3))
+    let e = connect(&from_file(f.clone()), &localhost(), policy(3))
         .await
         .unwrap_err();
     let msg = format!("{e:#}");
@@ -36,7 +69,7 @@ async fn missing_file_gives_up_naming_it() {
 async fn garbage_gives_up_with_the_content() {
     let (_d, f) = port_file();
     std::fs::write(&f, "hello").unwrap();
-    let e = connect(&PortSource::File(f), &localhost(), policy(2))
+    let e = connect(&from_file(f), &localhost(), policy(2))
         .await
         .unwrap_err();
     let msg = format!("{e:#}");
@@ -48,7 +81,7 @@ async fn file_written_late_is_picked_up() {
     let app = FakeApp::start();
     let (_d, f) = port_file();
     write_port_later(f.clone(), app.addr.port(), Duration::from_millis(350));
-    connect(&PortSource::File(f), &localhost(), policy(10))
+    connect(&from_file(f), &localhost(), policy(10))
         .await
         .unwrap();
 }
@@ -60,7 +93,7 @@ async fn stale_port_then_the_right_one() {
     let (_d, f) = port_file();
     std::fs::write(&f, stale.to_string()).unwrap();
     write_port_later(f.clone(), app.addr.port(), Duration::from_millis(350));
-    connect(&PortSource::File(f), &localhost(), policy(10))
+    connect(&from_file(f), &localhost(), policy(10))
         .await
         .unwrap();
 }

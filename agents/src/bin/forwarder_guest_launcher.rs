@@ -37,7 +37,7 @@ fn main() -> std::process::ExitCode {
             cid,
             Watcher::system(),
             POLL_INTERVAL,
-            args.cmdline,
+            args.grpc.cmdline.clone(),
             |local, remote| launcher::spawn_forwarder(&program, &local, &remote),
         )
         .await

@@ -45,7 +45,13 @@ fn tar_members(a: &Artefact) -> BTreeMap<String, (u64, u8)> {
 fn tarball_members(layout: &str) {
     let a = need(BASE, layout);
     let m = tar_members(&a);
-    let mut want = vec!["build_id", "efi_part", "root_part", "vm_config.json"];
+    let mut want = vec![
+        "build_id",
+        "cidata.iso",
+        "efi_part",
+        "root_part",
+        "vm_config.json",
+    ];
     if layout == "direct" {
         want.push("vmlinuz");
         if a.payload("initrd.img").exists() {
