@@ -256,7 +256,16 @@ fn vm_config(layout: &str) {
 const ROOT_FILES: &[(&str, &str)] = &[
     (
         "/usr/lib/systemd/system/avf-ttyd.service",
-        "--ssl-ca /mnt/internal/ca.crt",
+        "ExecStart=/usr/lib/avf/ttyd-start",
+    ),
+    // The app's client certificate required where the app shares it.
+    ("/usr/lib/avf/ttyd-start", "--ssl-ca /mnt/internal/ca.crt"),
+    // Android 17 enlarges root_part; the guest grows / online.
+    ("/usr/lib/avf/grow-root", "resize2fs"),
+    // A share the app does not give is skipped, not failed.
+    (
+        "/usr/lib/systemd/system/mnt-shared.mount",
+        "ConditionPathExists=/run/avf/virtiofs/android",
     ),
     (
         "/usr/lib/systemd/system/avf-boot-marker.service",
@@ -324,6 +333,7 @@ const ENABLED: &[&str] = &[
     "multi-user.target.wants/avf-pacman-keyring.service",
     "multi-user.target.wants/mnt-internal.mount",
     "multi-user.target.wants/mnt-shared.mount",
+    "multi-user.target.wants/avf-grow-root.service",
     "sysinit.target.wants/nftables.service",
     "sysinit.target.wants/systemd-resolved.service",
     "multi-user.target.wants/systemd-networkd.service",
@@ -396,10 +406,8 @@ fn root_contents(layout: &str) {
             "{secret} baked into the image"
         );
     }
-    let ttyd_unit = check(debugfs::cat(
-        &img,
-        "/usr/lib/systemd/system/avf-ttyd.service",
-    ));
+    // The unit runs ttyd-start, which runs ttyd with these.
+    let ttyd_start = check(debugfs::cat(&img, "/usr/lib/avf/ttyd-start"));
     for flag in [
         "--port 7681",
         "--ssl ",
@@ -408,7 +416,7 @@ fn root_contents(layout: &str) {
         " -W ",
         "-t disableLeaveAlert=true",
     ] {
-        assert!(ttyd_unit.contains(flag), "avf-ttyd.service lacks {flag:?}");
+        assert!(ttyd_start.contains(flag), "ttyd-start lacks {flag:?}");
     }
 }
 
