@@ -126,10 +126,60 @@ pub fn override_config(spec: &mut VmSpec, instance: &Instance, options: &Options
         spec.shares.retain(|s| s.tag != ShareTag::Internal);
     }
     let backup = instance.payload_dir.join(installed_image::ROOT_PART_BACKUP);
-    if backup.is_file() {
+    // The payload dir lies in the guest-writable `internal` share: a link
+    // planted there is not followed to a host file (QEMU would open it).
+    if std::fs::symlink_metadata(&backup).is_ok_and(|m| m.is_file()) {
         spec.disks.push(Disk::Image {
             path: backup,
             writable: true,
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(inst: &Instance) -> VmSpec {
+        let text = r#"{ "name": "debian", "disks": [{ "partitions": [
+            { "label": "ROOT", "path": "$PAYLOAD_DIR/root_part", "writable": true } ] }] }"#;
+        VmSpec::parse(text, &inst.vm_config(), &inst.expansion()).unwrap()
+    }
+
+    fn images(s: &VmSpec) -> Vec<&Path> {
+        s.disks
+            .iter()
+            .filter_map(|d| match d {
+                Disk::Image { path, .. } => Some(path.as_path()),
+                Disk::Composite { .. } => None,
+            })
+            .collect()
+    }
+
+    /// root_part_backup (the Upgrade screen's) becomes a second disk; one
+    /// the guest planted as a link to a host file through the `internal`
+    /// share does not.
+    #[test]
+    fn the_backup_disk_is_never_a_link() {
+        let d = tempfile::tempdir().unwrap();
+        let payload = d.path().join("payload");
+        std::fs::create_dir_all(&payload).unwrap();
+        std::fs::write(payload.join("vm_config.json"), b"{}").unwrap();
+        std::fs::write(payload.join("root_part"), b"x").unwrap();
+        let inst = Instance::in_place(&payload, &d.path().join("scratch")).unwrap();
+        let backup = inst.payload_dir.join(installed_image::ROOT_PART_BACKUP);
+
+        let victim = d.path().join("victim");
+        std::fs::write(&victim, b"host data").unwrap();
+        std::os::unix::fs::symlink(&victim, &backup).unwrap();
+        let mut s = spec(&inst);
+        override_config(&mut s, &inst, &Options::default());
+        assert!(images(&s).is_empty(), "{:?}", s.disks);
+
+        std::fs::remove_file(&backup).unwrap();
+        std::fs::write(&backup, b"old disk").unwrap();
+        let mut s = spec(&inst);
+        override_config(&mut s, &inst, &Options::default());
+        assert_eq!(images(&s), [backup.as_path()]);
     }
 }

@@ -461,4 +461,81 @@ mod tests {
             "{e}"
         );
     }
+
+    /// The hostile payloads in fixtures/hostile (see its make.py and
+    /// expect.txt): each is refused by the installer or by the spec, or
+    /// installs into a spec whose every file is a regular file in the
+    /// payload dir; nothing lands outside the instance.
+    #[test]
+    fn hostile_fixtures() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/hostile");
+        let expect = std::fs::read_to_string(dir.join("expect.txt")).unwrap();
+        let mut n = 0;
+        for line in expect
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        {
+            let mut w = line.split_whitespace();
+            let (name, outcome) = (w.next().unwrap(), w.next().unwrap());
+            let needle = w.collect::<Vec<_>>().join(" ");
+            n += 1;
+            let t = tempfile::tempdir().unwrap();
+            let root = t.path().join("a/b/inst");
+            let got = Instance::install(&dir.join(name), &root);
+            let outside: Vec<_> = walk(t.path())
+                .into_iter()
+                .filter(|p| !p.starts_with(&root) && !root.starts_with(p))
+                .collect();
+            assert!(outside.is_empty(), "{name}: wrote {outside:?}");
+            assert!(!Path::new("/tmp/avf-hostile-absolute").exists(), "{name}");
+            if outcome == "install-refused" {
+                let e = format!("{:#}", got.expect_err(name));
+                assert!(e.contains(&needle) && e.contains(name), "{name}: {e}");
+                assert!(!root.join("app/files/linux").exists(), "{name}");
+                continue;
+            }
+            let inst = got.unwrap_or_else(|e| panic!("{name}: {e:#}"));
+            let spec = crate::spec::VmSpec::load(&inst.vm_config(), &inst.expansion());
+            if let Some(field) = outcome.strip_prefix("spec-refused:") {
+                let e = spec.expect_err(name);
+                assert_eq!(e.field, field, "{name}: {e}");
+                assert!(e.problem.contains(&needle), "{name}: {e}");
+                continue;
+            }
+            assert_eq!(outcome, "installed", "{name}: unknown outcome");
+            assert!(
+                inst.install_warnings.iter().any(|w| w.contains(&needle)),
+                "{name}: {:?}",
+                inst.install_warnings
+            );
+            let spec = spec.unwrap_or_else(|e| panic!("{name}: {e}"));
+            let files = spec.disks.iter().flat_map(|d| match d {
+                crate::spec::Disk::Composite { partitions, .. } => {
+                    partitions.iter().map(|p| p.path.clone()).collect()
+                }
+                crate::spec::Disk::Image { path, .. } => vec![path.clone()],
+            });
+            for f in files {
+                assert!(f.starts_with(&inst.payload_dir), "{name}: {}", f.display());
+                let m = std::fs::symlink_metadata(&f).unwrap();
+                assert!(m.is_file(), "{name}: {} is not a regular file", f.display());
+                use std::os::unix::fs::PermissionsExt;
+                assert_eq!(m.permissions().mode() & 0o7777, image_archive::FILE_MODE);
+            }
+        }
+        assert!(n >= 10, "expected the fixtures in {}", dir.display());
+    }
+
+    /// Every path under `dir` (not following links).
+    fn walk(dir: &Path) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if std::fs::symlink_metadata(&p).unwrap().is_dir() {
+                out.extend(walk(&p));
+            }
+            out.push(p);
+        }
+        out
+    }
 }

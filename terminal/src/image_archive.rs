@@ -817,4 +817,265 @@ mod tests {
         assert_eq!(flat_name(b"x/", false), Err(Refusal::Nested));
         assert_eq!(flat_name(b"./x/", true), Err(Refusal::Directory));
     }
+
+    /// A name the fuzz entries draw from: the hostile ones, or random.
+    fn fuzz_name() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use crate::fuzzing::proptest::prelude::*;
+        let hostile: Vec<&[u8]> = vec![
+            b"root_part",
+            b"./root_part",
+            b"vm_config.json",
+            b"completed",
+            b"../x",
+            b"../../../../escape",
+            b"./a/../../b",
+            b"..",
+            b".",
+            b"./",
+            b"",
+            b"/etc/passwd",
+            b"/tmp/avf-fuzz-absolute",
+            b"sub/",
+            b"sub/x",
+            b".//x",
+            b"..x",
+            b"bad\xff",
+            b"planted",
+            b"keep",
+        ];
+        prop_oneof![
+            3 => proptest::sample::select(hostile).prop_map(|b| b.to_vec()),
+            1 => proptest::collection::vec(
+                prop_oneof![Just(b'.'), Just(b'/'), Just(b'a'), any::<u8>()],
+                0..12
+            ),
+        ]
+    }
+
+    /// Fuzz: whatever bytes `images.tar.gz` holds, the installer never
+    /// panics, writes nothing outside its dir (the dir sits four levels
+    /// down a private tree: a `..` escape up to four levels would show),
+    /// leaves no temp dir, never touches what a planted link points at,
+    /// and on success installs only regular files of mode [`FILE_MODE`];
+    /// on failure the install dir is as it was.
+    #[test]
+    fn fuzz_installer() {
+        use crate::fuzzing::{proptest::prelude::*, run};
+        use std::io::Write as _;
+
+        /// How many fuzz inputs installed (the rest were refused).
+        static INSTALLED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+        /// Runs one install of `gz` and checks the invariants.
+        fn check(gz: &[u8], preexisting: bool) -> Result<(), TestCaseError> {
+            let base = Path::new("/dev/shm");
+            let t = if base.is_dir() {
+                tempfile::tempdir_in(base)
+            } else {
+                tempfile::tempdir()
+            }
+            .unwrap();
+            let sentinel = t.path().join("sentinel");
+            std::fs::write(&sentinel, b"host data").unwrap();
+            let files = t.path().join("a/b/files");
+            let dir = files.join("linux");
+            std::fs::create_dir_all(&files).unwrap();
+            if preexisting {
+                std::fs::create_dir(&dir).unwrap();
+                std::fs::write(dir.join("keep"), b"kept").unwrap();
+                std::os::unix::fs::symlink(&sentinel, dir.join("planted")).unwrap();
+            }
+            let before = std::fs::read_dir(&files).map(|_| tree(&files)).unwrap();
+            let got = install_from(gz, Path::new("fuzz.tar.gz"), &dir);
+            if got.is_ok() {
+                INSTALLED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            prop_assert_eq!(std::fs::read(&sentinel).unwrap(), b"host data");
+            prop_assert!(!Path::new("/tmp/avf-fuzz-absolute").exists());
+            // Nothing but the tree we made (and the install dir).
+            let mut all = tree(t.path());
+            all.retain(|p| !p.starts_with(&dir));
+            let want: Vec<PathBuf> = ["a", "a/b", "a/b/files", "sentinel"]
+                .iter()
+                .map(|p| t.path().join(p))
+                .collect();
+            prop_assert_eq!(&all, &want, "{:?}", got);
+            prop_assert_eq!(dir.is_dir(), got.is_ok() || preexisting);
+            match got {
+                Err(_) => prop_assert_eq!(tree(&files), before),
+                Ok(out) => {
+                    prop_assert!(is_installed(&dir));
+                    for f in out.files.iter().chain([&COMPLETED.to_string()]) {
+                        let m = std::fs::symlink_metadata(dir.join(f)).unwrap();
+                        prop_assert!(m.is_file(), "{f}");
+                        prop_assert_eq!(m.mode() & 0o7777, FILE_MODE, "{}", f);
+                        prop_assert_eq!(m.nlink(), 1);
+                    }
+                    for name in names(&dir) {
+                        let known = out.files.contains(&name)
+                            || out.kept.contains(&name)
+                            || name == COMPLETED;
+                        prop_assert!(known, "{name} neither written nor kept");
+                    }
+                }
+            }
+            Ok(())
+        }
+
+        fn tree(dir: &Path) -> Vec<PathBuf> {
+            let mut out = Vec::new();
+            let Ok(rd) = std::fs::read_dir(dir) else {
+                return out;
+            };
+            for e in rd {
+                let p = e.unwrap().path();
+                out.push(p.clone());
+                if std::fs::symlink_metadata(&p).unwrap().is_dir() {
+                    out.extend(tree(&p));
+                }
+            }
+            out.sort();
+            out
+        }
+
+        fn gzip(tar: &[u8]) -> Vec<u8> {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            e.write_all(tar).unwrap();
+            e.finish().unwrap()
+        }
+
+        // Raw bytes where the gzip stream should be.
+        run(
+            "image_archive::install_from (gz bytes)",
+            2_000,
+            (
+                proptest::collection::vec(any::<u8>(), 0..600),
+                any::<bool>(),
+            ),
+            |(bytes, pre)| check(&bytes, pre),
+        );
+        // Valid gzip of random bytes: the tar reader gets them.
+        run(
+            "image_archive::install_from (tar bytes)",
+            2_000,
+            (
+                proptest::collection::vec(any::<u8>(), 0..2048),
+                any::<bool>(),
+            ),
+            |(bytes, pre)| check(&gzip(&bytes), pre),
+        );
+        // Entries with raw headers: hostile names, any type byte, any
+        // mode, link names, GNU long names; then some header bytes flipped.
+        let entry = (
+            fuzz_name(),
+            prop_oneof![
+                4 => proptest::sample::select(b"0123456712LKSxgV".to_vec()),
+                1 => any::<u8>(),
+            ],
+            prop_oneof![Just(0o644u32), Just(0o4755), Just(0o6777), any::<u32>()],
+            proptest::collection::vec(any::<u8>(), 0..300),
+            fuzz_name(),
+        );
+        let archive = (
+            proptest::collection::vec(entry, 0..6),
+            proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4),
+            any::<bool>(),
+        );
+        run(
+            "image_archive::install_from (entries)",
+            3_000,
+            archive,
+            |(entries, flips, pre)| {
+                let mut b = tar::Builder::new(Vec::new());
+                for (name, ty, mode, data, link) in &entries {
+                    let mut h = tar::Header::new_gnu();
+                    let name = &name[..name.len().min(100)];
+                    let link = &link[..link.len().min(100)];
+                    h.as_old_mut().name[..name.len()].copy_from_slice(name);
+                    h.as_old_mut().linkname[..link.len()].copy_from_slice(link);
+                    h.set_entry_type(tar::EntryType::new(*ty));
+                    h.set_mode(*mode);
+                    // A long-name entry's data is the next entry's name.
+                    let data = if *ty == b'L' { link } else { &data[..] };
+                    h.set_size(data.len() as u64);
+                    h.set_cksum();
+                    b.append(&h, data).unwrap();
+                }
+                let mut tar = b.into_inner().unwrap();
+                for (at, x) in flips {
+                    let i = at.index(tar.len().max(1));
+                    if let Some(byte) = tar.get_mut(i) {
+                        *byte ^= x;
+                    }
+                }
+                check(&gzip(&tar), pre)
+            },
+        );
+        // The hostile fixtures, decompressed, with bytes flipped.
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/hostile");
+        let mut seeds = Vec::new();
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.to_string_lossy().ends_with(".tar.gz") {
+                let mut tar = Vec::new();
+                flate2::read::GzDecoder::new(File::open(&p).unwrap())
+                    .read_to_end(&mut tar)
+                    .unwrap();
+                seeds.push(tar);
+            }
+        }
+        assert!(seeds.len() >= 10, "the fixtures in {}", dir.display());
+        run(
+            "image_archive::install_from (hostile fixtures, mutated)",
+            2_000,
+            (
+                proptest::sample::select(seeds),
+                proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..6),
+                any::<bool>(),
+            ),
+            |(mut tar, flips, pre)| {
+                for (at, x) in flips {
+                    let i = at.index(tar.len());
+                    tar[i] ^= x;
+                }
+                check(&gzip(&tar), pre)
+            },
+        );
+        eprintln!(
+            "fuzz image_archive::install_from: {} inputs installed, the rest refused",
+            INSTALLED.load(std::sync::atomic::Ordering::Relaxed)
+        );
+    }
+
+    /// The hostile fixtures as they are: refused, or installed as regular
+    /// files only (the harness's `payload::tests::hostile_fixtures` goes on
+    /// to the spec).
+    #[test]
+    fn hostile_fixtures_install_safely() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/hostile");
+        let mut n = 0;
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            if !p.to_string_lossy().ends_with(".tar.gz") {
+                continue;
+            }
+            n += 1;
+            let t = tempfile::tempdir().unwrap();
+            let inst = t.path().join("a/b/linux");
+            match install_to(&p, &inst) {
+                Err(e) => {
+                    assert!(matches!(e, ArchiveError::Refused { .. }), "{e}");
+                    assert_eq!(names(t.path()), ["a"], "{}", p.display());
+                }
+                Ok(got) => {
+                    for f in names(&inst) {
+                        let m = std::fs::symlink_metadata(inst.join(&f)).unwrap();
+                        assert!(m.is_file() && m.mode() & 0o7777 == FILE_MODE, "{f}");
+                    }
+                    assert!(got.kept.is_empty());
+                }
+            }
+        }
+        assert!(n >= 10);
+    }
 }

@@ -10,6 +10,8 @@ pub mod cert;
 pub mod events;
 pub mod forwarding;
 mod fsutil;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod host;
 pub mod image_archive;
 pub mod installed_image;

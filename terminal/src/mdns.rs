@@ -124,28 +124,15 @@ pub async fn discover_ttyd(
                     break;
                 }
             };
-            let msg = match Message::from_vec(&buf[..len]) {
-                Ok(m) => m,
-                Err(e) => {
-                    last = format!("undecodable reply: {e}");
+            let found = match hear(&buf[..len], from, transport, &asked, srv.as_ref()) {
+                Ok(found) => found,
+                Err(why) => {
+                    if let Some(why) = why {
+                        last = why;
+                    }
                     continue;
                 }
             };
-            if msg.message_type() != MessageType::Response {
-                continue;
-            }
-            if !source_ok(transport, from) {
-                last = format!("ignored a reply from {from} (not where answers come from)");
-                continue;
-            }
-            if !asked.iter().any(|q| q.answered_by(&msg)) {
-                last = format!(
-                    "ignored a reply from {from} to a question not asked (id {})",
-                    msg.id()
-                );
-                continue;
-            }
-            let found = parse_reply(&msg, srv.as_ref());
             if let Some(s) = found.srv {
                 srv = Some(s);
             }
@@ -273,7 +260,35 @@ fn source_ok(transport: MdnsTransport, from: SocketAddr) -> bool {
     }
 }
 
-#[derive(Default)]
+/// One datagram on our port: what it tells if it answers a question we
+/// asked from where an answer can come; else why it is ignored (`None`:
+/// not a response at all, ignored silently).
+fn hear(
+    datagram: &[u8],
+    from: SocketAddr,
+    transport: MdnsTransport,
+    asked: &VecDeque<Asked>,
+    known: Option<&(String, u16)>,
+) -> Result<Found, Option<String>> {
+    let msg = Message::from_vec(datagram).map_err(|e| Some(format!("undecodable reply: {e}")))?;
+    if msg.message_type() != MessageType::Response {
+        return Err(None);
+    }
+    if !source_ok(transport, from) {
+        return Err(Some(format!(
+            "ignored a reply from {from} (not where answers come from)"
+        )));
+    }
+    if !asked.iter().any(|q| q.answered_by(&msg)) {
+        return Err(Some(format!(
+            "ignored a reply from {from} to a question not asked (id {})",
+            msg.id()
+        )));
+    }
+    Ok(parse_reply(&msg, known))
+}
+
+#[derive(Debug, Default)]
 struct Found {
     srv: Option<(String, u16)>,
     addr: Option<Ipv4Addr>,
@@ -619,6 +634,125 @@ mod tests {
         assert!(
             matches!(err, MdnsError::Timeout { queries: 2, .. }),
             "{text}"
+        );
+    }
+
+    /// Fuzz: no datagram on our port panics the discovery's handling of
+    /// it, from any source; raw bytes, and replies built from arbitrary
+    /// records (odd names, ports, types) that answer our questions, with
+    /// some bytes flipped. What is found can be asked for next.
+    #[test]
+    fn fuzz_datagrams() {
+        use crate::fuzzing::{proptest::prelude::*, run};
+        let dest: SocketAddr = "127.0.0.1:5353".parse().unwrap();
+        let id = 0x4242;
+        let asked: VecDeque<Asked> = [
+            Asked::new(id, TTYD_INSTANCE, RecordType::SRV),
+            Asked::new(id, "avf-guest.local.", RecordType::A),
+        ]
+        .into();
+        let check = |datagram: &[u8], from: SocketAddr, transport: MdnsTransport| {
+            let known = ("avf-guest.local.".to_string(), 7681);
+            for k in [None, Some(&known)] {
+                if let Ok(found) = hear(datagram, from, transport, &asked, k) {
+                    if let Some((host, _)) = &found.srv {
+                        let next = Asked::new(id.wrapping_add(1), host, RecordType::A);
+                        let _ = next.bytes();
+                    }
+                }
+            }
+        };
+
+        let from = prop_oneof![
+            Just(dest),
+            (any::<[u8; 4]>(), any::<u16>()).prop_map(|(ip, port)| SocketAddr::from((ip, port))),
+            (any::<[u8; 16]>(), any::<u16>()).prop_map(|(ip, port)| SocketAddr::from((ip, port))),
+        ];
+        run(
+            "mdns datagrams (bytes)",
+            20_000,
+            (proptest::collection::vec(any::<u8>(), 0..512), from),
+            |(bytes, from)| {
+                check(&bytes, from, MdnsTransport::Unicast(dest));
+                let interface = Ipv4Addr::new(192, 168, 77, 1);
+                check(&bytes, from, MdnsTransport::Multicast { interface });
+                Ok(())
+            },
+        );
+
+        let label = proptest::collection::vec(
+            prop_oneof![
+                4 => proptest::char::range('a', 'z'),
+                1 => Just('.'),
+                1 => Just('\\'),
+                1 => Just('_'),
+                1 => Just('-'),
+                1 => Just('A'),
+                1 => any::<char>(),
+            ],
+            1..12,
+        )
+        .prop_map(|c| c.into_iter().collect::<String>());
+        let name = prop_oneof![
+            Just(Name::from_ascii(TTYD_INSTANCE).unwrap()),
+            Just(Name::from_ascii("avf-guest.local.").unwrap()),
+            Just(Name::from_ascii("AVF-Guest.LOCAL.").unwrap()),
+            Just(Name::root()),
+            proptest::collection::vec(label, 0..6).prop_map(|labels| {
+                Name::from_labels(labels.iter().map(|l| l.as_bytes()))
+                    .unwrap_or_else(|_| Name::root())
+            }),
+        ];
+        let rdata = prop_oneof![
+            (any::<u16>(), name.clone()).prop_map(|(port, t)| RData::SRV(SRV::new(0, 0, port, t))),
+            any::<[u8; 4]>().prop_map(|a| RData::A(A::from(Ipv4Addr::from(a)))),
+            name.clone()
+                .prop_map(|n| RData::PTR(hickory_proto::rr::rdata::PTR(n))),
+            proptest::collection::vec(any::<u8>(), 0..40).prop_map(|b| {
+                RData::TXT(hickory_proto::rr::rdata::TXT::from_bytes(vec![&b[..]]))
+            }),
+        ];
+        let record = (name.clone(), any::<u32>(), rdata)
+            .prop_map(|(n, ttl, d)| Record::from_rdata(n, ttl, d));
+        let reply = (
+            prop_oneof![Just(id), any::<u16>()],
+            prop_oneof![
+                Just(Query::query(
+                    Name::from_ascii(TTYD_INSTANCE).unwrap(),
+                    RecordType::SRV
+                )),
+                Just(Query::query(
+                    Name::from_ascii("avf-guest.local.").unwrap(),
+                    RecordType::A
+                )),
+                name.prop_map(|n| Query::query(n, RecordType::A)),
+            ],
+            proptest::collection::vec(record.clone(), 0..5),
+            proptest::collection::vec(record, 0..5),
+            proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..3),
+        );
+        run(
+            "mdns datagrams (replies)",
+            3_000,
+            reply,
+            |(rid, query, answers, additionals, flips)| {
+                let mut m = Message::new();
+                m.set_id(rid).set_message_type(MessageType::Response);
+                m.add_query(query);
+                m.add_answers(answers);
+                m.add_additionals(additionals);
+                let Ok(mut bytes) = m.to_vec() else {
+                    return Ok(());
+                };
+                // As built, then with some bytes flipped.
+                check(&bytes, dest, MdnsTransport::Unicast(dest));
+                for (at, x) in flips {
+                    let i = at.index(bytes.len());
+                    bytes[i] ^= x;
+                }
+                check(&bytes, dest, MdnsTransport::Unicast(dest));
+                Ok(())
+            },
         );
     }
 }

@@ -249,4 +249,52 @@ mod tests {
         let r = RawPortReport::decode(&b[..]).unwrap();
         assert_eq!(ports(&r, PortReportForm::Int32), vec![0x1F90]);
     }
+
+    /// Fuzz: any bytes a guest sends decode or fail cleanly, and whatever
+    /// decodes re-encodes as it came and reads in both forms without a
+    /// panic; any entries encode, decode back equal and read likewise.
+    #[test]
+    fn fuzz_port_reports() {
+        use crate::fuzzing::{proptest::prelude::*, run};
+        let read_both = |r: &RawPortReport| {
+            for form in [PortReportForm::Int32, PortReportForm::ActivePort] {
+                if let Ok(ports) = r.read(form) {
+                    if form == PortReportForm::Int32 {
+                        assert!(ports.iter().all(|p| p.comm.is_empty()));
+                    }
+                }
+            }
+        };
+        run(
+            "wire::RawPortReport (bytes)",
+            20_000,
+            proptest::collection::vec(any::<u8>(), 0..256),
+            |bytes| {
+                if let Ok(r) = RawPortReport::decode(&bytes[..]) {
+                    read_both(&r);
+                    let again = RawPortReport::decode(&r.encode_to_vec()[..]).unwrap();
+                    prop_assert_eq!(&again, &r);
+                    prop_assert_eq!(r.encoded_len(), r.encode_to_vec().len());
+                }
+                Ok(())
+            },
+        );
+        let entry = prop_oneof![
+            any::<u64>().prop_map(Entry::Varint),
+            proptest::collection::vec(any::<u8>(), 0..48).prop_map(Entry::Delimited),
+        ];
+        run(
+            "wire::RawPortReport (entries)",
+            10_000,
+            proptest::collection::vec(entry, 0..12),
+            |entries| {
+                let r = RawPortReport { entries };
+                let bytes = r.encode_to_vec();
+                prop_assert_eq!(bytes.len(), r.encoded_len());
+                prop_assert_eq!(&RawPortReport::decode(&bytes[..]).unwrap(), &r);
+                read_both(&r);
+                Ok(())
+            },
+        );
+    }
 }

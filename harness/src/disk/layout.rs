@@ -4,6 +4,7 @@
 //! the config's, its name the label.
 
 use std::fs::File;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -28,6 +29,8 @@ pub enum LayoutError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("partition {label:?}: {path} is not a regular file")]
+    NotRegular { label: String, path: PathBuf },
     #[error("partition {label:?}: {path} is empty")]
     Empty { label: String, path: PathBuf },
     #[error("{count} partitions: a GPT holds at most {ENTRY_COUNT}")]
@@ -91,23 +94,29 @@ impl Layout {
         let mut next = ALIGN / SECTOR;
         for p in parts {
             let writable = p.writable && disk_writable;
+            let open_err = |source| LayoutError::Open {
+                label: p.label.clone(),
+                path: p.path.clone(),
+                source,
+            };
+            // Never through a link (the spec checked the path; this closes
+            // the last component against a swap since), and only a regular
+            // file: a device node or fifo planted there is refused (O_NONBLOCK:
+            // opening a fifo does not hang; a regular file ignores it).
             let file = std::fs::OpenOptions::new()
                 .read(true)
                 .write(writable)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
                 .open(&p.path)
-                .map_err(|source| LayoutError::Open {
+                .map_err(open_err)?;
+            let meta = file.metadata().map_err(open_err)?;
+            if !meta.is_file() {
+                return Err(LayoutError::NotRegular {
                     label: p.label.clone(),
                     path: p.path.clone(),
-                    source,
-                })?;
-            let len = file
-                .metadata()
-                .map_err(|source| LayoutError::Open {
-                    label: p.label.clone(),
-                    path: p.path.clone(),
-                    source,
-                })?
-                .len();
+                });
+            }
+            let len = meta.len();
             if len == 0 {
                 return Err(LayoutError::Empty {
                     label: p.label.clone(),

@@ -33,12 +33,14 @@ fn in_range(layout: &Layout, off: u64, len: u64) -> Option<u64> {
     off.checked_add(len).filter(|end| *end <= layout.size)
 }
 
+/// The segments `off..off + len` touches; an empty range touches none (a
+/// zero-length write in metadata writes nothing, so it is no violation).
 fn overlapping(layout: &Layout, off: u64, len: u64) -> impl Iterator<Item = &layout::Segment> {
     let end = off + len;
     layout
         .segments
         .iter()
-        .filter(move |s| s.start < end && s.start + s.len > off)
+        .filter(move |s| len > 0 && s.start < end && s.start + s.len > off)
 }
 
 /// Reads `buf.len()` bytes at `off` of the virtual disk.

@@ -4,7 +4,7 @@
 
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -150,7 +150,8 @@ fn transmission_flags(layout: &Layout) -> u16 {
     f
 }
 
-fn serve(mut s: UnixStream, layout: &Layout) -> std::io::Result<()> {
+/// One client on `s` (a socket; any byte stream in the fuzz tests).
+pub(super) fn serve(mut s: impl Read + Write, layout: &Layout) -> std::io::Result<()> {
     s.write_all(&NBDMAGIC.to_be_bytes())?;
     s.write_all(&IHAVEOPT.to_be_bytes())?;
     s.write_all(&(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES).to_be_bytes())?;
@@ -209,7 +210,7 @@ fn serve(mut s: UnixStream, layout: &Layout) -> std::io::Result<()> {
         let cookie = read_u64(&mut s)?;
         let offset = read_u64(&mut s)?;
         let length = read_u32(&mut s)?;
-        let reply = |s: &mut UnixStream, err: u32, data: &[u8]| -> std::io::Result<()> {
+        let reply = |s: &mut dyn Write, err: u32, data: &[u8]| -> std::io::Result<()> {
             let mut b = Vec::with_capacity(16 + data.len());
             b.extend_from_slice(&SIMPLE_REPLY_MAGIC.to_be_bytes());
             b.extend_from_slice(&err.to_be_bytes());

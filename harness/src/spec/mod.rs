@@ -7,7 +7,7 @@ mod tests;
 
 use std::collections::HashSet;
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 pub use raw::RawConfig;
 use uuid::Uuid;
@@ -226,13 +226,104 @@ impl Validator<'_> {
         Ok(p)
     }
 
-    fn existing_file(&self, field: &str, value: &str) -> Result<PathBuf, SpecError> {
+    /// A payload file (partition, kernel, initrd, disk image): `value`
+    /// expanded, then confined to `$PAYLOAD_DIR` or `$APP_DATA_DIR` with
+    /// no `..`, every component below that root a real directory (never a
+    /// link) and the last one a regular file (never a link). A hostile
+    /// payload cannot make a host file the guest's disk or kernel this way.
+    /// Returns the path normalised (as checked).
+    fn confined_file(&self, field: &str, value: &str) -> Result<PathBuf, SpecError> {
         let p = self.abs_path(field, value)?;
-        match std::fs::metadata(&p) {
-            Ok(m) if m.is_file() => Ok(p),
-            Ok(_) => Err(self.err(field, format!("{} is not a regular file", p.display()))),
-            Err(e) => Err(self.err(field, format!("{}: {e}", p.display()))),
+        let (root, rel) = self.confine(field, value, &p)?;
+        let shown = |at: &Path| format!("{} (from `{value}`)", at.display());
+        let n = rel.components().count();
+        if n == 0 {
+            return Err(self.err(field, format!("{} is not a regular file", shown(&p))));
         }
+        let mut at = root;
+        for (i, c) in rel.components().enumerate() {
+            at.push(c);
+            let m = std::fs::symlink_metadata(&at)
+                .map_err(|e| self.err(field, format!("{}: {e}", shown(&at))))?;
+            let last = i + 1 == n;
+            if m.file_type().is_symlink() {
+                return Err(self.err(
+                    field,
+                    format!(
+                        "{} is a symlink: payload files are never reached through a link",
+                        shown(&at)
+                    ),
+                ));
+            }
+            if last && !m.is_file() {
+                return Err(self.err(field, format!("{} is not a regular file", shown(&at))));
+            }
+            if !last && !m.is_dir() {
+                return Err(self.err(field, format!("{} is not a directory", shown(&at))));
+            }
+        }
+        // The path as walked: `//`, `/./` and a trailing `/` (which the walk
+        // ignores, and an open of a file would not) gone.
+        Ok(at)
+    }
+
+    /// Which root `p` (the expansion of `value`) lies under, and the rest
+    /// of it: component-wise, no `..` anywhere below the root (nor in
+    /// `value`). The outermost root that holds `p` is taken, so every
+    /// directory below it gets checked.
+    fn confine(&self, field: &str, value: &str, p: &Path) -> Result<(PathBuf, PathBuf), SpecError> {
+        let dotdot = || {
+            self.err(
+                field,
+                format!("`{value}` has a `..` component (refused: it could leave the payload)"),
+            )
+        };
+        if value.split('/').any(|c| c == "..") {
+            return Err(dotdot());
+        }
+        let mut roots = [&self.exp.app_data_dir, &self.exp.payload_dir];
+        roots.sort_by_key(|r| r.components().count());
+        for root in roots {
+            if let Ok(rel) = p.strip_prefix(root) {
+                if rel.components().any(|c| !matches!(c, Component::Normal(_))) {
+                    return Err(dotdot());
+                }
+                return Ok((root.clone(), rel.to_owned()));
+            }
+        }
+        Err(self.err(
+            field,
+            format!(
+                "{} (from `{value}`) is outside $PAYLOAD_DIR ({}) and $APP_DATA_DIR ({}): refused",
+                p.display(),
+                self.exp.payload_dir.display(),
+                self.exp.app_data_dir.display()
+            ),
+        ))
+    }
+
+    /// Where a share's directory is on this host: under `$APP_DATA_DIR`
+    /// as it is (component-wise: `/x/app2` is not under `/x/app`), any
+    /// other absolute path re-rooted under the phone root. A `..` could
+    /// leave either, so it is refused.
+    fn share_host_dir(&self, field: &str, value: &str, p: &Path) -> Result<PathBuf, SpecError> {
+        if value.split('/').any(|c| c == "..") {
+            return Err(self.err(
+                field,
+                format!("`{value}` has a `..` component (refused: a share never leaves its root)"),
+            ));
+        }
+        let (root, rel) = match p.strip_prefix(&self.exp.app_data_dir) {
+            Ok(rel) => (&self.exp.app_data_dir, rel),
+            Err(_) => (&self.exp.phone_root, p.strip_prefix("/").unwrap_or(p)),
+        };
+        if rel.components().any(|c| !matches!(c, Component::Normal(_))) {
+            return Err(self.err(
+                field,
+                format!("`{value}` has a `..` component (refused: a share never leaves its root)"),
+            ));
+        }
+        Ok(root.join(rel))
     }
 
     fn validate(&self, raw: RawConfig) -> Result<VmSpec, SpecError> {
@@ -267,7 +358,7 @@ impl Validator<'_> {
                     ))
                 }
                 (None, Some(img)) => disks.push(Disk::Image {
-                    path: self.existing_file(&format!("disks[{di}].image"), img)?,
+                    path: self.confined_file(&format!("disks[{di}].image"), img)?,
                     writable,
                 }),
                 (None, None) => {
@@ -300,7 +391,7 @@ impl Validator<'_> {
                             .path
                             .as_deref()
                             .ok_or_else(|| self.err(f("path"), "missing (expected a file path)"))?;
-                        let path = self.existing_file(&f("path"), path_s)?;
+                        let path = self.confined_file(&f("path"), path_s)?;
                         let guid = match p.guid.as_deref() {
                             None => None,
                             Some(g) => {
@@ -355,13 +446,7 @@ impl Validator<'_> {
                     format!("duplicate virtio-fs tag `{}`", tag.as_str()),
                 ));
             }
-            let host_dir = if config_path.starts_with(&*self.exp.app_data_dir.to_string_lossy()) {
-                PathBuf::from(&config_path)
-            } else {
-                self.exp
-                    .phone_root
-                    .join(config_path.trim_start_matches('/'))
-            };
+            let host_dir = self.share_host_dir(&field, v, Path::new(&config_path))?;
             shares.push(Share {
                 config_path,
                 host_dir,
@@ -386,10 +471,10 @@ impl Validator<'_> {
                 None
             }
             (Some(k), i) => Some(KernelBoot {
-                kernel: self.existing_file("kernel", k)?,
+                kernel: self.confined_file("kernel", k)?,
                 initrd: i
                     .as_deref()
-                    .map(|i| self.existing_file("initrd", i))
+                    .map(|i| self.confined_file("initrd", i))
                     .transpose()?,
                 params: raw.params.clone().unwrap_or_default(),
             }),
