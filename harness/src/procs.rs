@@ -522,6 +522,12 @@ mod tests {
             .filter(|n| n != "ready")
             .collect();
         assert!(left.is_empty(), "left behind: {left:?}");
+        // SIGKILLed members may take a moment to be reaped by init (seen
+        // under a parallel test run): give them two seconds.
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while !group_members(pg).is_empty() && std::time::Instant::now() < until {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
         assert!(group_members(pg).is_empty(), "{:?}", group_members(pg));
     }
 
