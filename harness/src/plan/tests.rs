@@ -202,7 +202,8 @@ fn tap_mode_plans_dnsmasq_and_qemu_in_the_namespace() {
     let lines: Vec<&str> = commands.lines().collect();
     assert_eq!(lines.len(), 5, "{commands}");
     assert!(
-        lines[3].starts_with("ip netns exec avf-1-0 dnsmasq --keep-in-foreground"),
+        lines[3].starts_with("ip netns exec avf-1-0 setpriv ")
+            && lines[3].contains(" -- dnsmasq --keep-in-foreground"),
         "{commands}"
     );
     assert!(lines[3].contains("--dhcp-range=192.168.77.100,192.168.77.199"));
