@@ -45,21 +45,26 @@ pub async fn fault(vm: &mut Vm, term: &mut Option<Session>, s: &Fault) -> Result
             false => None,
         };
     let t0 = Instant::now();
-    let mut notes = vec![match &s.kill {
-        FaultTarget::Sidecar(name) => kill_sidecar(vm, name)?,
-        FaultTarget::GuestUnit(unit) => {
-            let old = kill_unit(vm, unit).await?;
-            match s.restarted {
-                true => unit_restarted(vm, unit, old, t0, within).await?,
-                false => format!("{unit}: main PID {old} SIGKILLed"),
-            }
+    let mut notes = Vec::new();
+    let killed = match &s.kill {
+        FaultTarget::Sidecar(name) => {
+            notes.push(kill_sidecar(vm, name)?);
+            None
         }
-    }];
+        FaultTarget::GuestUnit(unit) => Some((unit, kill_unit(vm, unit).await?)),
+    };
     if let Some((stream, addr)) = open {
         notes.push(forward_fails(stream, addr, t0, within).await?);
     }
     if let Some(tty) = tty {
         notes.push(ttyd_session_ends(tty, t0, within).await?);
+    }
+    match killed {
+        Some((unit, old)) if s.restarted => {
+            notes.push(unit_restarted(vm, unit, old, t0, within).await?)
+        }
+        Some((unit, old)) => notes.push(format!("{unit}: main PID {old} SIGKILLed")),
+        None => {}
     }
     for &q in &s.reconnects {
         let from = from.context("reconnects: needs the app's host side ([terminal])")?;
@@ -275,9 +280,17 @@ pub async fn expect_panic(vm: &mut Vm, s: &ExpectPanic) -> Result<String> {
     };
     let detected = t0.elapsed();
     let r = vm
-        .wait_shutdown(from, t0, within.max(Timeout::QemuExit.get()))
+        .wait_shutdown(from, t0, s.exit_within.get())
         .await
         .context("QEMU after the panic")?;
+    // What the kernel said it would do (its panic timeout).
+    let transcript = vm.console().transcript();
+    let then = String::from_utf8_lossy(&transcript)
+        .lines()
+        .rev()
+        .find(|l| l.contains("Rebooting in") || l.contains("end Kernel panic"))
+        .map(|l| l.trim().to_string())
+        .unwrap_or_default();
     if r.reason != s.reason {
         bail!(
             "SHUTDOWN reason {:?} after the panic, expected {:?}",
@@ -296,7 +309,7 @@ pub async fn expect_panic(vm: &mut Vm, s: &ExpectPanic) -> Result<String> {
     kept("console.log", "Kernel panic - not syncing")?;
     kept("qmp.log", "SHUTDOWN")?;
     Ok(format!(
-        "{line:?} detected {} after the trigger; QEMU stopped after {} (SHUTDOWN {}, guest {}); console.log and qmp.log kept",
+        "{line:?} detected {} after the trigger; kernel: {then:?}; QEMU stopped {} after the trigger (SHUTDOWN {}, guest {}); console.log and qmp.log kept",
         secs(detected),
         secs(r.elapsed),
         r.reason,

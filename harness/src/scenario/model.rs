@@ -517,9 +517,9 @@ pub struct Fault {
 /// Runs `sh` (which must make the guest kernel panic, e.g.
 /// `echo c > /proc/sysrq-trigger` in the background) while a console wait
 /// that would otherwise run to the boot timeout is pending: the wait must
-/// fail naming the panic within `within_secs`, then QEMU must stop with a
-/// SHUTDOWN of `reason` (the guest's `panic=-1` reboots, `-no-reboot`
-/// turns that into QEMU's exit).
+/// fail naming the panic within `within_secs`; then QEMU must stop with a
+/// SHUTDOWN of `reason` within `exit_within_secs` of the trigger (the
+/// guest's panic reboot, which `-no-reboot` turns into QEMU's exit).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExpectPanic {
@@ -527,6 +527,8 @@ pub struct ExpectPanic {
     pub reason: String,
     #[serde(rename = "within_secs", deserialize_with = "timeouts::secs")]
     pub within: Scaled,
+    #[serde(rename = "exit_within_secs", deserialize_with = "timeouts::secs")]
+    pub exit_within: Scaled,
 }
 
 /// `cuts` times: a write burst in the guest (64 KiB files, each fsynced,
