@@ -259,6 +259,28 @@ impl ProcessGroup {
         Ok(())
     }
 
+    /// SIGKILLs one member that must still be running (an injected
+    /// fault) and reaps it; an unknown or already gone member is an error
+    /// naming the running ones.
+    pub fn kill_running(&mut self, name: &str) -> std::io::Result<ExitStatus> {
+        let running: Vec<String> = self
+            .members
+            .iter_mut()
+            .filter_map(|m| matches!(m.child.try_wait(), Ok(None)).then(|| m.name.clone()))
+            .collect();
+        let m = match self.members.iter_mut().find(|m| m.name == name) {
+            Some(m) if running.iter().any(|r| r == name) => m,
+            _ => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    format!("no running process {name:?} in the VM's group (running: {running:?})"),
+                ))
+            }
+        };
+        m.child.kill()?;
+        m.child.wait()
+    }
+
     /// SIGKILLs the whole group and reaps every member.
     pub fn kill_all(&mut self) {
         if let Some(pg) = self.pgid {

@@ -2,7 +2,8 @@
 //! `expect(regex, timeout)`. QEMU itself writes the raw transcript (the
 //! chardev's `logfile=`), so it survives a harness crash; this side keeps
 //! the bytes for matching and answers terminal queries so nothing in the
-//! guest waits on them.
+//! guest waits on them. It also watches for a guest kernel panic: a wait
+//! fails at once naming it, instead of running into its timeout.
 
 pub mod qga;
 
@@ -28,6 +29,25 @@ pub enum ConsoleError {
     },
     #[error("console closed before /{pattern}/ was seen; last output:\n{tail}")]
     Closed { pattern: String, tail: String },
+    #[error("the guest kernel panicked before /{pattern}/ was seen: {line}; last output:\n{tail}")]
+    GuestPanic {
+        pattern: String,
+        line: String,
+        tail: String,
+    },
+}
+
+/// What the kernel prints once it has given up.
+pub const PANIC_MARK: &[u8] = b"Kernel panic - not syncing";
+
+/// The first complete line holding [`PANIC_MARK`] in `bytes`, from the mark.
+fn panic_line(bytes: &[u8]) -> Option<String> {
+    let at = bytes
+        .windows(PANIC_MARK.len())
+        .position(|w| w == PANIC_MARK)?;
+    let rest = &bytes[at..];
+    let end = rest.iter().position(|&b| b == b'\n')?;
+    Some(String::from_utf8_lossy(&rest[..end]).trim_end().to_string())
 }
 
 #[derive(Default)]
@@ -36,6 +56,29 @@ struct Buf {
     /// Everything before this offset has been consumed by an expect().
     cursor: usize,
     closed: bool,
+    /// Where the panic scan resumes (the mark may span reads).
+    scanned: usize,
+    /// The guest kernel's panic line, once seen, and when.
+    panic: Option<(String, std::time::Instant)>,
+}
+
+impl Buf {
+    fn scan_panic(&mut self) {
+        if self.panic.is_some() {
+            return;
+        }
+        match panic_line(&self.bytes[self.scanned..]) {
+            Some(line) => self.panic = Some((line, std::time::Instant::now())),
+            // Keep a mark cut by the read (and its unfinished line) in view.
+            None => {
+                let tail = self.bytes[self.scanned..]
+                    .iter()
+                    .rposition(|&b| b == b'\n')
+                    .map_or(self.scanned, |nl| self.scanned + nl + 1);
+                self.scanned = tail.max(self.bytes.len().saturating_sub(4096));
+            }
+        }
+    }
 }
 
 pub struct Console {
@@ -71,7 +114,11 @@ impl Console {
                 for _ in 0..queries {
                     let _ = w2.lock().await.write_all(CPR_REPLY).await;
                 }
-                b2.lock().unwrap().bytes.extend_from_slice(&chunk[..n]);
+                {
+                    let mut b = b2.lock().unwrap();
+                    b.bytes.extend_from_slice(&chunk[..n]);
+                    b.scan_panic();
+                }
                 n2.notify_waiters();
             }
             b2.lock().unwrap().closed = true;
@@ -92,6 +139,12 @@ impl Console {
     /// Everything received so far.
     pub fn transcript(&self) -> Vec<u8> {
         self.buf.lock().unwrap().bytes.clone()
+    }
+
+    /// The guest kernel's panic line, if it has panicked, and when the
+    /// harness saw it.
+    pub fn panic(&self) -> Option<(String, std::time::Instant)> {
+        self.buf.lock().unwrap().panic.clone()
     }
 
     fn tail(&self) -> String {
@@ -117,6 +170,14 @@ impl Console {
                 if let Some((end, text)) = found {
                     b.cursor += end;
                     return Ok(text);
+                }
+                if let Some((line, _)) = b.panic.clone() {
+                    drop(b);
+                    return Err(ConsoleError::GuestPanic {
+                        pattern: re.as_str().into(),
+                        line,
+                        tail: self.tail(),
+                    });
                 }
                 if b.closed {
                     drop(b);
@@ -188,5 +249,48 @@ mod tests {
             e,
             ConsoleError::Closed { .. } | ConsoleError::Timeout { .. }
         ));
+    }
+
+    /// A panic split across reads fails a wait at once, naming the line.
+    #[tokio::test]
+    async fn a_kernel_panic_fails_the_wait_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("tty.sock");
+        let listener = tokio::net::UnixListener::bind(&sock).unwrap();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            for part in [
+                &b"[   12.3] sysrq: Trigger a crash\r\n[   12.4] Kernel pan"[..],
+                b"ic - not syncing: sysrq triggered crash\r\n",
+            ] {
+                s.write_all(part).await.unwrap();
+                s.flush().await.unwrap();
+                tokio::time::sleep(Duration::from_millis(30)).await;
+            }
+            // Held open: only the panic may end the wait.
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        });
+        let c = Console::connect(&sock).await.unwrap();
+        let t0 = std::time::Instant::now();
+        let e = c
+            .expect(&Regex::new("AVF-BOOT-OK").unwrap(), Duration::from_secs(20))
+            .await
+            .unwrap_err();
+        assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+        let ConsoleError::GuestPanic { line, .. } = &e else {
+            panic!("{e}")
+        };
+        assert_eq!(line, "Kernel panic - not syncing: sysrq triggered crash");
+        assert_eq!(c.panic().map(|p| p.0).as_deref(), Some(line.as_str()));
+        server.abort();
+    }
+
+    #[test]
+    fn panic_line_needs_the_whole_line() {
+        assert_eq!(panic_line(b"x Kernel panic - not syncing: VFS"), None);
+        assert_eq!(
+            panic_line(b"x Kernel panic - not syncing: VFS\r\nmore").as_deref(),
+            Some("Kernel panic - not syncing: VFS")
+        );
     }
 }

@@ -2,6 +2,7 @@
 //! golden outputs compared with insta, artefacts kept per scenario. The
 //! runner's dispatch is the one place a step kind meets its body.
 
+pub mod faults;
 pub mod filters;
 pub mod guest;
 pub mod lifecycle;
@@ -164,6 +165,13 @@ impl Runner {
             if r.is_err() && step.side() == Side::App && !vm.qemu_exited() {
                 terminal::save_diagnostics(vm).await;
             }
+            // A guest kernel panic is the cause of whatever failed after it.
+            let r = match (r, vm.guest_panic()) {
+                (Err(e), Some((line, _))) => {
+                    Err(e.context(format!("the guest kernel panicked: {line}")))
+                }
+                (r, _) => r,
+            };
             let note = r.with_context(|| format!("step {i} ({name})"))?;
             report.notes.extend(note);
             report.steps.push(StepTiming {
@@ -215,5 +223,8 @@ async fn dispatch(
         Step::StorageBalloon(s) => Some(app(term)?.storage(vm, s).await?),
         Step::MemoryPolicy(s) => Some(app(term)?.memory_policy(vm, s).await?),
         Step::AppRestart(s) => Some(lifecycle::restart(sc, vm, term, s).await?),
+        Step::Fault(s) => Some(faults::fault(vm, term, s).await?),
+        Step::ExpectPanic(s) => Some(faults::expect_panic(vm, s).await?),
+        Step::PowerCuts(s) => Some(faults::power_cuts(sc, vm, term, s).await?),
     })
 }

@@ -128,6 +128,14 @@ steps! {
     AppRestart(AppRestart) => App, |s| format!("app_restart stop={:?}{}{}", s.stop,
         s.resize_mib.map(|m| format!(" resize={m}MiB")).unwrap_or_default(),
         if s.upgrade_reset { " upgrade_reset" } else { "" });
+    /// Kills one part of the running VM (a sidecar, or a guest unit's
+    /// main process) and checks how the rest takes it.
+    Fault(Fault) => Vm, |s| format!("fault kill {}", s.kill);
+    /// Makes the guest kernel panic; the harness must see it at once.
+    ExpectPanic(ExpectPanic) => Vm, |_s| "expect_panic".into();
+    /// Power cuts at random points of a write burst, each followed by the
+    /// app's start and a check of every file fsynced before any cut.
+    PowerCuts(PowerCuts) => Vm, |s| format!("power_cuts {}", s.cuts);
 }
 
 // ---- steps on the VM ----
@@ -425,6 +433,131 @@ pub struct AppRestart {
     pub upgrade_reset: bool,
 }
 
+// ---- faults ----
+
+/// What a `fault` step kills.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FaultTarget {
+    /// A process of the VM's group by its name (`virtiofsd-android`,
+    /// `virtiofsd-internal`, `vhost-device-vsock`), SIGKILLed by the host.
+    Sidecar(String),
+    /// A guest systemd unit's main process, SIGKILLed through the guest
+    /// agent (`guest-agent:<unit>`).
+    GuestUnit(String),
+}
+
+impl std::fmt::Display for FaultTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FaultTarget::Sidecar(n) => f.write_str(n),
+            FaultTarget::GuestUnit(u) => write!(f, "guest-agent:{u}"),
+        }
+    }
+}
+
+impl std::str::FromStr for FaultTarget {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let name_ok = |n: &str| {
+            !n.is_empty()
+                && n.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c))
+        };
+        match s.strip_prefix("guest-agent:") {
+            Some(u) if name_ok(u) => Ok(FaultTarget::GuestUnit(u.to_string())),
+            Some(u) => Err(format!("bad unit name {u:?}")),
+            None if name_ok(s) && s != "qemu" => Ok(FaultTarget::Sidecar(s.to_string())),
+            None => Err(format!(
+                "kill = {s:?}: expected a sidecar (virtiofsd-android, virtiofsd-internal, vhost-device-vsock) or guest-agent:<unit>"
+            )),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for FaultTarget {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// Kills `kill`, then checks each expectation given, each within
+/// `within_secs` of the kill. The guest agent must answer afterwards (the
+/// VM itself keeps running) unless `vm_survives = false`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fault {
+    pub kill: FaultTarget,
+    /// `guest-agent:` faults: systemd runs the unit again, under a new
+    /// main PID.
+    #[serde(default)]
+    pub restarted: bool,
+    /// DebianService queues whose stream must close and open again.
+    #[serde(default)]
+    pub reconnects: Vec<QueueName>,
+    /// A connection through the host's forward of this guest port, opened
+    /// (and echoing) before the kill, must end with an error or EOF after
+    /// it, not hang.
+    #[serde(default)]
+    pub open_forward_fails: Option<u16>,
+    /// The app's open ttyd session must end (not hang); its next
+    /// `ttyd_run` opens a new one, as the app's WebView reloads.
+    #[serde(default)]
+    pub ttyd_session_ends: bool,
+    /// Guest `sh` run after the kill (and the checks above); must exit 0.
+    #[serde(default)]
+    pub then_sh: Option<String>,
+    #[serde(default = "yes")]
+    pub vm_survives: bool,
+    #[serde(rename = "within_secs", deserialize_with = "timeouts::secs")]
+    pub within: Scaled,
+}
+
+/// Runs `sh` (which must make the guest kernel panic, e.g.
+/// `echo c > /proc/sysrq-trigger` in the background) while a console wait
+/// that would otherwise run to the boot timeout is pending: the wait must
+/// fail naming the panic within `within_secs`; then QEMU must stop with a
+/// SHUTDOWN of `reason` within `exit_within_secs` of the trigger (the
+/// guest's panic reboot, which `-no-reboot` turns into QEMU's exit).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExpectPanic {
+    pub sh: String,
+    pub reason: String,
+    #[serde(rename = "within_secs", deserialize_with = "timeouts::secs")]
+    pub within: Scaled,
+    #[serde(rename = "exit_within_secs", deserialize_with = "timeouts::secs")]
+    pub exit_within: Scaled,
+}
+
+/// `cuts` times: a write burst in the guest (64 KiB files, each fsynced,
+/// then its checksum appended to a fsynced manifest), a random wait of
+/// `min_ms`..`max_ms`, QEMU SIGKILLed, the app's start (its pre-boot disk
+/// steps), the boot; then every file in every manifest so far must match.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PowerCuts {
+    pub cuts: u32,
+    #[serde(default = "default_cut_min")]
+    pub min_ms: u64,
+    #[serde(default = "default_cut_max")]
+    pub max_ms: u64,
+    /// Random seed of the cut points (default: from the clock; the note
+    /// names the one used).
+    #[serde(default)]
+    pub seed: Option<u64>,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_cut_min() -> u64 {
+    500
+}
+fn default_cut_max() -> u64 {
+    3000
+}
 fn default_tolerance() -> u64 {
     64
 }
@@ -471,6 +604,18 @@ impl Scenario {
                     for r in &c.keep {
                         bad_re(r, "keep")?;
                     }
+                }
+                Step::PowerCuts(p) if p.cuts == 0 || p.min_ms > p.max_ms => {
+                    anyhow::bail!(
+                        "{}: steps[{i}]: power_cuts needs cuts >= 1 and min_ms <= max_ms",
+                        file.display()
+                    )
+                }
+                Step::Fault(f) if f.restarted && !matches!(f.kill, FaultTarget::GuestUnit(_)) => {
+                    anyhow::bail!(
+                        "{}: steps[{i}].restarted: only for guest-agent:<unit> faults",
+                        file.display()
+                    )
                 }
                 Step::Balloon(b) if !(0.05..=1.0).contains(&b.fraction) => {
                     anyhow::bail!(

@@ -7,12 +7,12 @@
 //! The host starts while the guest is still paused, so `ca.crt` is in the
 //! internal share before ttyd first starts, as on the phone.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use avf_terminal::events::{Event, Queue};
+use avf_terminal::events::{Cursor, Event, Queue};
 use avf_terminal::host::{TerminalHostConfig, VsockEndpoint};
 use avf_terminal::{
     ClientCert, GuestNet, Handshake, HostPorts, HostProfile, MdnsTransport, TerminalHost,
@@ -454,11 +454,12 @@ impl Session {
         ))
     }
 
-    pub async fn roundtrip(&self, s: &ForwardRoundtrip) -> Result<String> {
-        let timeout = s.within.get();
-        let what = format!("guest port {} forwarded", s.port);
+    /// The host's 127.0.0.1 listener forwarding guest `port`, once the
+    /// app has published it.
+    pub async fn forward_addr(&self, port: u16, timeout: Duration) -> Result<SocketAddr> {
+        let what = format!("guest port {port} forwarded");
         let addrs = wait_until(&what, timeout, Duration::from_millis(20), || {
-            let addrs = self.host.forwarded(s.port);
+            let addrs = self.host.forwarded(port);
             async move {
                 Ok(match addrs {
                     Some(a) => Check::Done(a),
@@ -467,10 +468,55 @@ impl Session {
             }
         })
         .await?;
-        let addr = *addrs
+        addrs
             .iter()
             .find(|a| a.ip() == IpAddr::from([127, 0, 0, 1]))
-            .ok_or_else(|| anyhow!("guest port {} has no 127.0.0.1 listener: {addrs:?}", s.port))?;
+            .copied()
+            .ok_or_else(|| anyhow!("guest port {port} has no 127.0.0.1 listener: {addrs:?}"))
+    }
+
+    /// Where the app's event log stands (to wait only for what follows).
+    pub fn event_cursor(&self) -> Cursor {
+        self.host.events().cursor()
+    }
+
+    /// Waits until `queue`'s stream closed and then opened again after
+    /// `from`; returns when it opened.
+    pub async fn wait_reopened(
+        &self,
+        queue: QueueName,
+        from: Cursor,
+        timeout: Duration,
+    ) -> Result<Instant> {
+        let want = queue.queue();
+        let mut closed = false;
+        let r = self
+            .host
+            .events()
+            .wait_for(from, timeout, |e| match e {
+                Event::QueueClosed { queue } if *queue == want => {
+                    closed = true;
+                    false
+                }
+                Event::QueueOpened { queue, .. } => closed && *queue == want,
+                _ => false,
+            })
+            .await;
+        match r {
+            Ok(rec) => Ok(rec.at),
+            Err(e) if closed => Err(anyhow!("{queue:?} queue closed, never opened again: {e}")),
+            Err(e) => Err(anyhow!("{queue:?} queue never closed: {e}")),
+        }
+    }
+
+    /// Takes the app's open ttyd session, if it has one.
+    pub fn take_terminal(&mut self) -> Option<TtydClient> {
+        self.tty.take()
+    }
+
+    pub async fn roundtrip(&self, s: &ForwardRoundtrip) -> Result<String> {
+        let timeout = s.within.get();
+        let addr = self.forward_addr(s.port, timeout).await?;
         let data = pseudo_random(s.bytes as usize);
         let sent_hash = Sha256::digest(&data);
         let t0 = Instant::now();

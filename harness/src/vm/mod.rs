@@ -299,6 +299,22 @@ impl Vm {
         Ok(())
     }
 
+    /// SIGKILLs one sidecar of this run (`virtiofsd-<tag>`,
+    /// `vhost-device-vsock`, `dnsmasq`): an injected fault. QEMU itself
+    /// goes through [`Vm::halt`].
+    pub fn kill_sidecar(&mut self, name: &str) -> Result<std::process::ExitStatus> {
+        if name == self.plan.qemu.name {
+            bail!("{name} is not a sidecar (a power cut is Vm::halt(Halt::Kill))");
+        }
+        Ok(self.procs.kill_running(name)?)
+    }
+
+    /// The guest kernel's panic line, once the console has shown one, and
+    /// when the harness saw it.
+    pub fn guest_panic(&self) -> Option<(String, Instant)> {
+        self.console.panic()
+    }
+
     /// How many times the app has started this instance.
     pub fn starts(&self) -> u32 {
         self.starts
