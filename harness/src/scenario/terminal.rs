@@ -339,7 +339,26 @@ impl Session {
     pub async fn run(&mut self, s: &TtydRun) -> Result<()> {
         let timeout = s.within.get();
         if self.tty.is_none() {
-            self.tty = Some(self.host.open_terminal(timeout).await?);
+            // The app's WebView reloads at once on ERROR_CONNECT (Android 16
+            // `TerminalTabFragment`): nothing listening yet (ttyd starting
+            // or restarting) is "not yet" until the step's limit.
+            let host = &self.host;
+            let tty = wait_until(
+                "ttyd accepting the app's connection",
+                timeout,
+                Duration::from_millis(200),
+                || async move {
+                    match host.open_terminal(timeout).await {
+                        Ok(t) => Ok(Check::Done(t)),
+                        Err(avf_terminal::HostError::Ttyd(
+                            e @ avf_terminal::ttyd::TtydError::Connect { .. },
+                        )) => Ok(Check::NotYet(e.to_string())),
+                        Err(e) => Err(e.into()),
+                    }
+                },
+            )
+            .await?;
+            self.tty = Some(tty);
         }
         let tty = self.tty.as_mut().expect("just opened");
         let out = tty.run(&s.cmd, timeout).await?;
