@@ -96,10 +96,10 @@ finish_if_dry_or_cached() {
   fi
 }
 
-# prune_cache DIR PREFIX [KEEP]: keep the KEEP (2) most recently used
+# prune_cache DIR PREFIX [KEEP]: keep the KEEP ($AVF_CACHE_KEEP, 2) most recently used
 # DIR/PREFIX-* entries (e.g. both kernels' rootfs), remove older ones.
 prune_cache() {
-  local dir=$1 prefix=$2 keep=${3:-2} o old=()
+  local dir=$1 prefix=$2 keep=${3:-${AVF_CACHE_KEEP:-2}} o old=()
   mapfile -t old < <(find "$dir" -mindepth 1 -maxdepth 1 -type d -name "$prefix-*" -printf '%T@ %p\n' |
     sort -rn | awk -v k="$keep" 'NR > k { sub(/^[^ ]+ /, ""); print }')
   for o in "${old[@]}"; do
