@@ -13,6 +13,7 @@ use super::model::{AppRestart, Scenario, StopKind, StopOutcome};
 use super::terminal::Session;
 use crate::timeouts::Timeout;
 use crate::vm::{Halt, Vm};
+use avf_terminal::installed_image::DiskStep;
 
 /// Runs one `app_restart`; the note says how the run ended, what the app
 /// did to the disk and how long each part took.
@@ -90,9 +91,13 @@ pub async fn restart(
             )
         })?;
     let steps = &vm.started_by_app().disk_steps;
+    // Notes are the app's decisions, not commands: count what touched the disk.
+    let commands = steps
+        .iter()
+        .filter(|d| !matches!(d, DiskStep::Note(_)))
+        .count();
     notes.push(format!(
-        "start #{n}: {} pre-boot disk command(s) in {:.1} s: {}",
-        steps.len(),
+        "start #{n}: {commands} pre-boot disk command(s) in {:.1} s: {}",
         t.elapsed().as_secs_f64(),
         steps
             .iter()
