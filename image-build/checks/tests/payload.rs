@@ -291,6 +291,11 @@ const ROOT_FILES: &[(&str, &str)] = &[
     ("/usr/lib/systemd/network/20-avf-en.network", "Name=en*"),
     ("/usr/lib/avf/nftables.conf", "tcp dport 7681 accept"),
     ("/usr/lib/systemd/zram-generator.conf.d/avf.conf", "[zram0]"),
+    // The boot no longer waits for the zram swap (boot time, issue 12).
+    (
+        "/etc/systemd/system/dev-zram0.swap",
+        "Before=umount.target\n\n[Swap]",
+    ),
     (
         "/etc/avahi/services/ttyd.service",
         "<type>_http._tcp</type>",
