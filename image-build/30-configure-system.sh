@@ -103,11 +103,12 @@ run_in "$r" systemctl enable "${units[@]}" >&2 2>/dev/null ||
   die "systemctl enable failed in the image for: ${units[*]}"
 
 # The first boot's "needs update" work, done here once (issue 12): units
-# with ConditionNeedsUpdate=/etc or /var (ldconfig, the journal catalog,
-# systemd-update-done) ran on every first boot — on the critical path, 13 s
+# with ConditionNeedsUpdate=/etc or /var (sysusers, ldconfig, the journal
+# catalog, systemd-update-done) ran on every first boot — on the critical path, 13 s
 # of a loaded TCG boot — because no .updated stamp shipped. The package
-# managers already ran both tools; stamping records that /etc and /var
-# match this /usr.
+# managers already ran these tools; running them once more here makes sure,
+# and the stamp records that /etc and /var match this /usr.
+run_in "$r" systemd-sysusers >&2 || die "systemd-sysusers failed in the image"
 run_in "$r" ldconfig >&2 || die "ldconfig failed in the image"
 run_in "$r" journalctl --update-catalog >&2 || die "journalctl --update-catalog failed in the image"
 run_in "$r" /usr/lib/systemd/systemd-update-done >&2 || die "systemd-update-done failed in the image"
