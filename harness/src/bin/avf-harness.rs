@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use avf_harness::bench;
 use avf_harness::plan::{LaunchArgs, TTYD_GUEST_PORT};
 use avf_harness::scenario::{Runner, Scenario};
 use avf_harness::spec::ShareTag;
@@ -58,9 +59,179 @@ enum Cmd {
         /// Payload directory
         payload: PathBuf,
     },
+    /// Boot benchmark: medians of interleaved boots, side by side — the
+    /// harness vs the same kernel and partitions on plain QEMU, direct vs
+    /// efi, first vs second boot, the stock Debian kernel vs linux-avf,
+    /// systemd-analyze and idle memory from the guest. Prints figures,
+    /// asserts nothing about time; every sample goes to a JSON file.
+    BenchBoot(Box<BenchBootArgs>),
     /// Fail if any qemu/virtiofsd/vhost-device-vsock/dnsmasq or TAP network
     /// namespace the harness made is still there
     CheckLeaks,
+}
+
+#[derive(clap::Args)]
+struct BenchBootArgs {
+    /// Rounds of the main comparisons (harness vs plain, direct vs efi)
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    runs: u32,
+    /// Rounds with second boots and the stock kernel (default: --runs)
+    #[arg(long, value_parser = clap::value_parser!(u32).range(0..))]
+    secondary_runs: Option<u32>,
+    /// The direct-layout payload (default: $AVF_OUT/debian-direct/payload)
+    #[arg(long)]
+    direct: Option<PathBuf>,
+    /// The efi-layout payload (default: $AVF_OUT/debian-efi/payload, skipped if not built)
+    #[arg(long)]
+    efi: Option<PathBuf>,
+    /// A direct payload with the stock Debian kernel + initrd (default:
+    /// $AVF_OUT/stock/debian-direct/payload, skipped if not built)
+    #[arg(long)]
+    stock: Option<PathBuf>,
+    /// Leave out the plain-QEMU side
+    #[arg(long)]
+    no_plain: bool,
+    /// Seconds between the end of the boot and `free -m`
+    #[arg(long, default_value_t = 10)]
+    settle_secs: u64,
+    /// Override the vCPU count of every boot (default: from cpu_topology)
+    #[arg(long)]
+    vcpus: Option<u32>,
+    /// Override memory_mib of every boot
+    #[arg(long)]
+    memory_mib: Option<u64>,
+    /// Where every sample goes (default: target/bench/boot-<unix time>.json)
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Per-boot logs and QEMU command lines
+    #[arg(long, default_value = "target/avf-artefacts/bench")]
+    artefacts: PathBuf,
+}
+
+/// The benchmark's configurations from the CLI's payload choices: the
+/// direct payload is required; efi and stock are skipped, with a note
+/// naming the build command, when their default payload is not built.
+fn bench_configs(a: &BenchBootArgs) -> Result<(Vec<bench::Config>, Vec<String>)> {
+    use bench::{Config, Side};
+    let out = avf_harness::payload::out_dir();
+    let direct = match &a.direct {
+        Some(p) => p.clone(),
+        None => avf_harness::payload::built_payload("debian", "direct")?,
+    };
+    let mut skipped = Vec::new();
+    let mut optional =
+        |given: &Option<PathBuf>, default: PathBuf, key: &str, build: &str| match given {
+            Some(p) => Some(p.clone()),
+            None if default.join("vm_config.json").is_file() => Some(default),
+            None => {
+                skipped.push(format!(
+                    "{key}: {} is not built ({build})",
+                    default.display()
+                ));
+                None
+            }
+        };
+    let efi = optional(
+        &a.efi,
+        out.join("debian-efi/payload"),
+        "harness-efi",
+        "image-build/build-all.sh --base debian --layout efi --kernel avf",
+    );
+    let stock = optional(
+        &a.stock,
+        out.join("stock/debian-direct/payload"),
+        "harness-stock",
+        "AVF_OUT=$AVF_OUT/stock image-build/build-all.sh --base debian --layout direct --kernel stock",
+    );
+    for p in [Some(&direct), efi.as_ref(), stock.as_ref()]
+        .into_iter()
+        .flatten()
+    {
+        if !p.exists() {
+            bail!("bench-boot: payload {} does not exist", p.display());
+        }
+    }
+    let config = |key: &str, label: &str, side, payload: &PathBuf, second_boot, primary| Config {
+        key: key.into(),
+        label: label.into(),
+        side,
+        payload: payload.clone(),
+        second_boot,
+        primary,
+    };
+    let mut configs = vec![config(
+        "harness-direct",
+        "harness, direct, linux-avf",
+        Side::Harness,
+        &direct,
+        true,
+        true,
+    )];
+    if a.no_plain {
+        skipped.push("plain-direct: --no-plain".into());
+    } else {
+        configs.push(config(
+            "plain-direct",
+            "plain QEMU, direct, linux-avf",
+            Side::Plain,
+            &direct,
+            false,
+            true,
+        ));
+    }
+    if let Some(p) = &efi {
+        configs.push(config(
+            "harness-efi",
+            "harness, efi (U-Boot, systemd-boot), linux-avf",
+            Side::Harness,
+            p,
+            true,
+            true,
+        ));
+    }
+    if let Some(p) = &stock {
+        configs.push(config(
+            "harness-stock",
+            "harness, direct, stock Debian kernel + initrd",
+            Side::Harness,
+            p,
+            false,
+            false,
+        ));
+    }
+    Ok((configs, skipped))
+}
+
+async fn bench_boot(a: BenchBootArgs) -> Result<()> {
+    let (configs, skipped) = bench_configs(&a)?;
+    let options = bench::BenchOptions {
+        configs,
+        runs: a.runs,
+        secondary_runs: a.secondary_runs.unwrap_or(a.runs).min(a.runs),
+        launch: avf_harness::plan::Options {
+            vcpus: a.vcpus,
+            memory_mib: a.memory_mib,
+            ..Default::default()
+        },
+        settle: Duration::from_secs(a.settle_secs),
+        artefacts: a.artefacts,
+        skipped,
+    };
+    let run = bench::run(&options).await;
+    let json = a
+        .json
+        .unwrap_or_else(|| PathBuf::from(format!("target/bench/boot-{}.json", run.started_unix)));
+    bench::report::write_json(&run, &json)?;
+    print!("{}", bench::report::render(&run));
+    println!(
+        "
+every sample: {}",
+        json.display()
+    );
+    match run.failures() {
+        0 => Ok(()),
+        n => bail!("{n} boot(s) failed (see above and {})", json.display()),
+    }
 }
 
 fn main() -> ExitCode {
@@ -196,6 +367,7 @@ async fn real_main(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
+        Cmd::BenchBoot(a) => bench_boot(*a).await,
         Cmd::CheckLeaks => {
             let leaks = avf_harness::procs::leaked_processes();
             let namespaces = avf_harness::net::our_namespaces();

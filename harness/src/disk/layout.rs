@@ -187,16 +187,21 @@ impl Layout {
         })
     }
 
-    /// Writes the whole virtual disk to `out` (used by tests and `--dump`).
+    /// Writes the whole virtual disk to `out` as a sparse raw image (all-
+    /// zero MiBs stay holes: a 2 GiB root holds far less). Used by tests
+    /// and the boot benchmark's plain-QEMU side.
     pub fn write_image(&self, out: &Path) -> std::io::Result<()> {
-        use std::io::Write;
-        let mut f = File::create(out)?;
+        use std::os::unix::fs::FileExt;
+        let f = File::create(out)?;
+        f.set_len(self.size)?;
         let mut buf = vec![0u8; 1 << 20];
         let mut off = 0;
         while off < self.size {
             let n = (self.size - off).min(buf.len() as u64) as usize;
             crate::disk::read_at(self, &mut buf[..n], off)?;
-            f.write_all(&buf[..n])?;
+            if buf[..n].iter().any(|&b| b != 0) {
+                f.write_all_at(&buf[..n], off)?;
+            }
             off += n as u64;
         }
         Ok(())

@@ -70,6 +70,11 @@ pub enum Halt {
 
 static VM_INDEX: AtomicU32 = AtomicU32::new(0);
 
+/// The boot marker `avf-boot-marker.service` prints on ttyS0, as a
+/// regex over the console's bytes. Whole line: the id may arrive in
+/// several chunks.
+pub const BOOT_MARKER: &str = r"AVF-BOOT-OK (\S+)[\r\n]";
+
 pub struct Vm {
     spec: VmSpec,
     plan: Plan,
@@ -158,7 +163,7 @@ fn chown(p: &Path, (uid, gid): (u32, u32)) -> Result<()> {
 
 /// A private (0700, unpredictable name) dir `<parent>/<prefix>XXXXXX`,
 /// left for the caller to remove.
-fn private_dir(parent: &Path, prefix: &str) -> Result<PathBuf> {
+pub(crate) fn private_dir(parent: &Path, prefix: &str) -> Result<PathBuf> {
     std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
     Ok(tempfile::Builder::new()
         .prefix(prefix)
@@ -532,8 +537,7 @@ impl Vm {
     /// Waits for `AVF-BOOT-OK <build_id>` on the console, then for the guest
     /// agent.
     pub async fn wait_boot(&self) -> Result<BootReport> {
-        // Whole line: the id may arrive in several chunks.
-        let re = Regex::new(r"AVF-BOOT-OK (\S+)[\r\n]").expect("static regex");
+        let re = Regex::new(BOOT_MARKER).expect("static regex");
         let m = self
             .console
             .expect(&re, Timeout::BootMarker.get())
