@@ -259,6 +259,24 @@ const ROOT_FILES: &[(&str, &str)] = &[
         "/usr/lib/systemd/system/avf-ttyd.service",
         "ExecStart=/usr/lib/avf/ttyd-start",
     ),
+    // Android 17 (AIDL mode, or ttyd over vsock): ttyd on a Unix socket,
+    // bridged from vsock 7681 by systemd.
+    (
+        "/usr/lib/systemd/system/avf-ttyd-uds.service",
+        "ExecStart=/usr/bin/ttyd -i /run/ttyd/ttyd.sock",
+    ),
+    (
+        "/usr/lib/systemd/system/avf-ttyd-vsock.socket",
+        "ListenStream=vsock::7681",
+    ),
+    (
+        "/usr/lib/systemd/system/avf-ttyd-vsock.service",
+        "ExecStart=/usr/lib/systemd/systemd-socket-proxyd /run/ttyd/ttyd.sock",
+    ),
+    (
+        "/usr/lib/systemd/system/debian_service.service",
+        "ExecStart=/usr/bin/debian_service",
+    ),
     // The app's client certificate required where the app shares it.
     ("/usr/lib/avf/ttyd-start", "--ssl-ca /mnt/internal/ca.crt"),
     // Android 17 enlarges root_part; the guest grows / online.
@@ -320,6 +338,8 @@ const ROOT_BINS: &[&str] = &[
     "/usr/bin/forwarder_guest_launcher",
     "/usr/bin/shutdown_runner",
     "/usr/bin/storage_balloon_agent",
+    "/usr/bin/debian_service",
+    "/usr/lib/systemd/systemd-socket-proxyd",
     "/usr/sbin/mkfs.ext4",
     "/usr/sbin/ip",
     "/usr/bin/ps",
@@ -331,6 +351,8 @@ const ROOT_BINS: &[&str] = &[
 const ENABLED: &[&str] = &[
     "multi-user.target.wants/avf-boot-marker.service",
     "multi-user.target.wants/avf-ttyd.service",
+    "multi-user.target.wants/avf-ttyd-vsock.socket",
+    "multi-user.target.wants/debian_service.service",
     "multi-user.target.wants/avf-pacman-keyring.service",
     "multi-user.target.wants/mnt-internal.mount",
     "multi-user.target.wants/mnt-shared.mount",
@@ -573,6 +595,9 @@ fn units_verify(layout: &str) {
         "avf-boot-marker.service",
         "avf-ttyd.service",
         "avf-ttyd-cert.service",
+        "avf-ttyd-uds.service",
+        "avf-ttyd-vsock.socket",
+        "avf-ttyd-vsock.service",
         "avf-pacman-keyring.service",
         "mnt-internal.mount",
         "mnt-shared.mount",
