@@ -145,6 +145,14 @@ pub struct DebianServiceArgs {
     /// Where ext4's own reservation is recorded for this boot (tests).
     #[arg(long, value_name = "DIR", default_value = DEBIAN_SERVICE_STATE_DIR, hide = true)]
     pub state_dir: PathBuf,
+    /// The kernel command line, read for `debian_server_port=` (tests).
+    #[arg(
+        long,
+        value_name = "FILE",
+        default_value = crate::wire_form::PROC_CMDLINE,
+        hide = true
+    )]
+    pub cmdline: PathBuf,
 }
 
 /// debian_service's RuntimeDirectory.

@@ -181,6 +181,22 @@ fn register_unnumbered(root: &SIBinder, poweroff: PowerOff) -> anyhow::Result<()
     Ok(())
 }
 
+/// Whether to register at all, from the kernel command line at `cmdline`.
+/// `debian_server_port=<N > 0>` is Android 17's gRPC mode: the app runs its
+/// gRPC service and has no use for our agent, and a virtmgr that serves
+/// every VM named "debian" would still accept a registration and make the
+/// app open port 4000 besides. `=0` (the AIDL mode) or no parameter
+/// (Android 15/16, or an app we do not know): try.
+pub fn should_register(cmdline: &std::path::Path) -> Result<(), String> {
+    match crate::port_file::cmdline_port(cmdline) {
+        Ok(Some(port)) => Err(format!(
+            "{}: debian_server_port={port}: the Terminal app's gRPC mode",
+            cmdline.display()
+        )),
+        Ok(None) | Err(_) => Ok(()),
+    }
+}
+
 /// Retry delays: 1 s doubling to a cap, so a guest that is not in AIDL
 /// mode (no host service on our CID's port) costs one attempt a few
 /// minutes apart, and a host that comes late is found soon enough.
@@ -266,6 +282,24 @@ fn sleep_unless(d: Duration, stop: &impl Fn() -> bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn registers_unless_the_app_is_in_its_grpc_mode() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("cmdline");
+        for (line, register) in [
+            (
+                "root=/dev/vda1 debian_server_port=0 hostname=debian\n",
+                true,
+            ),
+            ("root=/dev/vda1 console=ttyS0\n", true),
+            ("root=/dev/vda1 debian_server_port=40123\n", false),
+        ] {
+            std::fs::write(&f, line).unwrap();
+            assert_eq!(should_register(&f).is_ok(), register, "{line}");
+        }
+        assert!(should_register(&d.path().join("missing")).is_ok());
+    }
 
     #[test]
     fn backoff_doubles_to_its_cap() {

@@ -65,9 +65,14 @@ fn main() -> ExitCode {
         let stop = Arc::new(AtomicBool::new(false));
         let registrar = {
             let stop = stop.clone();
+            let cmdline = args.cmdline.clone();
             std::thread::Builder::new()
                 .name("registration".into())
                 .spawn(move || {
+                    if let Err(why) = guest_agent::should_register(&cmdline) {
+                        eprintln!("not registering the guest agent ({why}); serving IDebianService anyway");
+                        return;
+                    }
                     guest_agent::keep_registered(
                         || guest_agent::vsock_config(cid),
                         system_poweroff(),
