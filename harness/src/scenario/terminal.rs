@@ -303,6 +303,7 @@ impl Session {
         let how = match self.profile.transport.ttyd().0 {
             avf_terminal::profile::TtydLocator::Mdns { .. } => "by mDNS",
             avf_terminal::profile::TtydLocator::Fixed { .. } => "answering ping",
+            avf_terminal::profile::TtydLocator::VsockBridge => "through the vsock bridge",
         };
         Ok(format!(
             "ttyd found {how} at {} s: {} {}:{}; {deadline_note}",
