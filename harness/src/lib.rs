@@ -2,6 +2,7 @@
 //! does on the phone (contract §2–§3) and drives it.
 
 pub mod app;
+pub mod cidata;
 pub mod console;
 pub mod disk;
 pub mod net;
