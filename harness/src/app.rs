@@ -124,7 +124,11 @@ pub fn android17_cidata(instance: &Instance, options: &Options) -> Result<()> {
         return Ok(());
     }
     let iso = instance.payload_dir.join(crate::cidata::FILE);
-    let has_own = std::fs::symlink_metadata(&iso).is_ok_and(|m| m.is_file());
+    let build_id = instance.payload_dir.join(crate::cidata::BUILD_ID_FILE);
+    // The app decides when it installs: its own copy leaves
+    // `cidata.build_id` next to `cidata.iso`; a payload's own has none.
+    let is_file = |p: &Path| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_file());
+    let has_own = is_file(&iso) && !is_file(&build_id);
     let picked = avf_terminal::profile::android17_mode(has_own, options.cidata_override);
     if picked.name != asked.name {
         let why = match (has_own, options.cidata_override) {
@@ -145,6 +149,13 @@ pub fn android17_cidata(instance: &Instance, options: &Options) -> Result<()> {
         // image dir; a link planted there is replaced, never followed.
         let _ = std::fs::remove_file(&iso);
         crate::cidata::write(&iso)?;
+        let _ = std::fs::remove_file(&build_id);
+        let id = match options.cidata_override {
+            // "Assume overridden cidata uses AIDL guest agent".
+            true => "dev\n",
+            false => crate::cidata::BUNDLED_BUILD_ID,
+        };
+        std::fs::write(&build_id, id).with_context(|| format!("writing {}", build_id.display()))?;
     }
     Ok(())
 }
@@ -314,7 +325,11 @@ mod tests {
         );
         // No cidata.iso in the payload: the app's bundled one, AIDL.
         std::fs::remove_file(payload.join("cidata.iso")).unwrap();
+        std::fs::remove_file(payload.join("cidata.build_id")).unwrap();
         android17_cidata(&inst, &aidl).unwrap();
         assert!(payload.join("cidata.iso").is_file());
+        // The next start keeps the choice made at install.
+        android17_cidata(&inst, &aidl).unwrap();
+        assert!(android17_cidata(&inst, &grpc).is_err());
     }
 }

@@ -19,6 +19,10 @@ use sha2::{Digest, Sha256};
 pub const LABEL: &str = "cidata";
 /// Where the app keeps it in the image dir, attached as the second disk.
 pub const FILE: &str = "cidata.iso";
+/// The app copies this next to it; its presence marks the AIDL kind.
+pub const BUILD_ID_FILE: &str = "cidata.build_id";
+/// What our bundled seed's `cidata.build_id` says.
+pub const BUNDLED_BUILD_ID: &str = "arch-avf-harness-1\n";
 /// Fixed volume id: the same content gives the same image.
 const VOLUME_ID: &str = "c1da7a00";
 /// Size in KiB.
