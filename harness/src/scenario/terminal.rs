@@ -71,7 +71,7 @@ const MAX_TCG_FACTOR: u32 = 40;
 /// The app's host side in the profile's mode: the gRPC DebianService, or
 /// the AIDL mode's virtmgr service, `IDebianService` session and bridge.
 enum AppHost {
-    Grpc(TerminalHost),
+    Grpc(Box<TerminalHost>),
     Aidl(Arc<AidlHost>),
 }
 
@@ -115,7 +115,7 @@ impl AppHost {
 
     async fn stop(self) {
         match self {
-            AppHost::Grpc(h) => h.stop().await,
+            AppHost::Grpc(h) => (*h).stop().await,
             AppHost::Aidl(h) => match Arc::try_unwrap(h) {
                 Ok(h) => h.stop().await,
                 Err(h) => drop(h),
@@ -217,7 +217,7 @@ impl Session {
             .await
             .context("starting the Terminal app's host side")?;
         Ok(Session {
-            host: AppHost::Grpc(host),
+            host: AppHost::Grpc(Box::new(host)),
             registration: None,
             boot_timeout: opts.boot_timeout_secs.map(Duration::from_secs),
             tty: None,
