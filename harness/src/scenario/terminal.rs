@@ -518,6 +518,11 @@ impl Session {
         if let Some(t) = self.tty {
             t.close().await;
         }
+        // The app's registration callback holds the host: end it first.
+        if let Some(task) = self.registration {
+            task.abort();
+            let _ = task.await;
+        }
         self.host.stop().await;
         if !refused.is_empty() {
             bail!("the host refused calls from the VM: {}", refused.join("; "));
@@ -997,10 +1002,10 @@ async fn open_bridge_terminal(
 
 /// What the guest says about the units the app depends on.
 const DIAGNOSTICS: &str = "\
-systemctl --no-pager status avahi-daemon avf-ttyd forwarder_guest_launcher shutdown_runner storage_balloon_agent nftables 2>&1
+systemctl --no-pager status avahi-daemon avf-ttyd forwarder_guest_launcher shutdown_runner storage_balloon_agent nftables debian_service avf-ttyd-uds avf-ttyd-vsock.socket 2>&1
 echo; ip -4 addr; ip -4 route; ss -tulpn
 echo; ls -la /mnt/internal; cat /mnt/internal/debian_service_port; echo
-echo; journalctl -b --no-pager -n 150 -u avahi-daemon -u avf-ttyd -u forwarder_guest_launcher -u shutdown_runner -u storage_balloon_agent -u nftables 2>&1";
+echo; journalctl -b --no-pager -n 150 -u avahi-daemon -u avf-ttyd -u forwarder_guest_launcher -u shutdown_runner -u storage_balloon_agent -u nftables -u debian_service -u avf-ttyd-uds -u avf-ttyd-vsock 2>&1";
 
 /// Saves the guest's view (units, journal, sockets) to
 /// `guest-diagnostics.txt` in the artefacts (after a failed app step).
