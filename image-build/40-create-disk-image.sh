@@ -29,14 +29,14 @@ export E2FSPROGS_FAKE_TIME=$SOURCE_DATE_EPOCH
 # line holding one decimal integer. Android 16 parses the last space-separated
 # token as an int and sends anything below 2025 (or unparsable) to its Upgrade
 # screen, whose only button replaces root_part with Google's image; Android
-# 17's app uses ttyd over vsock for ids >= 5106, which this image does not
-# serve yet. So: AVF_BUILD_ID_BASE + the build number, below that threshold.
-# The readable version (<base>/<arch>/<version>-<n>-<date>) goes to
-# build-info.json.
+# 17's app uses ttyd over vsock for ids >= 5106, which this image serves
+# (avf-ttyd-vsock.socket), and in its AIDL mode reaches the terminal no other
+# way. So: AVF_BUILD_ID_BASE (5106) + the build number. The readable version
+# (<base>/<arch>/<version>-<n>-<date>) goes to build-info.json.
 n=$(avf_build_number)
 build_id=$((AVF_BUILD_ID_BASE + n))
-((build_id < AVF_TTYD_VSOCK_BUILD_ID)) ||
-  die "build number $n gives build_id $build_id >= $AVF_TTYD_VSOCK_BUILD_ID: Android 17 would expect ttyd over vsock, which this image does not serve"
+((build_id >= AVF_TTYD_VSOCK_BUILD_ID)) ||
+  die "build number $n gives build_id $build_id < $AVF_TTYD_VSOCK_BUILD_ID: Android 17 would not use ttyd over vsock, its AIDL mode's only way to the terminal"
 ver=$(sed -n 's/^version = "\(.*\)"/\1/p' "$AVF_REPO/Cargo.toml" | sed -n 1p)
 version="$BASE/aarch64/${ver:-0.1.0}-$n-$(date -u -d "@$SOURCE_DATE_EPOCH" +%Y%m%d)"
 

@@ -136,6 +136,20 @@ pub struct ForwarderArgs {
     pub remote: crate::forward::Endpoint,
 }
 
+#[derive(Parser, Debug)]
+#[command(
+    name = "debian_service",
+    about = "Serves IDebianService on vsock port 4000 and registers the guest agent with the host (the Terminal app's AIDL mode)"
+)]
+pub struct DebianServiceArgs {
+    /// Where ext4's own reservation is recorded for this boot (tests).
+    #[arg(long, value_name = "DIR", default_value = DEBIAN_SERVICE_STATE_DIR, hide = true)]
+    pub state_dir: PathBuf,
+}
+
+/// debian_service's RuntimeDirectory.
+pub const DEBIAN_SERVICE_STATE_DIR: &str = "/run/debian_service";
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,7 +9,9 @@ use anyhow::{anyhow, Context};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::args::{HostSource, PortSource};
+use crate::port_file::PortFileError;
 use crate::proto::DebianServiceClient;
+use crate::Permanent;
 
 /// How long to keep trying: the contract's "about 10 × 1 s".
 #[derive(Debug, Clone, Copy)]
@@ -70,6 +72,9 @@ pub async fn connect_channel(
     for attempt in 1..=policy.attempts.max(1) {
         match try_once(port, host, policy.connect_timeout).await {
             Ok(c) => return Ok(c),
+            // debian_server_port=0: the app runs no gRPC service this boot
+            // (AIDL mode), and no retry or restart will change that.
+            Err(e) if is_no_grpc_server(&e) => return Err(Permanent(e).into()),
             Err(e) => {
                 eprintln!("attempt {attempt}/{}: {e:#}", policy.attempts);
                 last = e;
@@ -83,6 +88,13 @@ pub async fn connect_channel(
         "DebianService not reachable after {} attempts",
         policy.attempts
     )))
+}
+
+fn is_no_grpc_server(e: &anyhow::Error) -> bool {
+    matches!(
+        e.downcast_ref::<PortFileError>(),
+        Some(PortFileError::NoGrpcServer(_))
+    )
 }
 
 async fn try_once(

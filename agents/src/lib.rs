@@ -5,11 +5,15 @@
 //! One crate, four binaries (`src/bin/`); the logic lives here so the tests
 //! can run it against an in-process fake of the app.
 
+pub mod active_ports;
 pub mod args;
 pub mod balloon;
+pub mod clipboard;
 pub mod connect;
+pub mod debian_service;
 pub mod forward;
 pub mod gateway;
+pub mod guest_agent;
 pub mod launcher;
 pub mod listeners;
 pub mod port_file;

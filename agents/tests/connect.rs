@@ -118,3 +118,29 @@ async fn gateway_source_reads_the_route_table() {
     assert!(msg.contains("no default IPv4 route"), "{msg}");
     assert!(msg.contains(&route.display().to_string()), "{msg}");
 }
+
+/// The AIDL mode's `debian_server_port=0`: no gRPC service this boot. The
+/// agents give up at once with the "not retrying" status (exit 78, which
+/// their units list in RestartPreventExitStatus=) instead of restarting
+/// every ~10 s for the life of the VM.
+#[tokio::test]
+async fn aidl_mode_port_zero_is_permanent_and_immediate() {
+    let (_d, f) = port_file();
+    let cmdline = f.with_file_name("cmdline");
+    std::fs::write(
+        &cmdline,
+        "root=/dev/vda1 debian_server_port=0 hostname=debian\n",
+    )
+    .unwrap();
+    let started = Instant::now();
+    let e = connect(
+        &PortSource::CmdlineOrFile { cmdline, file: f },
+        &HostSource::Fixed("127.0.0.1".parse().unwrap()),
+        policy(10),
+    )
+    .await
+    .unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(1), "retried: {e:#}");
+    assert!(e.downcast_ref::<avf_agents::Permanent>().is_some(), "{e:#}");
+    assert!(format!("{e:#}").contains("debian_server_port=0"), "{e:#}");
+}

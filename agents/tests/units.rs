@@ -44,3 +44,43 @@ fn launcher_may_only_drop_to_nobody() {
     );
     assert!(has(&u, "NoNewPrivileges=yes"));
 }
+
+/// debian_service runs in every mode and must not crash-loop outside the
+/// AIDL mode: only a guest without vsock stops it for good.
+#[test]
+fn debian_service_runs_everywhere_vsock_exists() {
+    let u = unit("debian_service.service");
+    for want in [
+        "ExecStart=/usr/bin/debian_service",
+        "ConditionPathExists=/dev/vsock",
+        "DeviceAllow=/dev/vsock rw",
+        "RestartPreventExitStatus=78",
+        "ReadWritePaths=/sys/fs/ext4",
+        "RuntimeDirectory=debian_service",
+    ] {
+        assert!(has(&u, want), "debian_service.service lacks {want}");
+    }
+    assert!(
+        !u.contains("debian_server_port"),
+        "must not depend on the mode"
+    );
+}
+
+/// The gRPC agents skip the AIDL mode's boots and never restart on its
+/// `debian_server_port=0`.
+#[test]
+fn grpc_agents_skip_the_aidl_mode() {
+    for name in [
+        "forwarder_guest_launcher.service",
+        "shutdown_runner.service",
+        "storage_balloon_agent.service",
+    ] {
+        let u = unit(name);
+        for want in [
+            "ConditionKernelCommandLine=!debian_server_port=0",
+            "RestartPreventExitStatus=78",
+        ] {
+            assert!(has(&u, want), "{name} lacks {want}");
+        }
+    }
+}

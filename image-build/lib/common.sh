@@ -360,10 +360,11 @@ use_source_date_epoch() {
 }
 
 # The <n> of the build id: AVF_BUILD_NUMBER, or the commit count.
-# build_id = AVF_BUILD_ID_BASE + build number, kept below the id from which
-# Android 17's Terminal app expects ttyd over vsock (see stage 40).
-AVF_BUILD_ID_BASE=2026
+# build_id = AVF_BUILD_ID_BASE + build number, at least the id from which
+# Android 17's Terminal app uses ttyd over vsock, which the image serves
+# (avf-ttyd-vsock.socket; see stage 40).
 AVF_TTYD_VSOCK_BUILD_ID=5106
+AVF_BUILD_ID_BASE=$AVF_TTYD_VSOCK_BUILD_ID
 
 avf_build_number() {
   if [[ -n ${AVF_BUILD_NUMBER:-} ]]; then

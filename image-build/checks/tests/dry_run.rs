@@ -36,7 +36,7 @@ fn archlinuxarm_dry_run_prints_the_bootstrap() {
         "avf-config/PKGBUILD",
         "makepkg\\ --noconfirm",
         "repo-add ",
-        "avf-agents-0.1.0-4-aarch64.pkg.tar.zst",
+        "avf-agents-0.1.0-5-aarch64.pkg.tar.zst",
         "Server = file:///var/tmp/avf-repo",
         "pacman --config /var/tmp/avf-repo/pacman.conf -Sy --noconfirm --needed avf-agents avf-config avf-ttyd",
     ];

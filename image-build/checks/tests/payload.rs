@@ -76,9 +76,10 @@ fn tarball_members(layout: &str) {
 
 /// What the Terminal app compares (docs/terminal-app.md §3): Android 16
 /// parses the last space-separated token of the first line as an int and
-/// shows its Upgrade screen below 2025; Android 17 expects ttyd over vsock
-/// from 5106, which this image does not serve. One integer in between
-/// passes both; the readable version is in build-info.json.
+/// shows its Upgrade screen below 2025; Android 17 uses ttyd over vsock
+/// from 5106 on, which this image serves (and its AIDL mode has no other
+/// way to the terminal). One integer ≥ 5106 passes both; the readable
+/// version is in build-info.json.
 fn build_id_shape(layout: &str) {
     let a = need(BASE, layout);
     let id = std::fs::read_to_string(a.payload("build_id")).expect("build_id");
@@ -90,8 +91,8 @@ fn build_id_shape(layout: &str) {
         .parse()
         .unwrap_or_else(|_| panic!("build_id {id:?}: the Android 16 app reads {last:?} as 0"));
     assert!(
-        (2025..5106).contains(&n) && id == last,
-        "build_id {id:?}: want one integer in 2025..5106"
+        n >= 5106 && id == last,
+        "build_id {id:?}: want one integer >= 5106"
     );
     let version = &a.info.version;
     let parts: Vec<&str> = version.split('/').collect();
@@ -115,8 +116,8 @@ fn build_id_shape(layout: &str) {
         .unwrap_or(0);
     assert_eq!(
         n,
-        2026 + build_number,
-        "build_id = 2026 + the build number in {version:?}"
+        5106 + build_number,
+        "build_id = 5106 + the build number in {version:?}"
     );
 }
 
@@ -258,6 +259,24 @@ const ROOT_FILES: &[(&str, &str)] = &[
         "/usr/lib/systemd/system/avf-ttyd.service",
         "ExecStart=/usr/lib/avf/ttyd-start",
     ),
+    // Android 17 (AIDL mode, or ttyd over vsock): ttyd on a Unix socket,
+    // bridged from vsock 7681 by systemd.
+    (
+        "/usr/lib/systemd/system/avf-ttyd-uds.service",
+        "ExecStart=/usr/bin/ttyd -i /run/ttyd/ttyd.sock",
+    ),
+    (
+        "/usr/lib/systemd/system/avf-ttyd-vsock.socket",
+        "ListenStream=vsock::7681",
+    ),
+    (
+        "/usr/lib/systemd/system/avf-ttyd-vsock.service",
+        "ExecStart=/usr/lib/systemd/systemd-socket-proxyd /run/ttyd/ttyd.sock",
+    ),
+    (
+        "/usr/lib/systemd/system/debian_service.service",
+        "ExecStart=/usr/bin/debian_service",
+    ),
     // The app's client certificate required where the app shares it.
     ("/usr/lib/avf/ttyd-start", "--ssl-ca /mnt/internal/ca.crt"),
     // Android 17 enlarges root_part; the guest grows / online.
@@ -319,6 +338,8 @@ const ROOT_BINS: &[&str] = &[
     "/usr/bin/forwarder_guest_launcher",
     "/usr/bin/shutdown_runner",
     "/usr/bin/storage_balloon_agent",
+    "/usr/bin/debian_service",
+    "/usr/lib/systemd/systemd-socket-proxyd",
     "/usr/sbin/mkfs.ext4",
     "/usr/sbin/ip",
     "/usr/bin/ps",
@@ -330,6 +351,8 @@ const ROOT_BINS: &[&str] = &[
 const ENABLED: &[&str] = &[
     "multi-user.target.wants/avf-boot-marker.service",
     "multi-user.target.wants/avf-ttyd.service",
+    "multi-user.target.wants/avf-ttyd-vsock.socket",
+    "multi-user.target.wants/debian_service.service",
     "multi-user.target.wants/avf-pacman-keyring.service",
     "multi-user.target.wants/mnt-internal.mount",
     "multi-user.target.wants/mnt-shared.mount",
@@ -572,6 +595,9 @@ fn units_verify(layout: &str) {
         "avf-boot-marker.service",
         "avf-ttyd.service",
         "avf-ttyd-cert.service",
+        "avf-ttyd-uds.service",
+        "avf-ttyd-vsock.socket",
+        "avf-ttyd-vsock.service",
         "avf-pacman-keyring.service",
         "mnt-internal.mount",
         "mnt-shared.mount",

@@ -30,7 +30,7 @@ fn rebuild_gives_same_guids_and_vm_config() {
         .build_id
         .parse::<u32>()
         .expect("build_id is an integer")
-        - 2026)
+        - 5106)
         .to_string();
     let o = run(Command::new(repo_root().join("image-build/build-all.sh"))
         .args(["--base", "debian", "--layout", "efi"])

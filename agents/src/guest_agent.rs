@@ -1,0 +1,276 @@
+//! The guest agent the AIDL-mode host expects: an `IGuestAgent` object
+//! handed to virtmgr's `IVirtualMachineService.registerGuestAgent` over an
+//! RPC binder session to vsock CID 2, port = our own CID
+//! (docs/android-releases.md §2.1 A). The host calls `shutdownAsync` back
+//! on that same session, so it is opened with one incoming connection and
+//! kept for the life of the service.
+//!
+//! Two numberings exist (§2.2): the numbered one (code 2, guest agent
+//! descriptor `android.system.virtualizationcommon.IGuestAgent`) is tried
+//! first; a host that answers UNKNOWN_TRANSACTION gets the unnumbered one
+//! (code 9, an agent under `android.system.virtualmachineservice.IGuestAgent`).
+//! `shutdownAsync` is code 2 in both.
+use std::sync::Arc;
+use std::time::Duration;
+
+use avf_aidl::android::system::virtualizationcommon::IGuestAgent::{BnGuestAgent, IGuestAgent};
+use avf_aidl::android::system::virtualmachineservice::IVirtualMachineService::IVirtualMachineService;
+use rsbinder::rpc::{RpcClientConfig, RpcProxy, RpcSession};
+use rsbinder::{
+    BinderResult, FromIBinder, Interface, Parcel, Remotable, SIBinder, Status, StatusCode,
+    TransactionCode, FIRST_CALL_TRANSACTION,
+};
+
+/// The host's vsock CID.
+pub const HOST_CID: u32 = 2;
+/// `IVirtualMachineService` (both numberings share the descriptor).
+pub const VM_SERVICE_DESCRIPTOR: &str =
+    "android.system.virtualmachineservice.IVirtualMachineService";
+/// The unnumbered form's `registerGuestAgent`.
+pub const UNNUMBERED_REGISTER: TransactionCode = FIRST_CALL_TRANSACTION + 8;
+/// The unnumbered form's guest agent interface.
+pub const UNNUMBERED_AGENT_DESCRIPTOR: &str = "android.system.virtualmachineservice.IGuestAgent";
+/// `shutdownAsync` in every known `IGuestAgent`.
+pub const SHUTDOWN_ASYNC: TransactionCode = FIRST_CALL_TRANSACTION + 1;
+
+/// What `shutdownAsync` does (the real one: `poweroff`).
+pub type PowerOff = Arc<dyn Fn() + Send + Sync>;
+
+/// The numbered form's agent.
+struct GuestAgent(PowerOff);
+
+impl Interface for GuestAgent {}
+
+impl IGuestAgent for GuestAgent {
+    fn shutdownAsync(&self) -> BinderResult<()> {
+        eprintln!("shutdownAsync: the Terminal app asks for a power-off");
+        (self.0)();
+        Ok(())
+    }
+}
+
+/// The unnumbered form's agent: same code, older descriptor.
+struct UnnumberedGuestAgent(PowerOff);
+
+impl Remotable for UnnumberedGuestAgent {
+    fn descriptor() -> &'static str {
+        UNNUMBERED_AGENT_DESCRIPTOR
+    }
+
+    fn on_transact(
+        &self,
+        code: TransactionCode,
+        _: &mut Parcel,
+        _: &mut Parcel,
+    ) -> rsbinder::Result<()> {
+        if code != SHUTDOWN_ASYNC {
+            return Err(StatusCode::UnknownTransaction);
+        }
+        eprintln!("shutdownAsync (unnumbered form): the Terminal app asks for a power-off");
+        (self.0)();
+        Ok(())
+    }
+
+    fn on_dump(&self, _: &mut dyn std::io::Write, _: &[String]) -> rsbinder::Result<()> {
+        Ok(())
+    }
+}
+
+/// Which numbering the host accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Numbering {
+    Numbered,
+    Unnumbered,
+}
+
+impl std::fmt::Display for Numbering {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Numbering::Numbered => "registerGuestAgent = code 2",
+            Numbering::Unnumbered => "registerGuestAgent = code 9 (unnumbered form)",
+        })
+    }
+}
+
+/// A registration that holds: keep it (dropping it closes the session).
+pub struct Registration {
+    pub session: RpcSession,
+    pub numbering: Numbering,
+}
+
+impl Registration {
+    /// Whether the host ended the session (virtmgr gone).
+    pub fn is_ended(&self) -> bool {
+        self.session.is_ended()
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.session.close_session();
+    }
+}
+
+/// The session to the host's `IVirtualMachineService`: vsock CID 2, port =
+/// `cid` (ours), one incoming connection for the host's calls back.
+pub fn vsock_config(cid: u32) -> RpcClientConfig<'static> {
+    RpcClientConfig::vsock(HOST_CID, cid, crate::debian_service::WIRE_VERSION)
+        .incoming_connections(1)
+        .timeout(Duration::from_secs(10))
+}
+
+/// Connects with `config` and registers an agent whose `shutdownAsync`
+/// runs `poweroff`.
+pub fn register(config: RpcClientConfig<'_>, poweroff: PowerOff) -> anyhow::Result<Registration> {
+    let session = RpcSession::setup_client_android13plus_with_config(config)
+        .map_err(|e| anyhow::anyhow!("connecting to the host's IVirtualMachineService: {e:?}"))?;
+    match register_on(&session, poweroff) {
+        Ok(numbering) => Ok(Registration { session, numbering }),
+        Err(e) => {
+            session.close_session();
+            Err(e)
+        }
+    }
+}
+
+fn register_on(session: &RpcSession, poweroff: PowerOff) -> anyhow::Result<Numbering> {
+    let root = session
+        .get_root()
+        .map_err(|e| anyhow::anyhow!("getting the host's root object: {e:?}"))?;
+    let vm_service = <dyn IVirtualMachineService>::try_from(root.clone()).map_err(|e| {
+        anyhow::anyhow!("the host's root object is no IVirtualMachineService: {e:?}")
+    })?;
+    let agent = BnGuestAgent::new_binder(GuestAgent(poweroff.clone()));
+    match vm_service.registerGuestAgent(&agent) {
+        Ok(()) => Ok(Numbering::Numbered),
+        Err(s) if is_unknown_transaction(&s) => {
+            eprintln!("registerGuestAgent (code 2): UNKNOWN_TRANSACTION; trying the unnumbered form (code 9)");
+            register_unnumbered(&root, poweroff)?;
+            Ok(Numbering::Unnumbered)
+        }
+        Err(s) => anyhow::bail!("registerGuestAgent: {s}"),
+    }
+}
+
+fn is_unknown_transaction(s: &Status) -> bool {
+    s.transaction_error() == StatusCode::UnknownTransaction
+}
+
+/// `registerGuestAgent` as code 9: the same descriptor, a strong binder
+/// argument, a status reply.
+fn register_unnumbered(root: &SIBinder, poweroff: PowerOff) -> anyhow::Result<()> {
+    let proxy = root
+        .as_any()
+        .downcast_ref::<RpcProxy>()
+        .ok_or_else(|| anyhow::anyhow!("the host's root object is not an RPC proxy"))?;
+    let agent: SIBinder =
+        Interface::as_binder(&rsbinder::Binder::new(UnnumberedGuestAgent(poweroff)));
+    let mut data = proxy
+        .build_request(VM_SERVICE_DESCRIPTOR)
+        .map_err(|e| anyhow::anyhow!("building the code-9 request: {e:?}"))?;
+    data.write(&agent)
+        .map_err(|e| anyhow::anyhow!("writing the guest agent: {e:?}"))?;
+    let mut reply = proxy
+        .transact(UNNUMBERED_REGISTER, &data, 0)
+        .map_err(|e| anyhow::anyhow!("registerGuestAgent (code 9): {e:?}"))?
+        .ok_or_else(|| anyhow::anyhow!("registerGuestAgent (code 9): no reply"))?;
+    let status: Status = reply
+        .read()
+        .map_err(|e| anyhow::anyhow!("registerGuestAgent (code 9): reading the status: {e:?}"))?;
+    anyhow::ensure!(status.is_ok(), "registerGuestAgent (code 9): {status}");
+    Ok(())
+}
+
+/// Retry delays: 1 s doubling to a cap, so a guest that is not in AIDL
+/// mode (no host service on our CID's port) costs one attempt a few
+/// minutes apart, and a host that comes late is found soon enough.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    next: Duration,
+    pub max: Duration,
+}
+
+impl Backoff {
+    pub fn new(first: Duration, max: Duration) -> Self {
+        Self { next: first, max }
+    }
+
+    pub fn next_delay(&mut self) -> Duration {
+        let d = self.next;
+        self.next = (self.next * 2).min(self.max);
+        d
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self::new(Duration::from_secs(1), Duration::from_secs(120))
+    }
+}
+
+/// Registers and keeps the registration, re-registering (with backoff) if
+/// the host ends it. The first failure is logged in full; later ones only
+/// when the error changes. Runs until `stop()` is true.
+pub fn keep_registered<'a>(
+    mut config: impl FnMut() -> RpcClientConfig<'a>,
+    poweroff: PowerOff,
+    mut backoff: Backoff,
+    stop: impl Fn() -> bool,
+) {
+    let mut last_error = String::new();
+    let mut held: Option<Registration> = None;
+    while !stop() {
+        if held.as_ref().is_some_and(|r| !r.is_ended()) {
+            std::thread::sleep(Duration::from_millis(500));
+            continue;
+        }
+        if held.take().is_some() {
+            eprintln!("the host ended the guest agent's session; registering again");
+            backoff = Backoff::new(Duration::from_secs(1), backoff.max);
+        }
+        match register(config(), poweroff.clone()) {
+            Ok(r) => {
+                eprintln!("guest agent registered ({})", r.numbering);
+                held = Some(r);
+                last_error.clear();
+            }
+            Err(e) => {
+                let msg = format!("{e:#}");
+                let delay = backoff.next_delay();
+                if msg != last_error {
+                    eprintln!(
+                        "guest agent not registered: {msg} (not in AIDL mode, or the host is not ready); \
+                         serving IDebianService anyway, retrying every {:?} at most",
+                        backoff.max
+                    );
+                    last_error = msg;
+                }
+                sleep_unless(delay, &stop);
+            }
+        }
+    }
+}
+
+/// Sleeps `d` in short steps so `stop` is seen soon.
+fn sleep_unless(d: Duration, stop: &impl Fn() -> bool) {
+    let end = std::time::Instant::now() + d;
+    while !stop() {
+        let left = end.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        std::thread::sleep(left.min(Duration::from_millis(200)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_its_cap() {
+        let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(5));
+        let got: Vec<u64> = (0..5).map(|_| b.next_delay().as_secs()).collect();
+        assert_eq!(got, [1, 2, 4, 5, 5]);
+    }
+}
