@@ -333,6 +333,11 @@ impl Session {
                 );
             }
         }
+        tracing_note(&format!(
+            "AIDL start without Running: the app's deadline {app_deadline:?} × {:.1} = {deadline:?} ({f}); {:?} since the guest started",
+            f.factor(),
+            vm.since_start()
+        ));
         tokio::time::sleep(deadline.saturating_sub(vm.since_start())).await;
         let registered = self
             .host
