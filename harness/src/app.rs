@@ -69,7 +69,12 @@ pub fn before_launch(
             instance.payload_dir.display()
         ));
     }
+    if let Some(b) = &options.installed_build_id {
+        let f = instance.payload_dir.join("build_id");
+        std::fs::write(&f, format!("{b}\n")).with_context(|| format!("writing {}", f.display()))?;
+    }
     gate(instance, &options.profile)?;
+    android17_cidata(instance, options)?;
     let root = instance.payload_dir.join(installed_image::ROOT_PART);
     let mut disk_steps = Vec::new();
     if root.is_file() {
@@ -95,6 +100,64 @@ pub fn before_launch(
         std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
     f.write_all(started.log().as_bytes())?;
     Ok(started)
+}
+
+/// The payload asked for a mode the Android 17 app would not pick for it
+/// (`ImageArchive`: docs/android-releases.md §1 row 6).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the Android 17 app would run {payload} in {picked}, not {asked}: {why}")]
+pub struct ModeMismatch {
+    pub payload: std::path::PathBuf,
+    pub picked: &'static str,
+    pub asked: &'static str,
+    pub why: &'static str,
+}
+
+/// Android 17's mode choice and cidata: a payload's own `cidata.iso`
+/// means gRPC mode; without one the app copies its bundled cidata (the
+/// harness's seed, [`crate::cidata`]) and uses AIDL; a debuggable phone's
+/// `/sdcard/linux/cidata.iso` (`cidata_override`, also our seed) wins and
+/// forces AIDL. The profile asked for must be the one the app picks.
+pub fn android17_cidata(instance: &Instance, options: &Options) -> Result<()> {
+    let asked = &options.profile;
+    if !asked.name.starts_with("android17") {
+        return Ok(());
+    }
+    let iso = instance.payload_dir.join(crate::cidata::FILE);
+    let build_id = instance.payload_dir.join(crate::cidata::BUILD_ID_FILE);
+    // The app decides when it installs: its own copy leaves
+    // `cidata.build_id` next to `cidata.iso`; a payload's own has none.
+    let is_file = |p: &Path| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_file());
+    let has_own = is_file(&iso) && !is_file(&build_id);
+    let picked = avf_terminal::profile::android17_mode(has_own, options.cidata_override);
+    if picked.name != asked.name {
+        let why = match (has_own, options.cidata_override) {
+            (true, false) => "the payload carries its own cidata.iso (set cidata_override = true for a debuggable phone's /sdcard/linux/cidata.iso)",
+            (_, true) => "a debuggable phone's /sdcard/linux/cidata.iso forces the AIDL mode",
+            (false, false) => "the payload carries no cidata.iso, so the app uses its bundled one",
+        };
+        return Err(ModeMismatch {
+            payload: instance.payload_dir.clone(),
+            picked: picked.name,
+            asked: asked.name,
+            why,
+        }
+        .into());
+    }
+    if asked.transport.is_rpc_binder() {
+        // The app copies the sideloaded or its bundled cidata into the
+        // image dir; a link planted there is replaced, never followed.
+        let _ = std::fs::remove_file(&iso);
+        crate::cidata::write(&iso)?;
+        let _ = std::fs::remove_file(&build_id);
+        let id = match options.cidata_override {
+            // "Assume overridden cidata uses AIDL guest agent".
+            true => "dev\n",
+            false => crate::cidata::BUNDLED_BUILD_ID,
+        };
+        std::fs::write(&build_id, id).with_context(|| format!("writing {}", build_id.display()))?;
+    }
+    Ok(())
 }
 
 /// The upgrade gate on the installed `build_id` (the profile's rule).
@@ -125,6 +188,18 @@ pub fn override_config(spec: &mut VmSpec, instance: &Instance, options: &Options
     if !shares.internal {
         spec.shares.retain(|s| s.tag != ShareTag::Internal);
     }
+    // AIDL mode: the cidata is the second disk (vdb), read-only; the
+    // backup disk follows (vdc).
+    if options.profile.transport.is_rpc_binder() {
+        let at = spec.disks.len().min(1);
+        spec.disks.insert(
+            at,
+            Disk::Image {
+                path: instance.payload_dir.join(crate::cidata::FILE),
+                writable: false,
+            },
+        );
+    }
     let backup = instance.payload_dir.join(installed_image::ROOT_PART_BACKUP);
     // The payload dir lies in the guest-writable `internal` share: a link
     // planted there is not followed to a host file (QEMU would open it).
@@ -139,6 +214,7 @@ pub fn override_config(spec: &mut VmSpec, instance: &Instance, options: &Options
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
 
     fn spec(inst: &Instance) -> VmSpec {
         let text = r#"{ "name": "debian", "disks": [{ "partitions": [
@@ -181,5 +257,79 @@ mod tests {
         let mut s = spec(&inst);
         override_config(&mut s, &inst, &Options::default());
         assert_eq!(images(&s), [backup.as_path()]);
+    }
+
+    /// Android 17: the payload's own cidata.iso means gRPC mode (asking for
+    /// AIDL is refused, naming why); `cidata_override` forces AIDL, whose
+    /// cidata (ours) becomes vdb read-only, before the backup disk (vdc).
+    #[test]
+    fn android17_mode_choice_and_the_cidata_disk() {
+        let d = tempfile::tempdir().unwrap();
+        let payload = d.path().join("payload");
+        std::fs::create_dir_all(&payload).unwrap();
+        std::fs::write(payload.join("vm_config.json"), b"{}").unwrap();
+        std::fs::write(payload.join("root_part"), b"x").unwrap();
+        std::fs::write(payload.join("cidata.iso"), b"theirs").unwrap();
+        std::fs::write(payload.join(installed_image::ROOT_PART_BACKUP), b"old").unwrap();
+        let inst = Instance::in_place(&payload, &d.path().join("scratch")).unwrap();
+        let aidl = Options {
+            profile: avf_terminal::HostProfile::android17_aidl(),
+            ..Options::default()
+        };
+        let e = android17_cidata(&inst, &aidl).unwrap_err();
+        let m = e.downcast_ref::<ModeMismatch>().expect("typed");
+        assert_eq!(m.picked, "android17-grpc");
+        assert!(e.to_string().contains("cidata_override"), "{e}");
+        let grpc = Options {
+            profile: avf_terminal::HostProfile::android17_grpc(),
+            ..Options::default()
+        };
+        android17_cidata(&inst, &grpc).unwrap();
+        assert_eq!(
+            std::fs::read(payload.join("cidata.iso")).unwrap(),
+            b"theirs"
+        );
+
+        let forced = Options {
+            cidata_override: true,
+            ..aidl.clone()
+        };
+        android17_cidata(&inst, &forced).unwrap();
+        assert_ne!(
+            std::fs::read(payload.join("cidata.iso")).unwrap(),
+            b"theirs"
+        );
+        let mut s = spec(&inst);
+        override_config(&mut s, &inst, &forced);
+        let disks: Vec<(PathBuf, bool)> = s
+            .disks
+            .iter()
+            .filter_map(|d| match d {
+                Disk::Image { path, writable } => Some((path.clone(), *writable)),
+                Disk::Composite { .. } => None,
+            })
+            .collect();
+        assert!(matches!(s.disks[0], Disk::Composite { .. }));
+        assert_eq!(
+            disks,
+            [
+                (payload.canonicalize().unwrap().join("cidata.iso"), false),
+                (
+                    payload
+                        .canonicalize()
+                        .unwrap()
+                        .join(installed_image::ROOT_PART_BACKUP),
+                    true
+                )
+            ]
+        );
+        // No cidata.iso in the payload: the app's bundled one, AIDL.
+        std::fs::remove_file(payload.join("cidata.iso")).unwrap();
+        std::fs::remove_file(payload.join("cidata.build_id")).unwrap();
+        android17_cidata(&inst, &aidl).unwrap();
+        assert!(payload.join("cidata.iso").is_file());
+        // The next start keeps the choice made at install.
+        android17_cidata(&inst, &aidl).unwrap();
+        assert!(android17_cidata(&inst, &grpc).is_err());
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod app;
 pub mod bench;
+pub mod cidata;
 pub mod console;
 pub mod disk;
 pub mod net;

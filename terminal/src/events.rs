@@ -41,6 +41,9 @@ pub enum Event {
     ItemSent { queue: Queue, detail: String },
     /// `ReportVmIpAddr` (Android 15 QPR2).
     VmIpAddr(String),
+    /// AIDL mode: the guest's `registerGuestAgent` reached virtmgr (the
+    /// app's `onGuestAgentRegistered`).
+    GuestAgentRegistered,
     /// A call was refused; `method` names the RPC.
     Refused {
         method: &'static str,

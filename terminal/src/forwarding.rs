@@ -57,6 +57,9 @@ pub enum ForwardError {
     /// The forwarding request could not be sent.
     #[error(transparent)]
     Request(#[from] ServiceError),
+    /// `IDebianService.requestForwarding` failed (AIDL mode).
+    #[error("forwarding: requestForwarding: {0}")]
+    Binder(String),
     /// Copying bytes failed.
     #[error("forwarding: splice failed: {0}")]
     Io(#[from] std::io::Error),
@@ -70,7 +73,7 @@ pub trait RequestSink: Send + Sync + 'static {
         &self,
         guest_port: u16,
         vsock_port: u32,
-    ) -> Pin<Box<dyn Future<Output = Result<(), ServiceError>> + Send + '_>>;
+    ) -> Pin<Box<dyn Future<Output = Result<(), ForwardError>> + Send + '_>>;
 }
 
 impl RequestSink for ForwardingQueue {
@@ -78,8 +81,8 @@ impl RequestSink for ForwardingQueue {
         &self,
         guest_port: u16,
         vsock_port: u32,
-    ) -> Pin<Box<dyn Future<Output = Result<(), ServiceError>> + Send + '_>> {
-        Box::pin(ForwardingQueue::request(self, guest_port, vsock_port))
+    ) -> Pin<Box<dyn Future<Output = Result<(), ForwardError>> + Send + '_>> {
+        Box::pin(async move { Ok(ForwardingQueue::request(self, guest_port, vsock_port).await?) })
     }
 }
 
@@ -331,7 +334,7 @@ mod tests {
             &self,
             guest_port: u16,
             vsock_port: u32,
-        ) -> Pin<Box<dyn Future<Output = Result<(), ServiceError>> + Send + '_>> {
+        ) -> Pin<Box<dyn Future<Output = Result<(), ForwardError>> + Send + '_>> {
             let _ = self.seen.send((guest_port, vsock_port));
             let path = vsock_path(&self.uds, vsock_port);
             let mode = self.mode;

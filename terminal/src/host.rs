@@ -152,6 +152,12 @@ impl TerminalHost {
         let profile = &config.profile;
         let (ttyd, _) = profile.transport.ttyd();
         let port_file_written = profile.transport.port_file_written();
+        if profile.transport.is_rpc_binder() {
+            return Err(HostError::Unsupported {
+                profile: profile.name,
+                why: "the AIDL mode has no gRPC DebianService: use avf_terminal::aidl::AidlHost",
+            });
+        }
         if port_file_written.is_some() && !profile.shares.internal {
             return Err(HostError::Unsupported {
                 profile: profile.name,
@@ -223,6 +229,12 @@ impl TerminalHost {
                 let found = discover_ttyd(&self.config.guest_net, self.config.mdns, within).await?;
                 self.server.allow_peer(IpAddr::V4(found.addr));
                 found
+            }
+            TtydLocator::VsockBridge => {
+                return Err(HostError::Unsupported {
+                    profile: self.config.profile.name,
+                    why: "ttyd is reached through the AIDL mode's vsock bridge",
+                })
             }
             TtydLocator::Fixed { addr } => {
                 crate::reach::wait_reachable(&self.config.guest_net, addr, within).await?;

@@ -5,6 +5,7 @@
 //! addresses the guest and the host see each other at, and a
 //! [`balloon::MemoryBalloon`] implementation.
 
+pub mod aidl;
 pub mod balloon;
 pub mod cert;
 pub mod events;

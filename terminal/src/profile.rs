@@ -4,9 +4,10 @@
 //! names the app class it follows.
 //!
 //! Filled: `android16` (the Google build's app) and `android15-qpr2` (the
-//! late Java app), from docs/terminal-app.md. Named but not filled yet: the
-//! Android 17 modes (issue 13); asking for them is a clear error, never a
-//! silent fallback.
+//! late Java app), from docs/terminal-app.md; Android 17's two modes,
+//! `android17-grpc` and `android17-aidl` (issue 13), from
+//! docs/android-releases.md. Which mode the Android 17 app picks for a
+//! payload is [`android17_mode`].
 
 use std::net::Ipv4Addr;
 use std::time::Duration;
@@ -42,6 +43,36 @@ pub enum Transport {
         ttyd: TtydLocator,
         ttyd_port: u16,
     },
+    /// Android 17's AIDL mode (docs/android-releases.md §2, §3.3): no
+    /// gRPC, no mDNS. virtmgr serves `IVirtualMachineService` per VM; the
+    /// guest registers its agent there, the app then connects the guest's
+    /// `IDebianService` (vsock 4000). ttyd is reached only through the
+    /// app's vsock bridge, and only when `canUseTtydOverVsock()`; else the
+    /// start times out. `<param>=0` goes on the kernel command line.
+    RpcBinder {
+        param: &'static str,
+        /// Parameters the AIDL-mode config carries
+        /// (`vm_config.cloud-init.json`: `root=/dev/vda1 ds=nocloud`).
+        config_params: &'static [&'static str],
+        /// The flag `terminalVmCommunicationRefactoring`.
+        ttyd_vsock_flag: bool,
+        /// `FIRST_VERSION_SUPPORTS_TTYD_VSOCK`.
+        ttyd_vsock_min_build_id: i32,
+    },
+}
+
+/// `FIRST_VERSION_SUPPORTS_TTYD_VSOCK` (`VmController`).
+pub const FIRST_VERSION_SUPPORTS_TTYD_VSOCK: i32 = 5106;
+
+/// The image's build id as a number (`InstalledImage.buildInfo?.buildId`,
+/// 0 when absent or unparsable). The app's parser was not found
+/// (docs/android-releases.md §1 row 9); read here as the upgrade gate
+/// reads `build_id`: the first line's last space-separated token.
+pub fn build_id_number(file: Option<&str>) -> i32 {
+    file.and_then(|t| t.lines().next())
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(0)
 }
 
 impl Transport {
@@ -54,6 +85,27 @@ impl Transport {
             | Transport::GrpcKernelParam {
                 ttyd, ttyd_port, ..
             } => (ttyd, ttyd_port),
+            Transport::RpcBinder { .. } => (TtydLocator::VsockBridge, crate::ttyd::TTYD_PORT),
+        }
+    }
+
+    /// Whether this is the AIDL mode.
+    pub fn is_rpc_binder(&self) -> bool {
+        matches!(self, Transport::RpcBinder { .. })
+    }
+
+    /// `canUseTtydOverVsock()` for an image with this `build_id` file
+    /// (`None`: missing): the AIDL mode's flag on and the number at least
+    /// [`FIRST_VERSION_SUPPORTS_TTYD_VSOCK`]. The gRPC modes here never
+    /// use the bridge.
+    pub fn can_use_ttyd_over_vsock(&self, build_id: Option<&str>) -> bool {
+        match *self {
+            Transport::RpcBinder {
+                ttyd_vsock_flag,
+                ttyd_vsock_min_build_id,
+                ..
+            } => ttyd_vsock_flag && build_id_number(build_id) >= ttyd_vsock_min_build_id,
+            _ => false,
         }
     }
 
@@ -63,17 +115,24 @@ impl Transport {
             Transport::GrpcPortFile {
                 port_file_written, ..
             } => Some(port_file_written),
-            Transport::GrpcKernelParam { .. } => None,
+            Transport::GrpcKernelParam { .. } | Transport::RpcBinder { .. } => None,
         }
     }
 
     /// The kernel parameter that carries the DebianService port, if that
-    /// is how the app hands it over.
+    /// is how the app hands it over (in the AIDL mode it is there, as 0).
     pub fn kernel_param(&self) -> Option<&'static str> {
         match *self {
-            Transport::GrpcKernelParam { param, .. } => Some(param),
+            Transport::GrpcKernelParam { param, .. } | Transport::RpcBinder { param, .. } => {
+                Some(param)
+            }
             Transport::GrpcPortFile { .. } => None,
         }
+    }
+
+    /// Whether the app runs a gRPC DebianService (not in the AIDL mode).
+    pub fn has_grpc_service(&self) -> bool {
+        !self.is_rpc_binder()
     }
 }
 
@@ -96,6 +155,9 @@ pub enum TtydLocator {
     /// until it answers, then loads; the only gRPC peer accepted (late
     /// Java `MainActivity`, `VmLauncherService`).
     Fixed { addr: Ipv4Addr },
+    /// No discovery: the app's own loopback bridge to the guest's vsock
+    /// 7681 (AIDL mode).
+    VsockBridge,
 }
 
 /// The guest's address on the phone's network.
@@ -290,7 +352,7 @@ pub const PROFILE_NAMES: &[&str] = &[
 /// The profile asked for does not exist, or is not filled in yet.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ProfileError {
-    #[error("host profile {0:?} is not filled in yet (filled: android16, android15-qpr2, android17-grpc)")]
+    #[error("host profile {0:?} is not filled in yet")]
     NotYet(String),
     #[error("unknown host profile {0:?} (known: {known})", known = PROFILE_NAMES.join(", "))]
     Unknown(String),
@@ -462,12 +524,41 @@ impl HostProfile {
         }
     }
 
+    /// Android 17's app in its AIDL mode (a payload without its own
+    /// `cidata.iso`, or a debuggable phone's `/sdcard/linux/cidata.iso`;
+    /// docs/android-releases.md §3.3): `debian_server_port=0`, the
+    /// AIDL-mode config's `root=/dev/vda1 ds=nocloud`, the app's cidata as
+    /// a read-only vdb (the backup disk moves to vdc), only the `android`
+    /// share; registration with virtmgr's `IVirtualMachineService`, then
+    /// `IDebianService` on vsock 4000; ttyd only through the vsock bridge
+    /// when `canUseTtydOverVsock()`, else the start times out after
+    /// `boot_timeout_secs` (600 in the AIDL-mode config; × 10 on
+    /// emulators); stop by `IGuestAgent.shutdownAsync` (the gRPC modes'
+    /// 3 s grace, then a hard stop).
+    pub fn android17_aidl() -> HostProfile {
+        let grpc = HostProfile::android17_grpc();
+        HostProfile {
+            name: "android17-aidl",
+            release: "Android 17 (AIDL mode)",
+            transport: Transport::RpcBinder {
+                param: "debian_server_port",
+                config_params: &["root=/dev/vda1", "ds=nocloud"],
+                ttyd_vsock_flag: true,
+                ttyd_vsock_min_build_id: FIRST_VERSION_SUPPORTS_TTYD_VSOCK,
+            },
+            discovery_deadline: Duration::from_secs(600),
+            discovery_deadline_emulated: Duration::from_secs(6000),
+            ..grpc
+        }
+    }
+
     /// The profile named `name` (as in a scenario or on the command line).
     pub fn by_name(name: &str) -> Result<HostProfile, ProfileError> {
         match name {
             "android16" => Ok(HostProfile::android16()),
             "android15-qpr2" => Ok(HostProfile::android15_qpr2()),
             "android17-grpc" => Ok(HostProfile::android17_grpc()),
+            "android17-aidl" => Ok(HostProfile::android17_aidl()),
             n if PROFILE_NAMES.contains(&n) => Err(ProfileError::NotYet(n.to_string())),
             n => Err(ProfileError::Unknown(n.to_string())),
         }
@@ -496,6 +587,19 @@ impl HostProfile {
                 Ok(())
             }
         }
+    }
+}
+
+/// Which mode Android 17's per-image app picks (`ImageArchive`,
+/// docs/android-releases.md §1 row 6, §4): a debuggable phone's
+/// `/sdcard/linux/cidata.iso` forces AIDL; otherwise a payload that
+/// carries its own `cidata.iso` is the gRPC kind, and one without gets the
+/// app's bundled cidata and AIDL.
+pub fn android17_mode(payload_has_cidata: bool, sdcard_cidata: bool) -> HostProfile {
+    if sdcard_cidata || !payload_has_cidata {
+        HostProfile::android17_aidl()
+    } else {
+        HostProfile::android17_grpc()
     }
 }
 
@@ -543,10 +647,26 @@ mod tests {
             "Android 15 QPR2"
         );
         assert_eq!(
-            HostProfile::by_name("android17-aidl"),
-            Err(ProfileError::NotYet("android17-aidl".into()))
+            HostProfile::by_name("android17-aidl").unwrap().name,
+            "android17-aidl"
         );
         let e = HostProfile::by_name("android99").unwrap_err().to_string();
         assert!(e.contains("android99") && e.contains("android16"), "{e}");
+    }
+
+    #[test]
+    fn android17_mode_and_ttyd_over_vsock() {
+        assert_eq!(android17_mode(true, false).name, "android17-grpc");
+        assert_eq!(android17_mode(false, false).name, "android17-aidl");
+        assert_eq!(android17_mode(true, true).name, "android17-aidl");
+        let t = HostProfile::android17_aidl().transport;
+        assert!(t.can_use_ttyd_over_vsock(Some("5106\n")));
+        assert!(t.can_use_ttyd_over_vsock(Some("arch-avf 7133")));
+        assert!(!t.can_use_ttyd_over_vsock(Some("5105")));
+        assert!(!t.can_use_ttyd_over_vsock(Some("x")));
+        assert!(!t.can_use_ttyd_over_vsock(None));
+        let grpc = HostProfile::android17_grpc().transport;
+        assert!(!grpc.can_use_ttyd_over_vsock(Some("9999")));
+        assert_eq!(t.kernel_param(), Some("debian_server_port"));
     }
 }

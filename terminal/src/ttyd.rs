@@ -18,7 +18,6 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
 use tokio::net::TcpStream;
-use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
@@ -154,7 +153,12 @@ fn tls_config(identity: Option<&ClientCert>) -> Result<Arc<ClientConfig>, rustls
     Ok(Arc::new(config))
 }
 
-type Ws = WebSocketStream<TlsStream<TcpStream>>;
+/// The byte stream under the WebSocket: TLS to the guest's address, or
+/// plain TCP to the app's vsock bridge on loopback.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+type Ws = WebSocketStream<Box<dyn Io>>;
 
 /// Is this failure the server refusing us during TLS? With TLS 1.3 the
 /// client's handshake completes before the server has checked the client
@@ -207,6 +211,7 @@ async fn open(
         request
             .headers_mut()
             .insert("Sec-WebSocket-Protocol", HeaderValue::from_static("tty"));
+        let tls: Box<dyn Io> = Box::new(tls);
         match tokio_tungstenite::client_async(request, tls).await {
             Ok((ws, _response)) => Ok(ws),
             Err(e) => Err(match tls_refusal(&e) {
@@ -251,6 +256,102 @@ pub async fn probe(
     }
 }
 
+/// The query the app's terminal view loads (`TtydView`): no `/` before
+/// `?` in the app's URL; the WebView requests `/?…`.
+pub const BRIDGE_QUERY: &str = "?fontSize=13&disableResizeOverlay=true&rendererType=dom";
+
+/// What the app's vsock bridge answered a page load.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BridgeAnswer {
+    /// The HTTP status code.
+    pub status: u16,
+    /// The status line.
+    pub line: String,
+}
+
+/// Loads the terminal page through the app's bridge at `addr` as the
+/// WebView does: `GET http://localhost:<port>/?…` with the access-token
+/// cookie (`None`: no cookie).
+pub async fn load_page(
+    addr: SocketAddr,
+    token: Option<&str>,
+    timeout: Duration,
+) -> Result<BridgeAnswer, TtydError> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let work = async {
+        let mut tcp = TcpStream::connect(addr)
+            .await
+            .map_err(|source| TtydError::Connect { addr, source })?;
+        let cookie = token.map_or(String::new(), |t| format!("Cookie: access_token={t}\r\n"));
+        let request = format!(
+            "GET /{BRIDGE_QUERY} HTTP/1.1\r\nHost: localhost:{}\r\n{cookie}Connection: close\r\n\r\n",
+            addr.port()
+        );
+        let io = |source| TtydError::Connect { addr, source };
+        tcp.write_all(request.as_bytes()).await.map_err(io)?;
+        let mut head = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !head.windows(2).any(|w| w == b"\r\n") {
+            let n = tcp.read(&mut buf).await.map_err(io)?;
+            if n == 0 {
+                break;
+            }
+            head.extend_from_slice(&buf[..n]);
+        }
+        let text = String::from_utf8_lossy(&head);
+        let line = text.lines().next().unwrap_or_default().to_string();
+        let status = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| TtydError::Closed {
+                addr,
+                detail: format!(": no HTTP status in {line:?}"),
+            })?;
+        Ok(BridgeAnswer { status, line })
+    };
+    tokio::time::timeout(timeout, work)
+        .await
+        .map_err(|_| TtydError::Timeout {
+            addr,
+            step: "loading the page through the bridge".into(),
+            timeout,
+        })?
+}
+
+async fn open_bridge(addr: SocketAddr, token: &str, timeout: Duration) -> Result<Ws, TtydError> {
+    let work = async {
+        let tcp = TcpStream::connect(addr)
+            .await
+            .map_err(|source| TtydError::Connect { addr, source })?;
+        let _ = tcp.set_nodelay(true);
+        let mut request = format!("ws://localhost:{}/ws", addr.port())
+            .into_client_request()
+            .map_err(|e| ws_err(addr, e))?;
+        let headers = request.headers_mut();
+        headers.insert("Sec-WebSocket-Protocol", HeaderValue::from_static("tty"));
+        let cookie = HeaderValue::from_str(&format!("access_token={token}")).map_err(|_| {
+            TtydError::Closed {
+                addr,
+                detail: ": the access token is not a header value".into(),
+            }
+        })?;
+        headers.insert("Cookie", cookie);
+        let tcp: Box<dyn Io> = Box::new(tcp);
+        let (ws, _response) = tokio_tungstenite::client_async(request, tcp)
+            .await
+            .map_err(|e| ws_err(addr, e))?;
+        Ok(ws)
+    };
+    tokio::time::timeout(timeout, work)
+        .await
+        .map_err(|_| TtydError::Timeout {
+            addr,
+            step: "connecting through the bridge".into(),
+            timeout,
+        })?
+}
+
 fn hello(columns: u16, rows: u16) -> Vec<u8> {
     serde_json::json!({ "AuthToken": "", "columns": columns, "rows": rows })
         .to_string()
@@ -277,6 +378,35 @@ impl TtydClient {
         timeout: Duration,
     ) -> Result<Self, TtydError> {
         let mut ws = open(net, addr, Some(identity), timeout).await?;
+        ws.send(Message::binary(hello(COLUMNS, ROWS)))
+            .await
+            .map_err(|e| ws_err(addr, e))?;
+        Ok(Self {
+            addr,
+            ws,
+            raw: Vec::new(),
+            title: None,
+            preferences: None,
+            next_id: std::process::id() as u64 * 1000,
+        })
+    }
+
+    /// Opens the terminal the AIDL-mode app's way: the page, then the
+    /// WebSocket, both plain HTTP through its vsock bridge at `addr` with
+    /// the access-token cookie.
+    pub async fn connect_bridge(
+        addr: SocketAddr,
+        token: &str,
+        timeout: Duration,
+    ) -> Result<Self, TtydError> {
+        let page = load_page(addr, Some(token), timeout).await?;
+        if page.status != 200 {
+            return Err(TtydError::Closed {
+                addr,
+                detail: format!(": the page load answered {:?}", page.line),
+            });
+        }
+        let mut ws = open_bridge(addr, token, timeout).await?;
         ws.send(Message::binary(hello(COLUMNS, ROWS)))
             .await
             .map_err(|e| ws_err(addr, e))?;

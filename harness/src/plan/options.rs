@@ -48,6 +48,13 @@ pub struct Options {
     /// The phone is an emulator (`ro.product.vendor.device` starting with
     /// `vsoc_` or `emu64`): the app's own longer deadlines apply.
     pub emulated_device: bool,
+    /// A debuggable phone's `/sdcard/linux/cidata.iso`: Android 17's app
+    /// then uses it (the harness's app-shaped seed) and the AIDL mode,
+    /// whatever the payload carries.
+    pub cidata_override: bool,
+    /// The installed image's `build_id` replaced by this text before the
+    /// app's start (an older image's, e.g. one built for Android 16).
+    pub installed_build_id: Option<String>,
 }
 
 /// [`Options`] as command-line flags (`avf-harness boot`), both ways.
@@ -76,6 +83,12 @@ pub struct LaunchArgs {
     /// Play an emulated phone (Cuttlefish/Goldfish): the app's longer deadlines
     #[arg(long)]
     pub emulated_device: bool,
+    /// A debuggable phone's /sdcard/linux/cidata.iso (Android 17: forces the AIDL mode)
+    #[arg(long)]
+    pub cidata_override: bool,
+    /// Replace the installed build_id with this text (an older image's)
+    #[arg(long)]
+    pub installed_build_id: Option<String>,
 }
 
 fn parse_profile(s: &str) -> Result<HostProfile, String> {
@@ -93,6 +106,8 @@ impl From<LaunchArgs> for Options {
             deny_all_files_access: a.deny_all_files_access,
             phone_storage_gib: a.phone_storage_gib,
             emulated_device: a.emulated_device,
+            cidata_override: a.cidata_override,
+            installed_build_id: a.installed_build_id,
         }
     }
 }
@@ -110,6 +125,8 @@ impl Options {
             deny_all_files_access,
             phone_storage_gib,
             emulated_device,
+            cidata_override,
+            installed_build_id,
         } = self;
         let mut v: Vec<OsString> = vec![
             "--profile".into(),
@@ -133,6 +150,12 @@ impl Options {
         }
         if *emulated_device {
             v.push("--emulated-device".into());
+        }
+        if *cidata_override {
+            v.push("--cidata-override".into());
+        }
+        if let Some(b) = installed_build_id {
+            v.extend(["--installed-build-id".into(), b.into()]);
         }
         v
     }

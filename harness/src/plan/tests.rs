@@ -234,6 +234,8 @@ fn repro_args_carry_every_launch_knob() {
         deny_all_files_access: true,
         phone_storage_gib: Some(64),
         emulated_device: true,
+        cidata_override: true,
+        installed_build_id: Some("2133".into()),
     };
     for opts in [odd, Options::default()] {
         let argv = std::iter::once("x".into()).chain(opts.to_args());
@@ -253,4 +255,31 @@ fn repro_args_carry_every_launch_knob() {
         line.contains("--memory-mib 2048") && line.contains("--vcpus 1"),
         "{line}"
     );
+}
+
+/// Android 17's AIDL mode: the AIDL-mode config's parameters and
+/// `debian_server_port=0` after the payload's; no gRPC port picked.
+#[test]
+fn aidl_mode_puts_port_zero_and_nocloud_on_the_command_line() {
+    let d = tempfile::tempdir().unwrap();
+    let s = spec(d.path(), true, "ttyS0");
+    let opts = Options {
+        profile: avf_terminal::HostProfile::android17_aidl(),
+        ..Options::default()
+    };
+    let p = plan(&s, &opts, &launch(d.path())).unwrap();
+    assert_eq!(p.debian_server_port, Some(0));
+    let l = line(&p);
+    let append = l.split("-append ").nth(1).unwrap();
+    assert!(
+        append.contains("root=/dev/vda1 ds=nocloud debian_server_port=0"),
+        "{append}"
+    );
+    let grpc = Options {
+        profile: avf_terminal::HostProfile::android17_grpc(),
+        ..Options::default()
+    };
+    let p = plan(&s, &grpc, &launch(d.path())).unwrap();
+    assert!(p.debian_server_port.is_some_and(|port| port >= 20000));
+    assert!(!line(&p).contains("ds=nocloud"));
 }

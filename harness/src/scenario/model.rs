@@ -48,6 +48,13 @@ pub struct Scenario {
     /// The phone is an emulator (the app's longer deadlines).
     #[serde(default)]
     pub emulated_device: bool,
+    /// A debuggable phone's `/sdcard/linux/cidata.iso` (Android 17: the
+    /// AIDL mode whatever the payload carries).
+    #[serde(default)]
+    pub cidata_override: bool,
+    /// The installed `build_id` replaced by this (an older image's).
+    #[serde(default)]
+    pub installed_build_id: Option<String>,
     /// How the app behaves around the boot (only with app-side steps).
     #[serde(default)]
     pub terminal: Option<TerminalOptions>,
@@ -117,6 +124,10 @@ steps! {
     TtydDiscover(TtydDiscover) => App, |_s| "ttyd_discover".into();
     TtydProbe(TtydProbe) => App, |s| format!("ttyd_probe {:?} {:?}", s.identity, s.expect);
     TtydRun(TtydRun) => App, |s| format!("ttyd_run `{}`", s.cmd);
+    /// AIDL mode: a page load through the app's ttyd bridge.
+    TtydBridgeProbe(TtydBridgeProbe) => App, |s| format!("ttyd_bridge_probe {:?} → {}", s.token, s.status);
+    /// AIDL mode: `updateClipboard` then `readClipboard`.
+    Clipboard(Clipboard) => App, |s| format!("clipboard {:?}", s.text);
     AgentsConnected(AgentsConnected) => App, |s| format!("agents_connected {:?}", s.queues);
     GuestPort(GuestPort) => App, |s| format!("guest_port {} present={}", s.port, s.present);
     ForwardRoundtrip(ForwardRoundtrip) => App, |s| format!("forward_roundtrip {} bytes", s.bytes);
@@ -246,6 +257,64 @@ pub struct TerminalOptions {
     /// second; 1: real time).
     #[serde(default = "real_time")]
     pub time_scale: f64,
+    /// The `boot_timeout_secs` the app reads from the VM's config, in
+    /// place of the profile's (the app's AIDL/mDNS deadline).
+    #[serde(default)]
+    pub boot_timeout_secs: Option<u64>,
+}
+
+/// Which access token a bridge probe carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BridgeToken {
+    /// The app's.
+    App,
+    /// A fresh UUID the bridge never made.
+    Other,
+    /// No cookie at all.
+    None,
+}
+
+/// Loads the terminal page through the app's vsock bridge with `token`;
+/// the answer must be HTTP `status` (403 refused, 200 ttyd's page).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TtydBridgeProbe {
+    pub token: BridgeToken,
+    pub status: u16,
+    #[serde(
+        default = "default_cmd_time",
+        rename = "within_secs",
+        deserialize_with = "timeouts::secs"
+    )]
+    pub within: Scaled,
+}
+
+/// `updateClipboard(text)`, then `readClipboard()` until it gives `expect`
+/// (default: `text`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Clipboard {
+    pub text: String,
+    #[serde(default)]
+    pub expect: Option<String>,
+    #[serde(
+        default = "default_cmd_time",
+        rename = "within_secs",
+        deserialize_with = "timeouts::secs"
+    )]
+    pub within: Scaled,
+}
+
+/// An outcome the app shows instead of a terminal, as a step may expect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AppError {
+    /// [`crate::scenario::terminal::StartTimeout`] (AIDL mode, no
+    /// `Running`).
+    StartTimeout,
+    /// [`crate::app::DiscoveryTimeout`] (mDNS modes).
+    DiscoveryTimeout,
 }
 
 /// Which client identity a handshake probe presents.
@@ -289,6 +358,9 @@ pub struct TtydDiscover {
         deserialize_with = "timeouts::opt_secs"
     )]
     pub within: Option<Scaled>,
+    /// The step passes only if the app fails this way.
+    #[serde(default)]
+    pub expect_error: Option<AppError>,
 }
 
 /// TLS handshake with ttyd presenting `identity`.
@@ -646,6 +718,8 @@ impl Scenario {
             deny_all_files_access: self.deny_all_files_access,
             phone_storage_gib: self.phone_storage_gib,
             emulated_device: self.emulated_device,
+            cidata_override: self.cidata_override,
+            installed_build_id: self.installed_build_id.clone(),
         }
     }
 

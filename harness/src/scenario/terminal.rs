@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
+use avf_terminal::aidl::{AidlHost, AidlHostConfig};
 use avf_terminal::events::{Cursor, Event, Queue};
 use avf_terminal::host::{TerminalHostConfig, VsockEndpoint};
 use avf_terminal::{
@@ -24,8 +25,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::guest::{guest_mem_total, guest_sh, wait_balloon};
 use super::model::{
-    AgentsConnected, AppShutdown, Expect, ForwardRoundtrip, GuestPort, Identity, MemoryPolicy,
-    QueueName, StorageBalloon, TerminalOptions, TtydDiscover, TtydProbe, TtydRun,
+    AgentsConnected, AppError, AppShutdown, BridgeToken, Clipboard, Expect, ForwardRoundtrip,
+    GuestPort, Identity, MemoryPolicy, QueueName, StorageBalloon, TerminalOptions, TtydBridgeProbe,
+    TtydDiscover, TtydProbe, TtydRun,
 };
 use crate::qmp::Qmp;
 use crate::spec::ShareTag;
@@ -66,9 +68,92 @@ impl avf_terminal::MemoryBalloon for QmpBalloon {
 /// the measured factor decides (a TCG guest on a busy 2-core host).
 const MAX_TCG_FACTOR: u32 = 40;
 
+/// The app's host side in the profile's mode: the gRPC DebianService, or
+/// the AIDL mode's virtmgr service, `IDebianService` session and bridge.
+enum AppHost {
+    Grpc(Box<TerminalHost>),
+    Aidl(Arc<AidlHost>),
+}
+
+impl AppHost {
+    fn events(&self) -> &avf_terminal::EventLog {
+        match self {
+            AppHost::Grpc(h) => h.events(),
+            AppHost::Aidl(h) => h.events(),
+        }
+    }
+
+    fn forwarded(&self, guest_port: u16) -> Option<Vec<SocketAddr>> {
+        match self {
+            AppHost::Grpc(h) => h.forwarded(guest_port),
+            AppHost::Aidl(h) => h.forwarded(guest_port),
+        }
+    }
+
+    fn grpc(&self) -> Result<&TerminalHost> {
+        match self {
+            AppHost::Grpc(h) => Ok(h),
+            AppHost::Aidl(_) => {
+                bail!("this step is the gRPC modes' (the profile is in the AIDL mode)")
+            }
+        }
+    }
+
+    async fn request_shutdown(&self) -> avf_terminal::ShutdownOutcome {
+        match self {
+            AppHost::Grpc(h) => h.request_shutdown().await,
+            // The app stops hard when there is no agent to ask.
+            AppHost::Aidl(h) => match h.shutdown_async().await {
+                Ok(()) => avf_terminal::ShutdownOutcome::Requested,
+                Err(e) => {
+                    tracing_note(&format!("shutdownAsync: {e}"));
+                    avf_terminal::ShutdownOutcome::NoStream
+                }
+            },
+        }
+    }
+
+    async fn stop(self) {
+        match self {
+            AppHost::Grpc(h) => (*h).stop().await,
+            AppHost::Aidl(h) => match Arc::try_unwrap(h) {
+                Ok(h) => h.stop().await,
+                Err(h) => drop(h),
+            },
+        }
+    }
+}
+
+fn tracing_note(msg: &str) {
+    eprintln!("[avf] app: {msg}");
+}
+
+/// The AIDL-mode start that never reaches `Running` (`canUseTtydOverVsock()`
+/// false: the flag off, or the image's build id below 5106): the app's
+/// `boot_timeout_secs` timer shows its error ("Timed out waiting for
+/// terminal service"), even if the guest agent registered.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the {release} Terminal app would show its error screen (\"Timed out waiting for terminal service\"): canUseTtydOverVsock() is false (build_id {build_id:?} reads as {read_as}, needs >= {min}), so nothing sets Running; its deadline boot_timeout_secs {app_deadline:?} × {factor:.1} (TCG) = {deadline:?} passed{registered}")]
+pub struct StartTimeout {
+    pub release: &'static str,
+    pub build_id: String,
+    pub read_as: i32,
+    pub min: i32,
+    pub app_deadline: Duration,
+    pub factor: f64,
+    pub deadline: Duration,
+    /// ", although the guest agent registered" when it did.
+    pub registered: String,
+}
+
 /// The app's side for one scenario run.
 pub struct Session {
-    host: TerminalHost,
+    host: AppHost,
+    /// AIDL mode: the app's `onGuestAgentRegistered` work, running since
+    /// the start (its result once taken).
+    registration: Option<tokio::task::JoinHandle<Result<(), avf_terminal::aidl::AidlError>>>,
+    /// `[terminal] boot_timeout_secs`.
+    boot_timeout: Option<Duration>,
     tty: Option<TtydClient>,
     other: Option<ClientCert>,
     /// `df /` available (bytes) and cluster size before the first storage
@@ -84,6 +169,9 @@ pub struct Session {
 impl Session {
     /// Starts the host against a VM that is still paused.
     pub async fn start(opts: &TerminalOptions, vm: &Vm) -> Result<Session> {
+        if vm.plan().profile.transport.is_rpc_binder() {
+            return Session::start_aidl(opts, vm).await;
+        }
         let Some(netns) = vm.netns() else {
             // Measured: slirp's UDP hostfwd to guest 5353 puts frames on the
             // guest's NIC, but its IP layer delivers none of them, so the
@@ -129,7 +217,9 @@ impl Session {
             .await
             .context("starting the Terminal app's host side")?;
         Ok(Session {
-            host,
+            host: AppHost::Grpc(Box::new(host)),
+            registration: None,
+            boot_timeout: opts.boot_timeout_secs.map(Duration::from_secs),
             tty: None,
             other: None,
             storage_base: None,
@@ -137,6 +227,200 @@ impl Session {
             profile,
             discovered_at: None,
         })
+    }
+
+    /// The AIDL mode: virtmgr's service before the guest runs, the bridge
+    /// where `canUseTtydOverVsock()`, and the app's reaction to the
+    /// registration in the background (as its callback runs).
+    async fn start_aidl(opts: &TerminalOptions, vm: &Vm) -> Result<Session> {
+        let profile = vm.plan().profile.clone();
+        let build_id = installed_build_id(vm)?;
+        let vm_name = vm.spec().name.clone();
+        let host = AidlHost::start(AidlHostConfig {
+            vm_name,
+            vsock: VsockEndpoint {
+                uds: vm.vsock_uds(),
+                guest_cid: vm.guest_cid(),
+            },
+            host_ports: HostPorts::Ephemeral,
+            enabled_ports: None,
+            ttyd_over_vsock: profile
+                .transport
+                .can_use_ttyd_over_vsock(build_id.as_deref()),
+            time_scale: opts.time_scale,
+        })
+        .await
+        .context("starting the Terminal app's host side (AIDL mode)")?;
+        let host = Arc::new(host);
+        // As long as any app wait: the steps bound their own waits.
+        let limit = Scaled::from_duration(profile.discovery_deadline_emulated).get();
+        let registration = {
+            let host = host.clone();
+            tokio::spawn(async move { host.on_registered(limit).await })
+        };
+        Ok(Session {
+            host: AppHost::Aidl(host),
+            registration: Some(registration),
+            boot_timeout: opts.boot_timeout_secs.map(Duration::from_secs),
+            tty: None,
+            other: None,
+            storage_base: None,
+            time_scale: opts.time_scale,
+            profile,
+            discovered_at: None,
+        })
+    }
+
+    fn aidl(&self) -> Result<&Arc<AidlHost>> {
+        match &self.host {
+            AppHost::Aidl(h) => Ok(h),
+            AppHost::Grpc(_) => bail!(
+                "this step is the AIDL mode's (the profile is {})",
+                self.profile.name
+            ),
+        }
+    }
+
+    /// Waits (up to `within`) for the app's `onGuestAgentRegistered` work
+    /// to have finished: registered and `IDebianService` connected.
+    async fn aidl_connected(&mut self, within: Duration) -> Result<String> {
+        let host = self.aidl()?.clone();
+        if let Some(task) = self.registration.take() {
+            let r = match tokio::time::timeout(within, task).await {
+                Ok(r) => r.map_err(|e| anyhow!("the registration task: {e}"))?,
+                Err(_) => bail!(
+                    "the guest agent did not register (and IDebianService connect) within {within:?}"
+                ),
+            };
+            r?;
+        }
+        Ok(format!(
+            "guest agent registered with virtmgr ({}); IDebianService connected over vsock 4000, RPC wire version {:?}",
+            host.vm_service().path().display(),
+            host.wire_version()
+        ))
+    }
+
+    /// `ttyd_discover` in the AIDL mode: `Running` comes only from the
+    /// bridge, set at once when `canUseTtydOverVsock()`; otherwise the
+    /// app's `boot_timeout_secs` timer (× this VM's TCG factor) ends the
+    /// start with [`StartTimeout`].
+    async fn aidl_running(&mut self, vm: &Vm, s: &TtydDiscover) -> Result<String> {
+        let build_id = installed_build_id(vm)?;
+        let transport = self.profile.transport;
+        let bridge_port = self.aidl()?.bridge().map(|b| b.addr().port());
+        if let Some(port) = bridge_port {
+            self.discovered_at = Some(Instant::now());
+            return Ok(format!(
+                "Running(\"localhost\", {port}) at once: canUseTtydOverVsock() with build_id {}",
+                avf_terminal::profile::build_id_number(build_id.as_deref())
+            ));
+        }
+        let app_deadline = self
+            .boot_timeout
+            .unwrap_or(match vm.options().emulated_device {
+                true => self.profile.discovery_deadline_emulated,
+                false => self.profile.discovery_deadline,
+            });
+        vm.qga().await?.ping().await?;
+        let f = vm.tcg_factor().await?;
+        let deadline = f.scale(app_deadline);
+        if let Some(w) = s.within {
+            if w.get() < deadline {
+                bail!(
+                    "within_secs {:?} ends before the app's deadline {deadline:?}",
+                    w.get()
+                );
+            }
+        }
+        tracing_note(&format!(
+            "AIDL start without Running: the app's deadline {app_deadline:?} × {:.1} = {deadline:?} ({f}); {:?} since the guest started",
+            f.factor(),
+            vm.since_start()
+        ));
+        tokio::time::sleep(deadline.saturating_sub(vm.since_start())).await;
+        let registered = self
+            .host
+            .events()
+            .snapshot()
+            .iter()
+            .any(|r| r.event == Event::GuestAgentRegistered);
+        let min = match transport {
+            avf_terminal::profile::Transport::RpcBinder {
+                ttyd_vsock_min_build_id,
+                ..
+            } => ttyd_vsock_min_build_id,
+            _ => 0,
+        };
+        Err(StartTimeout {
+            release: self.profile.release,
+            build_id: build_id
+                .as_deref()
+                .and_then(|t| t.lines().next())
+                .unwrap_or("<no build id>")
+                .to_string(),
+            read_as: avf_terminal::profile::build_id_number(build_id.as_deref()),
+            min,
+            app_deadline,
+            factor: f.factor(),
+            deadline,
+            registered: match registered {
+                true => ", although the guest agent registered".into(),
+                false => String::new(),
+            },
+        }
+        .into())
+    }
+
+    /// A page load through the app's bridge with the app's token, another
+    /// one, or none: the HTTP status must be `status`.
+    pub async fn bridge_probe(&self, s: &TtydBridgeProbe) -> Result<String> {
+        let bridge = self
+            .aidl()?
+            .bridge()
+            .ok_or_else(|| anyhow!("no ttyd bridge: canUseTtydOverVsock() is false"))?;
+        let token = match s.token {
+            BridgeToken::App => Some(bridge.token().to_string()),
+            BridgeToken::Other => Some(uuid::Uuid::new_v4().to_string()),
+            BridgeToken::None => None,
+        };
+        let got =
+            avf_terminal::ttyd::load_page(bridge.addr(), token.as_deref(), s.within.get()).await?;
+        if got.status != s.status {
+            bail!(
+                "token {:?}: {:?}, expected HTTP {}",
+                s.token,
+                got.line,
+                s.status
+            );
+        }
+        Ok(format!("token {:?}: {}", s.token, got.line))
+    }
+
+    /// `updateClipboard(text)`, then `readClipboard()` must give it back
+    /// (the guest's Wayland clipboard; `""` where it has none).
+    pub async fn clipboard(&self, s: &Clipboard) -> Result<String> {
+        let host = self.aidl()?;
+        let t0 = Instant::now();
+        host.update_clipboard(&s.text).await?;
+        let within = s.within.get();
+        let got = wait_until(
+            "readClipboard() giving the text back",
+            within,
+            Duration::from_millis(200),
+            || async {
+                let got = host.read_clipboard().await?;
+                Ok(match got == s.expect.as_deref().unwrap_or(&s.text) {
+                    true => Check::Done(got),
+                    false => Check::NotYet(format!("readClipboard() = {got:?}")),
+                })
+            },
+        )
+        .await?;
+        Ok(format!(
+            "clipboard round trip {got:?} in {} s",
+            fmt_secs(t0.elapsed())
+        ))
     }
 
     pub async fn memory_policy(&self, vm: &Vm, s: &MemoryPolicy) -> Result<String> {
@@ -160,7 +444,8 @@ impl Session {
             qmp: vm.qmp_handle(),
             guest_ram: ram,
         };
-        let policy = self.host.memory_policy(balloon, ram);
+        let policy =
+            avf_terminal::balloon::MemoryBalloonPolicy::spawn(balloon, ram, self.time_scale);
         let t0 = Instant::now();
         policy.set_app_state(AppState::Background);
         let max = ram / 100 * BACKGROUND_MAX_PERCENT;
@@ -238,6 +523,11 @@ impl Session {
         if let Some(t) = self.tty {
             t.close().await;
         }
+        // The app's registration callback holds the host: end it first.
+        if let Some(task) = self.registration {
+            task.abort();
+            let _ = task.await;
+        }
         self.host.stop().await;
         if !refused.is_empty() {
             bail!("the host refused calls from the VM: {}", refused.join("; "));
@@ -259,7 +549,10 @@ impl Session {
             None => Scaled::from_duration(app_deadline * MAX_TCG_FACTOR).get(),
         };
         let left = limit.saturating_sub(vm.since_start());
-        let found = self.host.discover_ttyd(left).await?;
+        if self.profile.transport.is_rpc_binder() {
+            return self.aidl_running(vm, s).await;
+        }
+        let found = self.host.grpc()?.discover_ttyd(left).await?;
         self.discovered_at = Some(Instant::now());
         let since = vm.since_start();
         if since > limit {
@@ -303,6 +596,7 @@ impl Session {
         let how = match self.profile.transport.ttyd().0 {
             avf_terminal::profile::TtydLocator::Mdns { .. } => "by mDNS",
             avf_terminal::profile::TtydLocator::Fixed { .. } => "answering ping",
+            avf_terminal::profile::TtydLocator::VsockBridge => "through the vsock bridge",
         };
         Ok(format!(
             "ttyd found {how} at {} s: {} {}:{}; {deadline_note}",
@@ -315,7 +609,7 @@ impl Session {
 
     pub async fn probe(&mut self, s: &TtydProbe) -> Result<()> {
         let id = match s.identity {
-            Identity::App => Some(self.host.client_cert()),
+            Identity::App => Some(self.host.grpc()?.client_cert()),
             Identity::Other => {
                 if self.other.is_none() {
                     self.other = Some(ClientCert::generate("not-the-app")?);
@@ -324,7 +618,7 @@ impl Session {
             }
             Identity::None => None,
         };
-        let got = self.host.probe_ttyd(id).await?;
+        let got = self.host.grpc()?.probe_ttyd(id).await?;
         match (s.expect, &got) {
             (Expect::Accepted, Handshake::Accepted) => Ok(()),
             (Expect::Refused, Handshake::TlsRefused(_)) => Ok(()),
@@ -348,7 +642,11 @@ impl Session {
                 timeout,
                 Duration::from_millis(200),
                 || async move {
-                    match host.open_terminal(timeout).await {
+                    let opened = match host {
+                        AppHost::Grpc(h) => h.open_terminal(timeout).await,
+                        AppHost::Aidl(h) => open_bridge_terminal(h, timeout).await,
+                    };
+                    match opened {
                         Ok(t) => Ok(Check::Done(t)),
                         Err(avf_terminal::HostError::Ttyd(
                             e @ avf_terminal::ttyd::TtydError::Connect { .. },
@@ -378,8 +676,15 @@ impl Session {
         Ok(())
     }
 
-    pub async fn agents(&self, vm: &Vm, s: &AgentsConnected) -> Result<()> {
+    pub async fn agents(&mut self, vm: &Vm, s: &AgentsConnected) -> Result<Option<String>> {
         let timeout = s.within.get();
+        let mut note = None;
+        if self.profile.transport.is_rpc_binder() {
+            if !s.queues.is_empty() {
+                bail!("the AIDL mode has no gRPC queues: give queues = [] (the step then waits for the registration and the IDebianService connection)");
+            }
+            note = Some(self.aidl_connected(timeout).await?);
+        }
         for q in &s.queues {
             let want = q.queue();
             let ev = self
@@ -403,7 +708,7 @@ impl Session {
                 .await
                 .context("no ReportVmActivePorts")?;
         }
-        Ok(())
+        Ok(note)
     }
 
     /// The first event so far matching `pred`, or the next one to come.
@@ -626,9 +931,13 @@ impl Session {
             );
         }
         let want = base - hold;
-        let took = self.host.server().send_storage_balloon(want).await;
-        if took == 0 {
-            bail!("no storage-balloon stream open");
+        match &self.host {
+            AppHost::Grpc(h) => {
+                if h.server().send_storage_balloon(want).await == 0 {
+                    bail!("no storage-balloon stream open");
+                }
+            }
+            AppHost::Aidl(h) => h.request_storage_balloon(want).await?,
         }
         let what =
             format!("df / available reaching {want} (±{cluster}; before any request {base})");
@@ -645,12 +954,63 @@ impl Session {
         .await
     }
 }
+/// A step's result where it may expect the app's error: that error (by
+/// type) passes, with its message as the note; anything else fails.
+pub fn expect_error(r: Result<String>, want: Option<AppError>) -> Result<String> {
+    let Some(want) = want else { return r };
+    match r {
+        Ok(note) => bail!("expected the app's {want:?}, but the step succeeded: {note}"),
+        Err(e) => {
+            let matches = match want {
+                AppError::StartTimeout => e.downcast_ref::<StartTimeout>().is_some(),
+                AppError::DiscoveryTimeout => {
+                    e.downcast_ref::<crate::app::DiscoveryTimeout>().is_some()
+                }
+            };
+            match matches {
+                true => Ok(format!("as expected: {e}")),
+                false => Err(e.context(format!("expected the app's {want:?}"))),
+            }
+        }
+    }
+}
+
+/// The installed image's `build_id` text (`None`: no file).
+fn installed_build_id(vm: &Vm) -> Result<Option<String>> {
+    let f = vm.instance().payload_dir.join("build_id");
+    match std::fs::read_to_string(&f) {
+        Ok(t) => Ok(Some(t)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(anyhow!("reading {}: {e}", f.display())),
+    }
+}
+
+/// The app's terminal view in the AIDL mode: the page and the WebSocket
+/// through its bridge, with the token cookie.
+async fn open_bridge_terminal(
+    host: &AidlHost,
+    timeout: Duration,
+) -> Result<TtydClient, avf_terminal::HostError> {
+    let bridge = host.bridge().ok_or(avf_terminal::HostError::Unsupported {
+        profile: "android17-aidl",
+        why: "no ttyd bridge: canUseTtydOverVsock() is false for this image",
+    })?;
+    let mut client = TtydClient::connect_bridge(
+        bridge.addr(),
+        bridge.token(),
+        avf_terminal::ttyd::CONNECT_TIMEOUT,
+    )
+    .await?;
+    client.wait_ready(timeout).await?;
+    Ok(client)
+}
+
 /// What the guest says about the units the app depends on.
 const DIAGNOSTICS: &str = "\
-systemctl --no-pager status avahi-daemon avf-ttyd forwarder_guest_launcher shutdown_runner storage_balloon_agent nftables 2>&1
+systemctl --no-pager status avahi-daemon avf-ttyd forwarder_guest_launcher shutdown_runner storage_balloon_agent nftables debian_service avf-ttyd-uds avf-ttyd-vsock.socket 2>&1
 echo; ip -4 addr; ip -4 route; ss -tulpn
 echo; ls -la /mnt/internal; cat /mnt/internal/debian_service_port; echo
-echo; journalctl -b --no-pager -n 150 -u avahi-daemon -u avf-ttyd -u forwarder_guest_launcher -u shutdown_runner -u storage_balloon_agent -u nftables 2>&1";
+echo; journalctl -b --no-pager -n 150 -u avahi-daemon -u avf-ttyd -u forwarder_guest_launcher -u shutdown_runner -u storage_balloon_agent -u nftables -u debian_service -u avf-ttyd-uds -u avf-ttyd-vsock 2>&1";
 
 /// Saves the guest's view (units, journal, sockets) to
 /// `guest-diagnostics.txt` in the artefacts (after a failed app step).

@@ -545,7 +545,13 @@ impl Vm {
             .context("waiting for the boot marker")?;
         let to_marker = self.started.elapsed();
         let build_id = m.trim().trim_start_matches("AVF-BOOT-OK ").to_string();
-        if let Ok(expected) = std::fs::read_to_string(self.instance.payload_dir.join("build_id")) {
+        // A build_id the scenario replaced (an older image's) is not the
+        // one the guest was built with.
+        let replaced = self.options.installed_build_id.is_some();
+        if let (false, Ok(expected)) = (
+            replaced,
+            std::fs::read_to_string(self.instance.payload_dir.join("build_id")),
+        ) {
             if expected.trim() != build_id {
                 bail!(
                     "guest booted build {build_id:?}, payload is {:?}",
