@@ -18,7 +18,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinHandle;
 
 use super::guest::guest_sh;
-use super::model::PackageInstall;
+use super::model::{KernelUpdate, PackageInstall};
 use crate::vm::Vm;
 
 /// A static HTTP/1.0 server of one directory (GET only, no listing);
@@ -137,9 +137,15 @@ pub fn build_apt_repo(dir: &Path, package: &str) -> Result<()> {
         .args(["--root-owner-group", "--build"])
         .arg(&tree)
         .arg(pool.join(format!("{package}_1.0_all.deb"))))?;
+    scan_apt_pool(&pool)
+}
+
+/// `dpkg-scanpackages` over `pool`, into `pool/Packages` (a flat apt
+/// repository).
+fn scan_apt_pool(pool: &Path) -> Result<()> {
     let out = Command::new("dpkg-scanpackages")
         .args(["--multiversion", "."])
-        .current_dir(&pool)
+        .current_dir(pool)
         .output()
         .context("running dpkg-scanpackages (dpkg-dev)")?;
     if !out.status.success() {
@@ -218,6 +224,133 @@ pacman -Q {pkg}"#,
         served.url,
         t0.elapsed().as_secs_f64(),
         out.lines().rev().nth(1).unwrap_or(&last)
+    ))
+}
+
+/// The built linux-avf package (not the headers) in our pacman repository.
+fn built_linux_avf(repo: &Path) -> Result<PathBuf> {
+    let found: Vec<PathBuf> = std::fs::read_dir(repo)
+        .with_context(|| {
+            format!(
+                "{}: no package repository (build it with image-build/build-all.sh --kernel avf)",
+                repo.display()
+            )
+        })?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                n.starts_with("linux-avf-")
+                    && !n.starts_with("linux-avf-headers-")
+                    && n.ends_with(".pkg.tar.zst")
+            })
+        })
+        .collect();
+    match found.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => bail!(
+            "{}: no linux-avf-*.pkg.tar.zst (build with image-build/build-all.sh --kernel avf)",
+            repo.display()
+        ),
+        _ => bail!("{}: more than one linux-avf package", repo.display()),
+    }
+}
+
+/// `kernel/repack.sh`: the built linux-avf under package release `pkgrel`,
+/// in `format` (pacman or deb), into `dir`; returns the file.
+fn repack_kernel(pkg: &Path, pkgrel: u32, format: &str, dir: &Path) -> Result<PathBuf> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../kernel/repack.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .args(["--pkgrel", &pkgrel.to_string(), "--format", format])
+        .arg(pkg)
+        .arg(dir)
+        .output()
+        .with_context(|| format!("running {}", script.display()))?;
+    if !out.status.success() {
+        bail!(
+            "{}: {}",
+            script.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    Ok(PathBuf::from(path))
+}
+
+/// The step: linux-avf repackaged under a newer package release, served,
+/// and upgraded by the guest's package manager (apt on the Debian vehicle,
+/// pacman on Arch Linux ARM), whose hooks decide what the next start boots.
+/// The note carries the package manager's output (the hook's message).
+pub async fn kernel_update(vm: &Vm, s: &KernelUpdate) -> Result<String> {
+    let has = |cmd: &'static str| async move {
+        guest_sh(
+            vm,
+            &format!("command -v {cmd} >/dev/null && echo yes || echo no"),
+        )
+        .await
+        .map(|o| o.trim() == "yes")
+    };
+    let built = built_linux_avf(&crate::payload::out_dir().join("repo/aarch64"))?;
+    let scratch = tempfile::tempdir().context("a scratch dir for the repository")?;
+    let pool = scratch.path().join("repo");
+    std::fs::create_dir_all(&pool)?;
+    let t0 = Instant::now();
+    let (served, script) = if has("apt-get").await? {
+        repack_kernel(&built, s.pkgrel, "deb", &pool)?;
+        scan_apt_pool(&pool)?;
+        let served = serve(vm, &pool)?;
+        let script = format!(
+            r#"set -e
+list=/etc/apt/sources.list.d/avf-harness.list
+echo "deb [trusted=yes] {url} ./" > "$list"
+only="-o Dir::Etc::sourcelist=$list -o Dir::Etc::sourceparts=- -o APT::Get::List-Cleanup=0"
+apt-get $only -q update >/dev/null
+DEBIAN_FRONTEND=noninteractive apt-get $only -q -y install linux-avf 2>&1
+rm -f "$list"
+dpkg-query -W -f '${{Version}}
+' linux-avf"#,
+            url = served.url
+        );
+        (served, script)
+    } else if has("pacman").await? {
+        let file = repack_kernel(&built, s.pkgrel, "pacman", &pool)?;
+        run(Command::new("repo-add")
+            .arg("-q")
+            .arg(pool.join("avf.db.tar.gz"))
+            .arg(&file))?;
+        let served = serve(vm, &pool)?;
+        let script = format!(
+            r#"set -e
+conf=$(mktemp)
+sed '/^\[/,$d' /etc/pacman.conf > "$conf"
+printf '[avf]\nSigLevel = Optional TrustAll\nServer = {url}\n' >> "$conf"
+pacman --config "$conf" --noconfirm -Sy linux-avf 2>&1
+rm -f "$conf"
+pacman -Q linux-avf | cut -d' ' -f2"#,
+            url = served.url
+        );
+        (served, script)
+    } else {
+        bail!("the guest has neither apt-get nor pacman");
+    };
+    let out = guest_sh(vm, &script)
+        .await
+        .with_context(|| format!("upgrading linux-avf from {}", served.url))?;
+    if let Some(re) = &s.output_matches {
+        if !regex::Regex::new(re)?.is_match(&out) {
+            bail!("the package manager's output does not match /{re}/:\n{out}");
+        }
+    }
+    let version = out.lines().last().unwrap_or_default().trim().to_string();
+    let hook: Vec<&str> = out
+        .lines()
+        .filter(|l| l.contains("avf kernel-update") || l.starts_with("***"))
+        .collect();
+    Ok(format!(
+        "linux-avf {version} installed from {} in {:.1} s; hook: {}",
+        served.url,
+        t0.elapsed().as_secs_f64(),
+        hook.join(" | ")
     ))
 }
 
