@@ -741,6 +741,17 @@ mod tests {
                 .unwrap_err()
         );
         assert!(e.contains("output_matches"), "{e}");
+        let e = format!(
+            "{:#}",
+            load("[[steps]]\nkind = \"kernel_update\"\npkgrel = 0\n").unwrap_err()
+        );
+        assert!(e.contains("t.toml") && e.contains("steps[0].pkgrel"), "{e}");
+        let e = format!(
+            "{:#}",
+            load("[[steps]]\nkind = \"kernel_update\"\npkgrel = 2\noutput_matches = \"[\"\n")
+                .unwrap_err()
+        );
+        assert!(e.contains("steps[0].output_matches"), "{e}");
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("p.toml");
         std::fs::write(

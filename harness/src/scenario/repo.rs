@@ -384,4 +384,90 @@ mod tests {
             "{packages}"
         );
     }
+
+    /// A stand-in linux-avf package: what `kernel/repack.sh` reads.
+    fn fake_linux_avf(dir: &Path) -> PathBuf {
+        let tree = dir.join("tree");
+        let modules = tree.join("usr/lib/modules/6.1.192-avf");
+        std::fs::create_dir_all(&modules).unwrap();
+        std::fs::create_dir_all(tree.join("boot")).unwrap();
+        std::fs::write(modules.join("vmlinuz"), b"kernel").unwrap();
+        std::fs::write(modules.join("pkgbase"), b"linux-avf\n").unwrap();
+        std::fs::write(tree.join("boot/Image"), b"kernel").unwrap();
+        std::fs::write(
+            tree.join(".PKGINFO"),
+            "pkgname = linux-avf\npkgver = 6.1.192-1\narch = aarch64\n",
+        )
+        .unwrap();
+        let pkg = dir.join("linux-avf-6.1.192-1-aarch64.pkg.tar.zst");
+        run(Command::new("bsdtar")
+            .args(["--zstd", "-cf"])
+            .arg(&pkg)
+            .arg("-C")
+            .arg(&tree)
+            .args([".PKGINFO", "usr", "boot"]))
+        .unwrap();
+        pkg
+    }
+
+    #[test]
+    fn repacks_the_kernel_under_a_new_pkgrel_without_the_esp() {
+        let d = tempfile::tempdir().unwrap();
+        let pkg = fake_linux_avf(d.path());
+        assert_eq!(built_linux_avf(d.path()).unwrap(), pkg);
+
+        let deb = repack_kernel(&pkg, 3, "deb", &d.path().join("out")).unwrap();
+        assert!(deb.ends_with("linux-avf_6.1.192-3_arm64.deb"), "{deb:?}");
+        let field = |f: &str| {
+            let o = Command::new("dpkg-deb")
+                .args(["-f"])
+                .arg(&deb)
+                .arg(f)
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&o.stdout).trim().to_string()
+        };
+        assert_eq!(field("Version"), "6.1.192-3");
+        assert_eq!(field("Package"), "linux-avf");
+        let list = Command::new("dpkg-deb")
+            .arg("-c")
+            .arg(&deb)
+            .output()
+            .unwrap();
+        let list = String::from_utf8_lossy(&list.stdout);
+        assert!(
+            list.contains("./usr/lib/modules/6.1.192-avf/vmlinuz"),
+            "{list}"
+        );
+        assert!(!list.contains("./boot"), "{list}");
+        let post = Command::new("dpkg-deb")
+            .args(["-I"])
+            .arg(&deb)
+            .arg("postinst")
+            .output()
+            .unwrap();
+        let post = String::from_utf8_lossy(&post.stdout);
+        assert!(
+            post.contains("--arg=6.1.192-avf --arg=/usr/lib/modules/6.1.192-avf/vmlinuz /etc/kernel/postinst.d"),
+            "{post}"
+        );
+
+        let pac = repack_kernel(&pkg, 3, "pacman", &d.path().join("out")).unwrap();
+        assert!(
+            pac.ends_with("linux-avf-6.1.192-3-aarch64.pkg.tar.zst"),
+            "{pac:?}"
+        );
+        let info = Command::new("bsdtar")
+            .arg("-xOf")
+            .arg(&pac)
+            .arg(".PKGINFO")
+            .output()
+            .unwrap();
+        assert!(String::from_utf8_lossy(&info.stdout).contains("pkgver = 6.1.192-3\n"));
+
+        let e = format!("{:#}", repack_kernel(&pkg, 0, "deb", d.path()).unwrap_err());
+        assert!(e.contains("--pkgrel"), "{e}");
+        let e = format!("{:#}", built_linux_avf(&d.path().join("none")).unwrap_err());
+        assert!(e.contains("none"), "{e}");
+    }
 }
