@@ -207,6 +207,7 @@ async fn dispatch(
         Step::Boot(s) => steps::boot(vm, s, report).await.map(|_| None)?,
         Step::Exec(s) => steps::exec(vm, s, snap).await.map(|_| None)?,
         Step::PackageInstall(s) => Some(repo::package_install(vm, s).await?),
+        Step::KernelUpdate(s) => Some(repo::kernel_update(vm, s).await?),
         Step::ConsoleSnapshot(s) => steps::console_snapshot(vm, s, snap).map(|_| None)?,
         Step::Balloon(s) => steps::balloon(vm, s).await.map(|_| None)?,
         Step::Powerdown(s) => steps::powerdown(vm, s).await.map(|_| None)?,

@@ -107,6 +107,10 @@ steps! {
     /// The guest's package manager installs a package from a repository
     /// the harness serves.
     PackageInstall(PackageInstall) => Vm, |s| format!("package_install {}", s.package);
+    /// The guest's package manager upgrades linux-avf to the built one
+    /// repackaged under a newer package release, from a repository the
+    /// harness serves.
+    KernelUpdate(KernelUpdate) => Vm, |s| format!("kernel_update pkgrel {}", s.pkgrel);
     /// `sh -c` in the guest through the agent.
     Exec(Exec) => Vm, |s| format!("exec `{}`", s.sh.lines().next().unwrap_or_default());
     /// Golden snapshot of the console transcript so far.
@@ -179,6 +183,18 @@ pub struct PackageInstall {
     /// With apt: a package the harness builds (`dpkg-deb`); with pacman:
     /// one of ours in `out/repo`.
     pub package: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KernelUpdate {
+    /// The package release of the repackaged linux-avf (`kernel/repack.sh
+    /// --pkgrel`): the same kernel build, a newer package.
+    pub pkgrel: u32,
+    /// What the package manager's output (stdout and stderr: the hook's
+    /// message) must match.
+    #[serde(default)]
+    pub output_matches: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -669,6 +685,13 @@ impl Scenario {
                     output_matches: Some(r),
                     ..
                 }) => bad_re(r, "output_matches")?,
+                Step::KernelUpdate(KernelUpdate {
+                    output_matches: Some(r),
+                    ..
+                }) => bad_re(r, "output_matches")?,
+                Step::KernelUpdate(KernelUpdate { pkgrel: 0, .. }) => {
+                    anyhow::bail!("{}: steps[{i}].pkgrel: must be >= 1", file.display())
+                }
                 Step::ConsoleSnapshot(c) => {
                     for r in &c.drop {
                         bad_re(r, "drop")?;
@@ -792,6 +815,17 @@ mod tests {
                 .unwrap_err()
         );
         assert!(e.contains("output_matches"), "{e}");
+        let e = format!(
+            "{:#}",
+            load("[[steps]]\nkind = \"kernel_update\"\npkgrel = 0\n").unwrap_err()
+        );
+        assert!(e.contains("t.toml") && e.contains("steps[0].pkgrel"), "{e}");
+        let e = format!(
+            "{:#}",
+            load("[[steps]]\nkind = \"kernel_update\"\npkgrel = 2\noutput_matches = \"[\"\n")
+                .unwrap_err()
+        );
+        assert!(e.contains("steps[0].output_matches"), "{e}");
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("p.toml");
         std::fs::write(

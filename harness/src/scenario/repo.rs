@@ -18,7 +18,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinHandle;
 
 use super::guest::guest_sh;
-use super::model::PackageInstall;
+use super::model::{KernelUpdate, PackageInstall};
 use crate::vm::Vm;
 
 /// A static HTTP/1.0 server of one directory (GET only, no listing);
@@ -137,9 +137,15 @@ pub fn build_apt_repo(dir: &Path, package: &str) -> Result<()> {
         .args(["--root-owner-group", "--build"])
         .arg(&tree)
         .arg(pool.join(format!("{package}_1.0_all.deb"))))?;
+    scan_apt_pool(&pool)
+}
+
+/// `dpkg-scanpackages` over `pool`, into `pool/Packages` (a flat apt
+/// repository).
+fn scan_apt_pool(pool: &Path) -> Result<()> {
     let out = Command::new("dpkg-scanpackages")
         .args(["--multiversion", "."])
-        .current_dir(&pool)
+        .current_dir(pool)
         .output()
         .context("running dpkg-scanpackages (dpkg-dev)")?;
     if !out.status.success() {
@@ -221,6 +227,133 @@ pacman -Q {pkg}"#,
     ))
 }
 
+/// The built linux-avf package (not the headers) in our pacman repository.
+fn built_linux_avf(repo: &Path) -> Result<PathBuf> {
+    let found: Vec<PathBuf> = std::fs::read_dir(repo)
+        .with_context(|| {
+            format!(
+                "{}: no package repository (build it with image-build/build-all.sh --kernel avf)",
+                repo.display()
+            )
+        })?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                n.starts_with("linux-avf-")
+                    && !n.starts_with("linux-avf-headers-")
+                    && n.ends_with(".pkg.tar.zst")
+            })
+        })
+        .collect();
+    match found.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => bail!(
+            "{}: no linux-avf-*.pkg.tar.zst (build with image-build/build-all.sh --kernel avf)",
+            repo.display()
+        ),
+        _ => bail!("{}: more than one linux-avf package", repo.display()),
+    }
+}
+
+/// `kernel/repack.sh`: the built linux-avf under package release `pkgrel`,
+/// in `format` (pacman or deb), into `dir`; returns the file.
+fn repack_kernel(pkg: &Path, pkgrel: u32, format: &str, dir: &Path) -> Result<PathBuf> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../kernel/repack.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .args(["--pkgrel", &pkgrel.to_string(), "--format", format])
+        .arg(pkg)
+        .arg(dir)
+        .output()
+        .with_context(|| format!("running {}", script.display()))?;
+    if !out.status.success() {
+        bail!(
+            "{}: {}",
+            script.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    Ok(PathBuf::from(path))
+}
+
+/// The step: linux-avf repackaged under a newer package release, served,
+/// and upgraded by the guest's package manager (apt on the Debian vehicle,
+/// pacman on Arch Linux ARM), whose hooks decide what the next start boots.
+/// The note carries the package manager's output (the hook's message).
+pub async fn kernel_update(vm: &Vm, s: &KernelUpdate) -> Result<String> {
+    let has = |cmd: &'static str| async move {
+        guest_sh(
+            vm,
+            &format!("command -v {cmd} >/dev/null && echo yes || echo no"),
+        )
+        .await
+        .map(|o| o.trim() == "yes")
+    };
+    let built = built_linux_avf(&crate::payload::out_dir().join("repo/aarch64"))?;
+    let scratch = tempfile::tempdir().context("a scratch dir for the repository")?;
+    let pool = scratch.path().join("repo");
+    std::fs::create_dir_all(&pool)?;
+    let t0 = Instant::now();
+    let (served, script) = if has("apt-get").await? {
+        repack_kernel(&built, s.pkgrel, "deb", &pool)?;
+        scan_apt_pool(&pool)?;
+        let served = serve(vm, &pool)?;
+        let script = format!(
+            r#"set -e
+list=/etc/apt/sources.list.d/avf-harness.list
+echo "deb [trusted=yes] {url} ./" > "$list"
+only="-o Dir::Etc::sourcelist=$list -o Dir::Etc::sourceparts=- -o APT::Get::List-Cleanup=0"
+apt-get $only -q update >/dev/null
+DEBIAN_FRONTEND=noninteractive apt-get $only -q -y install linux-avf 2>&1
+rm -f "$list"
+dpkg-query -W -f '${{Version}}
+' linux-avf"#,
+            url = served.url
+        );
+        (served, script)
+    } else if has("pacman").await? {
+        let file = repack_kernel(&built, s.pkgrel, "pacman", &pool)?;
+        run(Command::new("repo-add")
+            .arg("-q")
+            .arg(pool.join("avf.db.tar.gz"))
+            .arg(&file))?;
+        let served = serve(vm, &pool)?;
+        let script = format!(
+            r#"set -e
+conf=$(mktemp)
+sed '/^\[/,$d' /etc/pacman.conf > "$conf"
+printf '[avf]\nSigLevel = Optional TrustAll\nServer = {url}\n' >> "$conf"
+pacman --config "$conf" --noconfirm -Sy linux-avf 2>&1
+rm -f "$conf"
+pacman -Q linux-avf | cut -d' ' -f2"#,
+            url = served.url
+        );
+        (served, script)
+    } else {
+        bail!("the guest has neither apt-get nor pacman");
+    };
+    let out = guest_sh(vm, &script)
+        .await
+        .with_context(|| format!("upgrading linux-avf from {}", served.url))?;
+    if let Some(re) = &s.output_matches {
+        if !regex::Regex::new(re)?.is_match(&out) {
+            bail!("the package manager's output does not match /{re}/:\n{out}");
+        }
+    }
+    let version = out.lines().last().unwrap_or_default().trim().to_string();
+    let hook: Vec<&str> = out
+        .lines()
+        .filter(|l| l.contains("avf kernel-update") || l.starts_with("***"))
+        .collect();
+    Ok(format!(
+        "linux-avf {version} installed from {} in {:.1} s; hook: {}",
+        served.url,
+        t0.elapsed().as_secs_f64(),
+        hook.join(" | ")
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -250,5 +383,91 @@ mod tests {
             packages.contains("Filename: ./avf-repo-probe_1.0_all.deb"),
             "{packages}"
         );
+    }
+
+    /// A stand-in linux-avf package: what `kernel/repack.sh` reads.
+    fn fake_linux_avf(dir: &Path) -> PathBuf {
+        let tree = dir.join("tree");
+        let modules = tree.join("usr/lib/modules/6.1.192-avf");
+        std::fs::create_dir_all(&modules).unwrap();
+        std::fs::create_dir_all(tree.join("boot")).unwrap();
+        std::fs::write(modules.join("vmlinuz"), b"kernel").unwrap();
+        std::fs::write(modules.join("pkgbase"), b"linux-avf\n").unwrap();
+        std::fs::write(tree.join("boot/Image"), b"kernel").unwrap();
+        std::fs::write(
+            tree.join(".PKGINFO"),
+            "pkgname = linux-avf\npkgver = 6.1.192-1\narch = aarch64\n",
+        )
+        .unwrap();
+        let pkg = dir.join("linux-avf-6.1.192-1-aarch64.pkg.tar.zst");
+        run(Command::new("bsdtar")
+            .args(["--zstd", "-cf"])
+            .arg(&pkg)
+            .arg("-C")
+            .arg(&tree)
+            .args([".PKGINFO", "usr", "boot"]))
+        .unwrap();
+        pkg
+    }
+
+    #[test]
+    fn repacks_the_kernel_under_a_new_pkgrel_without_the_esp() {
+        let d = tempfile::tempdir().unwrap();
+        let pkg = fake_linux_avf(d.path());
+        assert_eq!(built_linux_avf(d.path()).unwrap(), pkg);
+
+        let deb = repack_kernel(&pkg, 3, "deb", &d.path().join("out")).unwrap();
+        assert!(deb.ends_with("linux-avf_6.1.192-3_arm64.deb"), "{deb:?}");
+        let field = |f: &str| {
+            let o = Command::new("dpkg-deb")
+                .args(["-f"])
+                .arg(&deb)
+                .arg(f)
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&o.stdout).trim().to_string()
+        };
+        assert_eq!(field("Version"), "6.1.192-3");
+        assert_eq!(field("Package"), "linux-avf");
+        let list = Command::new("dpkg-deb")
+            .arg("-c")
+            .arg(&deb)
+            .output()
+            .unwrap();
+        let list = String::from_utf8_lossy(&list.stdout);
+        assert!(
+            list.contains("./usr/lib/modules/6.1.192-avf/vmlinuz"),
+            "{list}"
+        );
+        assert!(!list.contains("./boot"), "{list}");
+        let post = Command::new("dpkg-deb")
+            .args(["-I"])
+            .arg(&deb)
+            .arg("postinst")
+            .output()
+            .unwrap();
+        let post = String::from_utf8_lossy(&post.stdout);
+        assert!(
+            post.contains("--arg=6.1.192-avf --arg=/usr/lib/modules/6.1.192-avf/vmlinuz /etc/kernel/postinst.d"),
+            "{post}"
+        );
+
+        let pac = repack_kernel(&pkg, 3, "pacman", &d.path().join("out")).unwrap();
+        assert!(
+            pac.ends_with("linux-avf-6.1.192-3-aarch64.pkg.tar.zst"),
+            "{pac:?}"
+        );
+        let info = Command::new("bsdtar")
+            .arg("-xOf")
+            .arg(&pac)
+            .arg(".PKGINFO")
+            .output()
+            .unwrap();
+        assert!(String::from_utf8_lossy(&info.stdout).contains("pkgver = 6.1.192-3\n"));
+
+        let e = format!("{:#}", repack_kernel(&pkg, 0, "deb", d.path()).unwrap_err());
+        assert!(e.contains("--pkgrel"), "{e}");
+        let e = format!("{:#}", built_linux_avf(&d.path().join("none")).unwrap_err());
+        assert!(e.contains("none"), "{e}");
     }
 }
