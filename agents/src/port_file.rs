@@ -58,6 +58,17 @@ pub fn read_port(path: &Path) -> Result<u16, PortFileError> {
 /// The kernel parameter Android 17's app passes the port in.
 pub const CMDLINE_PARAM: &str = "debian_server_port";
 
+/// The value of the last `debian_server_port=` word of a kernel command
+/// line (as the kernel's own parsing, the last one wins), unparsed; `None`
+/// when the parameter is absent. The one parser of the parameter: the port
+/// (`cmdline_port`) and the wire-form rule (`wire_form`) both read it here.
+pub fn cmdline_value(cmdline: &str) -> Option<&str> {
+    cmdline
+        .split_ascii_whitespace()
+        .rev()
+        .find_map(|w| w.strip_prefix(CMDLINE_PARAM)?.strip_prefix('='))
+}
+
 /// The port from `debian_server_port=<port>` in the kernel command line at
 /// `cmdline`; `None` when the parameter is absent (the app hands the port
 /// over in the file instead). `debian_server_port=0` is the AIDL mode's:
@@ -67,11 +78,7 @@ pub fn cmdline_port(cmdline: &Path) -> Result<Option<u16>, PortFileError> {
         path: cmdline.to_owned(),
         source,
     })?;
-    let Some(value) = text
-        .split_ascii_whitespace()
-        .rev()
-        .find_map(|w| w.strip_prefix(CMDLINE_PARAM)?.strip_prefix('='))
-    else {
+    let Some(value) = cmdline_value(&text) else {
         return Ok(None);
     };
     match value.parse::<u16>() {

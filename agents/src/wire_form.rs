@@ -22,7 +22,7 @@ use crate::proto::{DebianServiceClient, StorageBalloonQueueOpeningRequest};
 /// The kernel command line.
 pub const PROC_CMDLINE: &str = "/proc/cmdline";
 /// The kernel parameter by which apps after Android 16 pass their port.
-pub const CMDLINE_PORT_PARAM: &str = "debian_server_port";
+pub const CMDLINE_PORT_PARAM: &str = crate::port_file::CMDLINE_PARAM;
 /// How long the probe waits for the balloon queue to answer: Android 16's
 /// handler never answers, so this is also the delay of its first report.
 pub const PROBE_DEADLINE: Duration = Duration::from_secs(2);
@@ -92,10 +92,7 @@ impl fmt::Display for PortReportForm {
 /// Whether a kernel command line passes `debian_server_port=` (any value:
 /// `0` means the AIDL agent, which is still an app after Android 16).
 pub fn cmdline_has_server_port(cmdline: &str) -> bool {
-    cmdline.split_ascii_whitespace().any(|word| {
-        word.strip_prefix(CMDLINE_PORT_PARAM)
-            .is_some_and(|rest| rest.starts_with('='))
-    })
+    crate::port_file::cmdline_value(cmdline).is_some()
 }
 
 /// The form for a probe's outcome: `None` when the deadline passed, else
