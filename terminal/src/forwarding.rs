@@ -159,6 +159,23 @@ impl Forwarder {
         }
     }
 
+    /// Follows the guest's port reports (either mode's service): every
+    /// change publishes and withdraws accordingly, until the reports end.
+    pub fn follow(
+        self: &Arc<Self>,
+        mut ports: tokio::sync::watch::Receiver<Vec<crate::events::ActivePort>>,
+    ) -> JoinHandle<()> {
+        let forwarder = self.clone();
+        tokio::spawn(async move {
+            while ports.changed().await.is_ok() {
+                let active: Vec<u16> = ports.borrow_and_update().iter().map(|p| p.port).collect();
+                if let Err(e) = forwarder.update(&active).await {
+                    tracing::warn!("{e}");
+                }
+            }
+        })
+    }
+
     /// Publishes the enabled ones of `active` guest ports (never those below
     /// [`MIN_FORWARDED_PORT`]) and withdraws the ports no longer active.
     pub async fn update(&self, active: &[u16]) -> Result<(), ForwardError> {

@@ -194,19 +194,7 @@ impl TerminalHost {
         fwd_config.host_ports = config.host_ports;
         fwd_config.enabled = config.enabled_ports.clone();
         let forwarder = Arc::new(Forwarder::new(fwd_config, server.forwarding()));
-        let forward_task = {
-            let forwarder = forwarder.clone();
-            let mut ports = server.active_ports();
-            tokio::spawn(async move {
-                while ports.changed().await.is_ok() {
-                    let active: Vec<u16> =
-                        ports.borrow_and_update().iter().map(|p| p.port).collect();
-                    if let Err(e) = forwarder.update(&active).await {
-                        tracing::warn!("{e}");
-                    }
-                }
-            })
-        };
+        let forward_task = forwarder.follow(server.active_ports());
         Ok(Self {
             config,
             cert,

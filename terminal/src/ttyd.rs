@@ -377,18 +377,8 @@ impl TtydClient {
         identity: &ClientCert,
         timeout: Duration,
     ) -> Result<Self, TtydError> {
-        let mut ws = open(net, addr, Some(identity), timeout).await?;
-        ws.send(Message::binary(hello(COLUMNS, ROWS)))
-            .await
-            .map_err(|e| ws_err(addr, e))?;
-        Ok(Self {
-            addr,
-            ws,
-            raw: Vec::new(),
-            title: None,
-            preferences: None,
-            next_id: std::process::id() as u64 * 1000,
-        })
+        let ws = open(net, addr, Some(identity), timeout).await?;
+        Self::start(addr, ws).await
     }
 
     /// Opens the terminal the AIDL-mode app's way: the page, then the
@@ -406,7 +396,13 @@ impl TtydClient {
                 detail: format!(": the page load answered {:?}", page.line),
             });
         }
-        let mut ws = open_bridge(addr, token, timeout).await?;
+        let ws = open_bridge(addr, token, timeout).await?;
+        Self::start(addr, ws).await
+    }
+
+    /// ttyd's hello (the terminal size) on an opened WebSocket: both ways of
+    /// opening end here.
+    async fn start(addr: SocketAddr, mut ws: Ws) -> Result<Self, TtydError> {
         ws.send(Message::binary(hello(COLUMNS, ROWS)))
             .await
             .map_err(|e| ws_err(addr, e))?;

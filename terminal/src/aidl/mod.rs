@@ -197,19 +197,7 @@ impl AidlHost {
         fwd.host_ports = self.config.host_ports;
         fwd.enabled = self.config.enabled_ports.clone();
         let forwarder = Arc::new(Forwarder::new(fwd, BinderForwarding(debian.service())));
-        let forward_task = {
-            let forwarder = forwarder.clone();
-            let mut ports = debian.active_ports();
-            tokio::spawn(async move {
-                while ports.changed().await.is_ok() {
-                    let active: Vec<u16> =
-                        ports.borrow_and_update().iter().map(|p| p.port).collect();
-                    if let Err(e) = forwarder.update(&active).await {
-                        tracing::warn!("{e}");
-                    }
-                }
-            })
-        };
+        let forward_task = forwarder.follow(debian.active_ports());
         *self.lock() = Some(Connected {
             debian,
             forwarder,
