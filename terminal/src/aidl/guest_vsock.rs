@@ -8,7 +8,6 @@ use std::os::unix::net::UnixStream as StdUnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
 /// The longest answer line vhost-device-vsock sends (`OK 4294967295\n`).
@@ -56,60 +55,33 @@ fn accepted(line: &[u8]) -> bool {
     line.starts_with(b"OK ")
 }
 
-/// Connects to guest vsock `port` (async; for byte streams).
+/// Connects to guest vsock `port` (async; for byte streams): the blocking
+/// handshake on a blocking thread, then the stream handed to tokio.
 pub async fn connect(
     uds: &Path,
     port: u32,
     timeout: Duration,
 ) -> Result<UnixStream, GuestConnectError> {
-    let work = async {
-        let mut s = UnixStream::connect(uds)
-            .await
-            .map_err(|source| GuestConnectError::Socket {
-                uds: uds.to_owned(),
-                source,
-            })?;
-        let io = |source| GuestConnectError::Io {
-            uds: uds.to_owned(),
-            port,
-            source,
-        };
-        s.write_all(format!("CONNECT {port}\n").as_bytes())
-            .await
-            .map_err(io)?;
-        // Byte by byte: what follows the line is the guest's.
-        let mut line = Vec::new();
-        loop {
-            let mut b = [0u8; 1];
-            let n = s.read(&mut b).await.map_err(io)?;
-            if n == 0 || line.len() > MAX_REPLY {
-                break;
-            }
-            if b[0] == b'\n' {
-                break;
-            }
-            line.push(b[0]);
-        }
-        if !accepted(&line) {
-            return Err(GuestConnectError::Refused {
-                uds: uds.to_owned(),
-                port,
-                answer: String::from_utf8_lossy(&line).into_owned(),
-            });
-        }
-        Ok(s)
-    };
-    tokio::time::timeout(timeout, work)
+    let owned = uds.to_owned();
+    let s = tokio::task::spawn_blocking(move || connect_blocking(&owned, port, timeout))
         .await
-        .map_err(|_| GuestConnectError::Timeout {
+        .map_err(|e| GuestConnectError::Io {
             uds: uds.to_owned(),
             port,
-            timeout,
-        })?
+            source: std::io::Error::other(e),
+        })??;
+    let io = |source| GuestConnectError::Io {
+        uds: uds.to_owned(),
+        port,
+        source,
+    };
+    s.set_nonblocking(true).map_err(io)?;
+    UnixStream::from_std(s).map_err(io)
 }
 
-/// Connects to guest vsock `port` (blocking; for rsbinder's connector,
-/// which runs on its own threads).
+/// Connects to guest vsock `port` (blocking; rsbinder's connector runs on
+/// its own threads). Reads the answer byte by byte: what follows the line
+/// is the guest's.
 pub fn connect_blocking(
     uds: &Path,
     port: u32,
@@ -240,6 +212,7 @@ pub(crate) mod fake {
 mod tests {
     use super::fake::*;
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::UnixListener;
 
     #[tokio::test]
