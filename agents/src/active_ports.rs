@@ -12,7 +12,7 @@ use avf_aidl::com::android::virtualization::debian::aidl::{
 use rsbinder::{StatusCode, Strong};
 
 use crate::launcher::ReportedPorts;
-use crate::listeners::{Diff, Snapshot, Watcher};
+use crate::listeners::{LastReport, Snapshot, Watcher};
 
 pub type Listener = Strong<dyn IVmActivePortListener>;
 
@@ -36,14 +36,14 @@ pub fn report_loop(
     reported: ReportedPorts,
 ) {
     let mut listener: Option<Listener> = None;
-    let mut last: Option<Snapshot> = None;
+    let mut last = LastReport::default();
     let mut last_error = String::new();
     loop {
         match listeners.recv_timeout(interval) {
             Ok(l) => {
                 eprintln!("port listener set: a full report follows");
                 listener = Some(l);
-                last = None;
+                last.forget();
             }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => return,
@@ -56,15 +56,8 @@ pub fn report_loop(
                 continue;
             }
         };
-        if let Some(old) = &last {
-            let diff = Diff::between(old, &now);
-            if diff.is_empty() {
-                continue;
-            }
-            eprintln!(
-                "listeners changed: +{:?} -{:?} ~{:?}",
-                diff.added, diff.removed, diff.changed
-            );
+        if !last.due(&now) {
+            continue;
         }
         reported.sending(&now);
         // Oneway: Ok means it left; the app cannot refuse a report here.
@@ -72,13 +65,13 @@ pub fn report_loop(
         reported.answered(sent.is_ok());
         match sent {
             Ok(()) => {
-                last = Some(now);
+                last.taken(now);
                 last_error.clear();
             }
             Err(e) if e.transaction_error() == StatusCode::DeadObject => {
                 eprintln!("the port listener is gone (its session ended); waiting for a new one");
                 listener = None;
-                last = None;
+                last.forget();
             }
             // Not recorded as sent: tried again on the next poll.
             Err(e) => log_changed(&mut last_error, format!("reportActivePorts: {e}")),

@@ -11,7 +11,7 @@ use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::Channel;
 
 use crate::forward::Endpoint;
-use crate::listeners::{Diff, Snapshot, Watcher};
+use crate::listeners::{LastReport, Snapshot, Watcher};
 use crate::proto::{
     ActivePort, DebianServiceClient, ForwardingRequestItem, QueueOpeningRequest,
     ReportVmActivePortsRequest, ReportVmActivePortsRequestInt32, ReportVmActivePortsResponse,
@@ -250,28 +250,21 @@ pub async fn report_ports_as(
     interval: Duration,
     allowed: ReportedPorts,
 ) -> anyhow::Result<()> {
-    let mut reported: Option<Snapshot> = None;
+    let mut last = LastReport::default();
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
         let now = watcher.snapshot().context("listing listening sockets")?;
-        if let Some(old) = &reported {
-            let diff = Diff::between(old, &now);
-            if diff.is_empty() {
-                continue;
-            }
-            eprintln!(
-                "listeners changed: +{:?} -{:?} ~{:?}",
-                diff.added, diff.removed, diff.changed
-            );
+        if !last.due(&now) {
+            continue;
         }
         allowed.sending(&now);
         let sent = send_report(&channel, &form, &now).await;
         allowed.answered(matches!(sent, Ok(true)));
         let ok = sent.context("ReportVmActivePorts")?;
         if ok {
-            reported = Some(now);
+            last.taken(now);
         } else {
             // Not recorded as reported: sent again on the next poll.
             eprintln!("the Terminal app did not accept the port report; retrying");

@@ -87,6 +87,36 @@ impl Diff {
     }
 }
 
+/// The last snapshot the app took, so a report goes out at start and then
+/// only on a change (both modes' report loops).
+#[derive(Debug, Default)]
+pub struct LastReport(Option<Snapshot>);
+
+impl LastReport {
+    /// Whether `now` must be reported: nothing taken yet, or it differs
+    /// from what was (the change is logged).
+    pub fn due(&self, now: &Snapshot) -> bool {
+        let Some(old) = &self.0 else { return true };
+        let diff = Diff::between(old, now);
+        if diff.is_empty() {
+            return false;
+        }
+        eprintln!(
+            "listeners changed: +{:?} -{:?} ~{:?}",
+            diff.added, diff.removed, diff.changed
+        );
+        true
+    }
+    /// The app took `now`.
+    pub fn taken(&mut self, now: Snapshot) {
+        self.0 = Some(now);
+    }
+    /// A new listener or session: the next report is a full one.
+    pub fn forget(&mut self) {
+        self.0 = None;
+    }
+}
+
 /// Where the raw listeners come from.
 pub trait ListenerSource {
     fn listeners(&mut self) -> anyhow::Result<Vec<RawListener>>;
@@ -393,6 +423,19 @@ impl Watcher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_report_is_due_at_start_on_a_change_and_after_forget() {
+        let a: Snapshot = [(8080, "python3".to_string())].into();
+        let b: Snapshot = [(8080, "node".to_string())].into();
+        let mut last = LastReport::default();
+        assert!(last.due(&a), "the first report");
+        last.taken(a.clone());
+        assert!(!last.due(&a), "nothing changed");
+        assert!(last.due(&b), "the owner changed");
+        last.forget();
+        assert!(last.due(&a), "a new listener gets a full report");
+    }
 
     fn l(addr: &str, port: u16, inode: u64) -> RawListener {
         RawListener {
