@@ -58,7 +58,7 @@ fn direct_boot_profile() {
     assert_eq!(p.vcpus, 1, "one_cpu");
     let art = d.path().join("art").display().to_string();
     for want in [
-        "-cpu max,pauth-impdef=on,pmu=off",
+        "-cpu max,pauth-impdef=on,sve-max-vq=1,sme=off,pmu=off",
         "-accel tcg,thread=multi",
         "-smp 1",
         "-m 2048M",

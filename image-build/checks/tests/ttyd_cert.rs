@@ -59,7 +59,7 @@ fn assert_valid_pair(dir: &Path) {
         .unwrap()
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n != "server.key" && n != "server.crt")
+        .filter(|n| !["server.key", "server.crt", "server.pair"].contains(&n.as_str()))
         .collect();
     assert!(
         left.is_empty(),
@@ -95,6 +95,69 @@ fn a_good_pair_is_kept() {
         c,
         "a good certificate was replaced"
     );
+}
+
+/// Runs the script with an `openssl` first on PATH that only leaves a
+/// trace; returns whether it was called.
+fn gen_counting_openssl(dir: &Path) -> bool {
+    let bin = tempfile::tempdir().unwrap();
+    let trace = bin.path().join("called");
+    let shim = bin.path().join("openssl");
+    std::fs::write(
+        &shim,
+        format!(
+            "#!/bin/sh\ntouch '{}'\nexec /usr/bin/openssl \"$@\"\n",
+            trace.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&shim, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.path().display(),
+        std::env::var("PATH").unwrap()
+    );
+    let o = run(Command::new("sh")
+        .arg(config_dir().join("ttyd-gen-cert"))
+        .arg(dir)
+        .env("PATH", path))
+    .unwrap();
+    assert_eq!(o.code, Some(0), "ttyd-gen-cert: {}", o.stderr);
+    trace.exists()
+}
+
+/// The boot's critical path: a pair the script made or checked before is
+/// recognised by its record, without openssl; a pair the record does not
+/// describe (a user's own, an older image's) gets the full check once.
+#[test]
+fn a_recorded_pair_skips_openssl() {
+    let d = tempfile::tempdir().unwrap();
+    gen(d.path());
+    assert!(
+        !gen_counting_openssl(d.path()),
+        "openssl ran on a recorded pair"
+    );
+    // A valid pair without a record (made by an older image): checked, kept, recorded.
+    std::fs::remove_file(d.path().join("server.pair")).unwrap();
+    let k = read(&d.path().join("server.key"));
+    assert!(
+        gen_counting_openssl(d.path()),
+        "an unrecorded pair was not checked"
+    );
+    assert_eq!(
+        read(&d.path().join("server.key")),
+        k,
+        "a good key was replaced"
+    );
+    assert!(
+        !gen_counting_openssl(d.path()),
+        "the checked pair was not recorded"
+    );
+    // A garbage record: the full check, the pair kept.
+    std::fs::write(d.path().join("server.pair"), b"garbage\n").unwrap();
+    assert!(gen_counting_openssl(d.path()));
+    assert_eq!(read(&d.path().join("server.key")), k);
+    assert_valid_pair(d.path());
 }
 
 /// Spoils the pair in a dir, given another pair's key.
@@ -157,8 +220,10 @@ fn the_script_fsyncs_before_and_after_renaming() {
         text.find(s)
             .unwrap_or_else(|| panic!("ttyd-gen-cert lacks {s:?}"))
     };
-    assert!(pos("sync \"$tmp/server.key\" \"$tmp/server.crt\"") < pos("mv -f "));
-    assert!(text.rfind("mv -f ").unwrap() < pos("sync \"$dir\""));
+    assert!(pos("sync \"$tmp/server.key\" \"$tmp/server.crt\"") < pos("mv -f \"$tmp/server.crt\""));
+    assert!(pos("mv -f \"$tmp/server.key\"") < text.rfind("sync \"$dir\"").unwrap());
+    // The record, too: synced aside, renamed, the directory synced.
+    assert!(pos("sync \"$dir/.pair.tmp\"") < pos("mv -f \"$dir/.pair.tmp\""));
 }
 
 fn directives(unit: &str) -> Vec<String> {
