@@ -178,6 +178,34 @@ pub fn parse_build_output(out: &str) -> Result<BuildFigures> {
     })
 }
 
+/// The toolchain's .deb files.
+fn debs(toolchain: &Path) -> Result<Vec<PathBuf>> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir(toolchain)
+        .with_context(|| format!("reading the toolchain dir {}", toolchain.display()))?
+    {
+        let p = e?.path();
+        if p.extension().is_some_and(|x| x == "deb") {
+            v.push(p);
+        }
+    }
+    if v.is_empty() {
+        bail!("toolchain dir {}: no .deb files", toolchain.display());
+    }
+    Ok(v)
+}
+
+impl BuildOptions {
+    /// The inputs exist: checked before any boot, not after one.
+    pub fn check(&self) -> Result<()> {
+        debs(&self.toolchain)?;
+        if !self.headers.is_file() {
+            bail!("headers package {}: no such file", self.headers.display());
+        }
+        Ok(())
+    }
+}
+
 /// Fills the share: the toolchain debs, the headers package, the module.
 fn fill_share(share: &Path, o: &BuildOptions) -> Result<PathBuf> {
     let dir = share.join(SHARE_SUBDIR);
@@ -186,20 +214,10 @@ fn fill_share(share: &Path, o: &BuildOptions) -> Result<PathBuf> {
     for d in [&tc, &hello] {
         std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
     }
-    let mut debs = 0;
-    for e in std::fs::read_dir(&o.toolchain)
-        .with_context(|| format!("reading the toolchain dir {}", o.toolchain.display()))?
-    {
-        let p = e?.path();
-        if p.extension().is_some_and(|x| x == "deb") {
-            let to = tc.join(p.file_name().unwrap_or_default());
-            std::fs::copy(&p, &to)
-                .with_context(|| format!("copying {} to {}", p.display(), to.display()))?;
-            debs += 1;
-        }
-    }
-    if debs == 0 {
-        bail!("toolchain dir {}: no .deb files", o.toolchain.display());
+    for p in debs(&o.toolchain)? {
+        let to = tc.join(p.file_name().unwrap_or_default());
+        std::fs::copy(&p, &to)
+            .with_context(|| format!("copying {} to {}", p.display(), to.display()))?;
     }
     let h = dir.join("linux-avf-headers.pkg.tar.zst");
     std::fs::copy(&o.headers, &h)
@@ -470,6 +488,28 @@ mod tests {
         let f =
             parse_build_output(&OUT.replace("[  80.2] avf_bench_hello: unloaded\n", "")).unwrap();
         assert!(!f.ok());
+    }
+
+    #[test]
+    fn missing_inputs_are_named_before_any_boot() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = BuildOptions {
+            payload: "p".into(),
+            configs: Vec::new(),
+            runs: 1,
+            balloon_time_scale: 1.0,
+            toolchain: dir.path().into(),
+            headers: dir.path().join("h.pkg.tar.zst"),
+            vcpus: None,
+            artefacts: dir.path().into(),
+        };
+        let e = o.check().unwrap_err().to_string();
+        assert!(e.contains("no .deb files"), "{e}");
+        std::fs::write(dir.path().join("gcc.deb"), "").unwrap();
+        let e = o.check().unwrap_err().to_string();
+        assert!(e.contains("h.pkg.tar.zst"), "{e}");
+        std::fs::write(&o.headers, "").unwrap();
+        o.check().unwrap();
     }
 
     #[test]

@@ -244,6 +244,7 @@ async fn bench_build(a: BenchBuildArgs) -> Result<()> {
         vcpus: a.vcpus,
         artefacts: a.artefacts,
     };
+    options.check()?;
     let run = bench::build::run(&options).await;
     let json = a
         .json
