@@ -7,6 +7,7 @@
 //! figures and asserts nothing about time; a boot that fails is a sample
 //! with its error (and a non-zero exit once everything is written).
 
+pub mod build;
 pub mod guest;
 pub mod plain;
 pub mod report;

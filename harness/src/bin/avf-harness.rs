@@ -65,6 +65,13 @@ enum Cmd {
     /// systemd-analyze and idle memory from the guest. Prints figures,
     /// asserts nothing about time; every sample goes to a JSON file.
     BenchBoot(Box<BenchBootArgs>),
+    /// In-guest build benchmark: at the payload's memory and at 1024 MiB
+    /// (Android 17's default), with the app's background balloon policy,
+    /// install gcc (Debian arm64 debs fetched on the host) and
+    /// linux-avf-headers through /mnt/shared, build a kernel module in a
+    /// transient unit, insmod/rmmod it; prints build time, the unit's
+    /// memory.peak, the MemAvailable floor and the balloon.
+    BenchBuild(Box<BenchBuildArgs>),
     /// Fail if any qemu/virtiofsd/vhost-device-vsock/dnsmasq or TAP network
     /// namespace the harness made is still there
     CheckLeaks,
@@ -106,6 +113,149 @@ struct BenchBootArgs {
     /// Per-boot logs and QEMU command lines
     #[arg(long, default_value = "target/avf-artefacts/bench")]
     artefacts: PathBuf,
+}
+
+#[derive(clap::Args)]
+struct BenchBuildArgs {
+    /// Rounds (each builds once per memory size)
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    runs: u32,
+    /// The payload (default: $AVF_OUT/debian-direct/payload)
+    #[arg(long)]
+    payload: Option<PathBuf>,
+    /// Memory sizes besides the payload's own memory_mib (1024: the
+    /// Android 17 app's default, docs/terminal-app.md)
+    #[arg(long, num_args = 1.., default_values_t = [1024u64])]
+    memory_mib: Vec<u64>,
+    /// Leave out the payload's own memory_mib
+    #[arg(long)]
+    no_payload_memory: bool,
+    /// The memory policy's time scale (1: the app's real steps, +5 % a minute)
+    #[arg(long, default_value_t = 1.0)]
+    balloon_time_scale: f64,
+    /// A directory of arm64 .debs (default: harness/scripts/guest-toolchain.sh's, cached)
+    #[arg(long)]
+    toolchain: Option<PathBuf>,
+    /// linux-avf-headers package (default: $AVF_OUT/repo/aarch64/linux-avf-headers-*.pkg.tar.zst)
+    #[arg(long)]
+    headers: Option<PathBuf>,
+    /// Override the vCPU count (default: from cpu_topology)
+    #[arg(long)]
+    vcpus: Option<u32>,
+    /// Where every sample goes (default: target/bench/build-<unix time>.json)
+    #[arg(long)]
+    json: Option<PathBuf>,
+    #[arg(long, default_value = "target/avf-artefacts/bench-build")]
+    artefacts: PathBuf,
+}
+
+/// The one linux-avf-headers package in the build's repo.
+fn headers_package() -> Result<PathBuf> {
+    let repo = avf_harness::payload::out_dir().join("repo/aarch64");
+    let found: Vec<PathBuf> = std::fs::read_dir(&repo)
+        .with_context(|| format!("reading the package repo {}", repo.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("linux-avf-headers-") && n.ends_with(".pkg.tar.zst"))
+        })
+        .collect();
+    match found.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => bail!(
+            "{}: no linux-avf-headers-*.pkg.tar.zst (build with --kernel avf)",
+            repo.display()
+        ),
+        _ => bail!(
+            "{}: more than one linux-avf-headers package: {found:?}",
+            repo.display()
+        ),
+    }
+}
+
+/// harness/scripts/guest-toolchain.sh's cached directory of debs.
+fn fetch_toolchain(payload: &std::path::Path) -> Result<PathBuf> {
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/guest-toolchain.sh");
+    let out = std::process::Command::new(&script)
+        .arg(payload)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("running {}", script.display()))?;
+    if !out.status.success() {
+        bail!("{} failed ({})", script.display(), out.status);
+    }
+    let dir = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if dir.is_empty() {
+        bail!("{} printed no directory", script.display());
+    }
+    Ok(PathBuf::from(dir))
+}
+
+async fn bench_build(a: BenchBuildArgs) -> Result<()> {
+    use bench::build::{BuildConfig, BuildOptions};
+    let payload = match a.payload {
+        Some(p) => p,
+        None => avf_harness::payload::built_payload("debian", "direct")?,
+    };
+    if !payload.join("vm_config.json").is_file() {
+        bail!("bench-build: {} has no vm_config.json", payload.display());
+    }
+    if !(a.balloon_time_scale.is_finite() && a.balloon_time_scale > 0.0) {
+        bail!(
+            "bench-build: --balloon-time-scale {} must be > 0",
+            a.balloon_time_scale
+        );
+    }
+    let mut configs = Vec::new();
+    if !a.no_payload_memory {
+        configs.push(BuildConfig {
+            key: "payload-memory".into(),
+            label: "the payload's memory_mib".into(),
+            memory_mib: None,
+        });
+    }
+    for m in &a.memory_mib {
+        configs.push(BuildConfig {
+            key: format!("{m}-mib"),
+            label: format!("{m} MiB"),
+            memory_mib: Some(*m),
+        });
+    }
+    if configs.is_empty() {
+        bail!("bench-build: no memory size left (--no-payload-memory and no --memory-mib)");
+    }
+    let headers = match a.headers {
+        Some(h) => h,
+        None => headers_package()?,
+    };
+    let toolchain = match a.toolchain {
+        Some(t) => t,
+        None => fetch_toolchain(&payload)?,
+    };
+    let options = BuildOptions {
+        payload,
+        configs,
+        runs: a.runs,
+        balloon_time_scale: a.balloon_time_scale,
+        toolchain,
+        headers,
+        vcpus: a.vcpus,
+        artefacts: a.artefacts,
+    };
+    options.check()?;
+    let run = bench::build::run(&options).await;
+    let json = a
+        .json
+        .unwrap_or_else(|| PathBuf::from(format!("target/bench/build-{}.json", run.started_unix)));
+    bench::build::write_json(&run, &json)?;
+    print!("{}", bench::build::render(&run));
+    println!("\nevery sample: {}", json.display());
+    match run.failures() {
+        0 => Ok(()),
+        n => bail!("{n} build(s) failed (see above and {})", json.display()),
+    }
 }
 
 /// The benchmark's configurations from the CLI's payload choices: the
@@ -368,6 +518,7 @@ async fn real_main(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::BenchBoot(a) => bench_boot(*a).await,
+        Cmd::BenchBuild(a) => bench_build(*a).await,
         Cmd::CheckLeaks => {
             let leaks = avf_harness::procs::leaked_processes();
             let namespaces = avf_harness::net::our_namespaces();

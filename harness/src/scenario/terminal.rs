@@ -54,6 +54,16 @@ pub struct QmpBalloon {
     guest_ram: u64,
 }
 
+impl QmpBalloon {
+    /// The balloon of `vm`, whose RAM the policy takes shares of.
+    pub fn of(vm: &Vm) -> QmpBalloon {
+        QmpBalloon {
+            qmp: vm.qmp_handle(),
+            guest_ram: vm.guest_ram(),
+        }
+    }
+}
+
 impl avf_terminal::MemoryBalloon for QmpBalloon {
     async fn set_balloon(
         &self,
@@ -440,10 +450,7 @@ impl Session {
                 ram / MIB
             );
         }
-        let balloon = QmpBalloon {
-            qmp: vm.qmp_handle(),
-            guest_ram: ram,
-        };
+        let balloon = QmpBalloon::of(vm);
         let policy =
             avf_terminal::balloon::MemoryBalloonPolicy::spawn(balloon, ram, self.time_scale);
         let t0 = Instant::now();
