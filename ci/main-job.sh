@@ -20,7 +20,30 @@ while (($#)); do
   esac
 done
 
+step() { printf '\n==> %s (%s, %d s into the main job)\n' "$1" "$(date -u +%T)" "$SECONDS" >&2; }
+
+step "host setup"
 bash ci/setup-host.sh
+
+# The harness in the profile the tests use (ci/test.sh then rebuilds
+# nothing of it), compiled while the image builds: the scenarios boot every
+# image with this debug build too.
+# shellcheck disable=SC2034 # background.sh names its messages by it
+STAGE=main-job
+# shellcheck source-path=SCRIPTDIR/.. source=image-build/lib/background.sh
+source "$repo/image-build/lib/background.sh"
+bg_start harness cargo build --quiet -p avf-harness
+
+step "image: $base base, $layout layout"
 tarball=$(image-build/build-all.sh --base "$base" --layout "$layout" | tail -n1)
 echo "built $tarball" >&2
-cargo run --release -p avf-harness -- boot "$tarball" --smoke
+
+step "harness build"
+bg_join harness || exit 1
+step "boot to the marker and a clean power-off"
+boot=(cargo run --quiet -p avf-harness -- boot "$tarball" --smoke)
+# On a machine shared with other VM runs, AVF_VM_LOCK names their lock
+# (README: /tmp/avf-vm.lock): the boot waits for it, the build does not.
+if [[ -n ${AVF_VM_LOCK:-} ]]; then boot=(flock "$AVF_VM_LOCK" "${boot[@]}"); fi
+"${boot[@]}"
+step "main job done"
