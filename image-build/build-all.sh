@@ -45,8 +45,9 @@ fi
 stage 10-build-rootfs.sh
 rootfs=$RESULT
 if [[ $AVF_DRY_RUN != 1 ]]; then
-  bg_join packages || exit 1
-  [[ $KERNEL == avf ]] && { bg_join kernel || exit 1; }
+  jobs=(packages)
+  [[ $KERNEL == avf ]] && jobs+=(kernel)
+  bg_join "${jobs[@]}" || exit 1
 fi
 stage 20-install-packages.sh --in "$rootfs"
 stage 30-configure-system.sh --in "$RESULT"

@@ -13,6 +13,27 @@ _BG_DIR=""
 
 _bg_say() { printf '[%s] %s\n' "${STAGE:-${0##*/}}" "$*" >&2; }
 
+# A failure ends with one line "<stage>: error: <cause>" (image-build/README),
+# though jobs run beside the step that failed and print while they are
+# stopped. So all of the script's stderr, the jobs' included, passes one
+# relay that, once such a line has passed, lets only such lines through.
+# It ignores INT and TERM: it ends when the last writer closes, and nobody
+# writing to it on the way out meets a closed pipe.
+_bg_relay() {
+  trap '' INT TERM
+  local line failed=0 cause='^[^][:space:]]+: error: '
+  while IFS= read -r line || [[ -n $line ]]; do
+    if [[ $line =~ $cause ]]; then
+      failed=1
+    elif ((failed)); then
+      continue
+    fi
+    printf '%s\n' "$line" >&2
+  done
+}
+exec 2> >(_bg_relay)
+_BG_RELAY_PID=$!
+
 # bg_start NAME CMD...: start CMD as job NAME; its stdout is kept for
 # bg_result, its stderr is passed on prefixed and logged.
 bg_start() {
@@ -31,23 +52,36 @@ bg_start() {
   _bg_say "started in the background: $name ($*)"
 }
 
-# bg_join NAME: wait for job NAME. On failure prints which step failed, its
-# exit status and the tail of its output, and returns the status.
+# bg_join NAME...: wait for the jobs, in the order they end. The first
+# that fails is reported at once (the tail of its output, then one line
+# naming it: the stage's error line) and its status returned; the others
+# are left to bg_stop_all.
 bg_join() {
-  local name=$1 pid=${_BG_PID[$1]:-} rc=0
-  [[ -n $pid ]] || { _bg_say "error: no background job named '$name'"; return 1; }
-  if kill -0 "$pid" 2>/dev/null; then _bg_say "waiting for $name"; fi
-  wait "$pid" || rc=$?
-  unset '_BG_PID[$name]'
-  local took=$((SECONDS - ${_BG_START[$name]}))
-  if ((rc != 0)); then
-    sleep 0.2 # the prefixing pipe may still be writing the last lines
-    _bg_say "error: background step '$name' failed (exit $rc) after $took s: ${_BG_CMD[$name]}"
-    _bg_say "last lines of its output:"
-    tail -n 25 "$_BG_DIR/$name.log" | sed 's/^/    /' >&2
-    return "$rc"
-  fi
-  _bg_say "$name done ($took s since its start)"
+  local -A left=()
+  local name pid running=() rc took
+  for name; do
+    pid=${_BG_PID[$name]:-}
+    [[ -n $pid ]] || { _bg_say "no background job named '$name'"; return 1; }
+    left[$pid]=$name
+    if kill -0 "$pid" 2>/dev/null; then running+=("$name"); fi
+  done
+  ((${#running[@]} == 0)) || _bg_say "waiting for ${running[*]}"
+  while ((${#left[@]})); do
+    rc=0
+    wait -n -p pid "${!left[@]}" || rc=$?
+    name=${left[$pid]}
+    unset "left[$pid]" "_BG_PID[$name]"
+    took=$((SECONDS - ${_BG_START[$name]}))
+    if ((rc != 0)); then
+      sleep 0.2 # the prefixing pipe may still be writing the last lines
+      _bg_say "the last lines of background step '$name':"
+      tail -n 25 "$_BG_DIR/$name.log" | sed 's/^/    /' >&2
+      printf '%s: error: background step %s failed (exit %d, after %d s): %s\n' \
+        "${STAGE:-${0##*/}}" "$name" "$rc" "$took" "${_BG_CMD[$name]}" >&2
+      return "$rc"
+    fi
+    _bg_say "$name done ($took s since its start)"
+  done
 }
 
 # bg_result NAME: the last line of a joined job's stdout.
@@ -60,7 +94,7 @@ bg_stop_all() {
   for name in "${!_BG_PID[@]}"; do
     pid=${_BG_PID[$name]}
     kill -0 "$pid" 2>/dev/null || continue
-    _bg_say "stopping background step '$name'"
+    _bg_say "stopping background step '$name'"  # (after a failure, the relay drops it)
     kill -TERM -- "-$pid" 2>/dev/null || true
     for ((i = 0; i < 100; i++)); do
       kill -0 -- "-$pid" 2>/dev/null || break
@@ -84,6 +118,9 @@ eval "_BG_PREV_EXIT=${_BG_PREV_EXIT:-''}"
 _bg_on_exit() {
   bg_stop_all
   if [[ -n $_BG_PREV_EXIT ]]; then eval "$_BG_PREV_EXIT"; fi
+  # Our last lines are out before our caller's next ones.
+  exec 2>&-
+  wait "$_BG_RELAY_PID" 2>/dev/null || true
   return 0
 }
 trap _bg_on_exit EXIT
