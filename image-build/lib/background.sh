@@ -44,8 +44,10 @@ bg_start() {
   fi
   # A child of a non-interactive shell leads no process group, so setsid
   # does not fork: $! is the session (and group) id that bg_stop_all kills.
-  setsid "$@" >"$_BG_DIR/$name.out" \
-    2> >(tee "$_BG_DIR/$name.log" | sed -u "/^\[/!s/^/[$name] /" >&2) &
+  # The job notes its own duration: it may end long before it is joined.
+  # shellcheck disable=SC2016 # expanded by the job's shell
+  setsid bash -c '"$@"; rc=$?; echo "$SECONDS" >"$0"; exit "$rc"' "$_BG_DIR/$name.took" "$@" \
+    >"$_BG_DIR/$name.out" 2> >(tee "$_BG_DIR/$name.log" | sed -u "/^\[/!s/^/[$name] /" >&2) &
   _BG_PID[$name]=$!
   _BG_START[$name]=$SECONDS
   _BG_CMD[$name]="$*"
@@ -71,7 +73,7 @@ bg_join() {
     wait -n -p pid "${!left[@]}" || rc=$?
     name=${left[$pid]}
     unset "left[$pid]" "_BG_PID[$name]"
-    took=$((SECONDS - ${_BG_START[$name]}))
+    took=$(cat "$_BG_DIR/$name.took" 2>/dev/null) || took=$((SECONDS - ${_BG_START[$name]}))
     if ((rc != 0)); then
       sleep 0.2 # the prefixing pipe may still be writing the last lines
       _bg_say "the last lines of background step '$name':"
@@ -80,7 +82,7 @@ bg_join() {
         "${STAGE:-${0##*/}}" "$name" "$rc" "$took" "${_BG_CMD[$name]}" >&2
       return "$rc"
     fi
-    _bg_say "$name done ($took s since its start)"
+    _bg_say "$name done in $took s (joined $((SECONDS - ${_BG_START[$name]})) s after its start)"
   done
 }
 
