@@ -25,9 +25,10 @@ step() { printf '\n==> %s (%s, %d s into the main job)\n' "$1" "$(date -u +%T)" 
 step "host setup"
 bash ci/setup-host.sh
 
-# The harness in the profile the tests use (ci/test.sh then rebuilds
-# nothing of it), compiled while the image builds: the scenarios boot every
-# image with this debug build too.
+# The harness in the debug profile, compiled while the image builds: the
+# scenarios boot every image with a debug build too, and it costs half the
+# CPU of the release one (the workspace's release profile has thin LTO for
+# the agents). ci/test.sh reuses what its wider feature set leaves equal.
 # shellcheck disable=SC2034 # background.sh names its messages by it
 STAGE=main-job
 # shellcheck source-path=SCRIPTDIR/.. source=image-build/lib/background.sh
@@ -38,7 +39,7 @@ step "image: $base base, $layout layout"
 tarball=$(image-build/build-all.sh --base "$base" --layout "$layout" | tail -n1)
 echo "built $tarball" >&2
 
-step "harness build"
+step "harness (built in the background)"
 bg_join harness || exit 1
 step "boot to the marker and a clean power-off"
 boot=(cargo run --quiet -p avf-harness -- boot "$tarball" --smoke)

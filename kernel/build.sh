@@ -30,7 +30,7 @@ usage() {
 
 # The "  CC" lines of a full build with the fragments here (measured), for
 # the progress report; only a guide, the build does not depend on it.
-KERNEL_OBJECTS=1900
+KERNEL_OBJECTS=1350
 
 patches=()
 jobs=$(($(nproc) + 1))

@@ -50,8 +50,24 @@ bg_start() {
     >"$_BG_DIR/$name.out" 2> >(tee "$_BG_DIR/$name.log" | sed -u "/^\[/!s/^/[$name] /" >&2) &
   _BG_PID[$name]=$!
   _BG_START[$name]=$SECONDS
+  # Until setsid has run, the job's group is ours and a stop would miss it
+  # (seen on a loaded host): wait for it to lead its own group.
+  local i
+  for ((i = 0; i < 300; i++)); do
+    _bg_leads_group "$!" && break
+    sleep 0.02
+  done
   _BG_CMD[$name]="$*"
   _bg_say "started in the background: $name ($*)"
+}
+
+# _bg_leads_group PID: true once PID is its process group's leader (or gone).
+_bg_leads_group() {
+  local stat pgrp
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 0
+  stat=${stat##*) } # after the command name, which may hold spaces
+  read -r _ _ pgrp _ <<<"$stat"
+  [[ $pgrp == "$1" ]]
 }
 
 # bg_join NAME...: wait for the jobs, in the order they end. The first
@@ -90,7 +106,7 @@ bg_join() {
 bg_result() { tail -n1 "$_BG_DIR/$1.out"; }
 
 # bg_stop_all: stop every job not joined yet (TERM to its session, KILL
-# after 10 s), then remove the logs.
+# after 5 s), then remove the logs.
 bg_stop_all() {
   local name pid i
   for name in "${!_BG_PID[@]}"; do
@@ -98,11 +114,12 @@ bg_stop_all() {
     kill -0 "$pid" 2>/dev/null || continue
     _bg_say "stopping background step '$name'"  # (after a failure, the relay drops it)
     kill -TERM -- "-$pid" 2>/dev/null || true
-    for ((i = 0; i < 100; i++)); do
+    for ((i = 0; i < 50; i++)); do
       kill -0 -- "-$pid" 2>/dev/null || break
       sleep 0.1
     done
     kill -KILL -- "-$pid" 2>/dev/null || true
+    kill -KILL "$pid" 2>/dev/null || true # never wait on a job that missed the above
     wait "$pid" 2>/dev/null || true
   done
   _BG_PID=()
