@@ -87,12 +87,12 @@ if [[ ! -c /dev/net/tun ]]; then
 fi
 mkdir -p /run/netns
 
-# Rust: the aarch64 target for the agents, nextest for the tests.
+# Rust: the aarch64 target for the agents. (cargo-nextest is the test
+# job's: ci/test.sh installs it, the main job does not wait for it.)
 if ! rustup target list --installed | grep -qx aarch64-unknown-linux-gnu; then
   log "rustup target add aarch64-unknown-linux-gnu"
   rustup target add aarch64-unknown-linux-gnu
 fi
-command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest
 
 # vhost-user daemons.
 command -v virtiofsd >/dev/null || { log "cargo install virtiofsd"; cargo install --locked -q virtiofsd; }

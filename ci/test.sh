@@ -31,6 +31,7 @@ command -v action-validator >/dev/null ||
 action-validator .github/workflows/*.yml
 
 step "tests"
+command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest
 cargo nextest run --workspace --profile ci "$@"
 
 step "no VM process of ours left behind"

@@ -23,7 +23,11 @@ base_mirror_check
 mktemp_near tmp "$AVF_CACHE/$BASE" "10-rootfs-$key"
 log "bootstrapping $BASE into $tmp"
 start=$SECONDS
-base_bootstrap "$tmp"
+blog=$(mktemp)
+_TMP_DIRS+=("$blog")
+heartbeat_start "bootstrapping $BASE" "$blog"
+base_bootstrap "$tmp" 2> >(tee "$blog" >&2)
+heartbeat_stop
 publish "$tmp" "$final"
 prune_cache "$AVF_CACHE/$BASE" 10-rootfs
 log "bootstrap took $((SECONDS - start)) s"

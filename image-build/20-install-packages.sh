@@ -1,18 +1,41 @@
 #!/usr/bin/env bash
 # 20-install-packages.sh --base B --in ROOTFS_DIR [--kernel stock|avf] [--dry-run]
+# 20-install-packages.sh --base B --only packages|kernel [--kernel stock|avf]
 #
 # Builds the AVF packages from image-build/pkgbuilds with makepkg (as the
 # build user, cross-compiling for aarch64), collects them with the kernel
 # package (--kernel avf) in the local pacman repo $AVF_OUT/repo/aarch64, and
 # installs them into a copy of the rootfs from stage 10 the base's way.
 # Output: a rootfs directory in $AVF_CACHE/<base>/ (last line of stdout).
+# --only builds into the package cache only, without a rootfs (build-all.sh
+# runs both while stage 10 bootstraps; the full run then finds them cached):
+# packages = the base's AVF packages but the native ones (they need the
+# rootfs), kernel = linux-avf (compiling the kernel when cold).
 set -euo pipefail
 STAGE=20-install-packages
 # shellcheck source=lib/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
-parse_common_args "$@"
-[[ -n $IN_DIR ]] || die "--in ROOTFS_DIR (the output of 10-build-rootfs.sh) is required"
-[[ $AVF_DRY_RUN == 1 || -d $IN_DIR ]] || die "--in $IN_DIR: no such directory"
+ONLY=""
+common=()
+while (($#)); do
+  if [[ $1 == --only ]]; then
+    (($# >= 2)) || die "--only needs a value (packages or kernel)"
+    ONLY=$2
+    shift 2
+  else
+    common+=("$1")
+    shift
+  fi
+done
+parse_common_args "${common[@]}"
+case $ONLY in
+  "" | packages | kernel) ;;
+  *) die "--only must be packages or kernel, not '$ONLY'" ;;
+esac
+if [[ -z $ONLY ]]; then
+  [[ -n $IN_DIR ]] || die "--in ROOTFS_DIR (the output of 10-build-rootfs.sh) is required"
+  [[ $AVF_DRY_RUN == 1 || -d $IN_DIR ]] || die "--in $IN_DIR: no such directory"
+fi
 
 conf="$IB/makepkg-aarch64.conf"
 use_source_date_epoch
@@ -86,15 +109,9 @@ build_pkg() {
   PKG_DIR=$final
 }
 
-# The packages for this image: the base's AVF set, plus our kernel.
-mapfile -t names < <(base_avf_packages)
-pkg_dirs=()
-for n in "${names[@]}"; do
-  build_pkg "$n"
-  pkg_dirs+=("$PKG_DIR")
-done
-
-if [[ $KERNEL == avf ]]; then
+# build_kernel_pkg: sets kdir to the directory holding the linux-avf
+# packages, building them (and the kernel, when cold) if not cached.
+build_kernel_pkg() {
   [[ -f $AVF_REPO/kernel/package.sh ]] ||
     die "--kernel avf needs kernel/package.sh (the linux-avf issue); use --kernel stock"
   if [[ $AVF_DRY_RUN == 1 ]]; then
@@ -121,6 +138,33 @@ if [[ $KERNEL == avf ]]; then
       prune_cache "$AVF_CACHE/pkgs" linux-avf
     fi
   fi
+}
+
+mapfile -t names < <(base_avf_packages)
+case $ONLY in
+  packages)
+    for n in "${names[@]}"; do
+      [[ " ${BASE_NATIVE_PKGS[*]} " == *" $n "* ]] || build_pkg "$n"
+    done
+    printf '%s\n' "$AVF_CACHE/pkgs"
+    exit 0
+    ;;
+  kernel)
+    [[ $KERNEL == avf ]] || die "--only kernel builds linux-avf: it needs --kernel avf"
+    build_kernel_pkg
+    printf '%s\n' "$kdir"
+    exit 0
+    ;;
+esac
+
+# The packages for this image: the base's AVF set, plus our kernel.
+pkg_dirs=()
+for n in "${names[@]}"; do
+  build_pkg "$n"
+  pkg_dirs+=("$PKG_DIR")
+done
+if [[ $KERNEL == avf ]]; then
+  build_kernel_pkg
   pkg_dirs+=("$kdir")
 fi
 

@@ -9,10 +9,15 @@
 # when the published output was built from the same inputs.
 # --dry-run prints the commands of the bootstrap and package stages instead
 # of running them (the Arch base cannot be run without its mirror).
+# Stage 20's package builds (the kernel, the AVF packages) need no rootfs:
+# they run in the background while stage 10 bootstraps (cold: the kernel
+# is the long step), and stage 20 then finds them cached.
 set -euo pipefail
 STAGE=build-all
 # shellcheck source=lib/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
+# shellcheck source=lib/background.sh
+source "$IB/lib/background.sh"
 parse_common_args "$@"
 args=(--base "$BASE" --layout "$LAYOUT" --kernel "$KERNEL")
 [[ $AVF_DRY_RUN == 1 ]] && args+=(--dry-run)
@@ -23,17 +28,28 @@ start=$SECONDS
 # already printed the one-line cause.
 RESULT=""
 stage() {
-  local s=$1 out rc=0
+  local s=$1 out rc=0 t=$SECONDS
   shift
   out=$("$IB/$s" "${args[@]}" "$@") || rc=$?
   ((rc == 0)) || exit "$rc"
+  log "${s%.sh}: $((SECONDS - t)) s"
   [[ $out == *$'\n'* ]] && printf '%s\n' "${out%$'\n'*}"
   RESULT=${out##*$'\n'}
 }
 
 "$IB/00-prepare-environment.sh" "${args[@]}" || exit $?
+if [[ $AVF_DRY_RUN != 1 ]]; then
+  [[ $KERNEL == avf ]] && bg_start kernel "$IB/20-install-packages.sh" "${args[@]}" --only kernel
+  bg_start packages "$IB/20-install-packages.sh" "${args[@]}" --only packages
+fi
 stage 10-build-rootfs.sh
-stage 20-install-packages.sh --in "$RESULT"
+rootfs=$RESULT
+if [[ $AVF_DRY_RUN != 1 ]]; then
+  jobs=(packages)
+  [[ $KERNEL == avf ]] && jobs+=(kernel)
+  bg_join "${jobs[@]}" || exit 1
+fi
+stage 20-install-packages.sh --in "$rootfs"
 stage 30-configure-system.sh --in "$RESULT"
 configured=$RESULT
 

@@ -28,6 +28,10 @@ usage() {
   sed -n '2,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
 }
 
+# The "  CC" lines of a full build with the fragments here (measured), for
+# the progress report; only a guide, the build does not depend on it.
+KERNEL_OBJECTS=1350
+
 patches=()
 jobs=$(($(nproc) + 1))
 while (($#)); do
@@ -170,8 +174,27 @@ fi
 log "config ok: every fragment option landed"
 
 log "compiling Image and modules with -j$jobs (cold build: about 10 minutes on 2 cores)"
-make_k -j"$jobs" Image modules >"$work/make.log" 2>&1 ||
-  { tail -n 40 "$work/make.log" >&2; die "kernel build failed (full log was $work/make.log)"; }
+# make runs in the background so a person can follow: every 30 s, the count
+# of compiled objects (make's "  CC" lines) against a full build's.
+make_k -j"$jobs" Image modules >"$work/make.log" 2>&1 &
+make_pid=$!
+trap 'kill "$make_pid" 2>/dev/null; cleanup' EXIT
+t_make=$SECONDS
+next_report=30
+while kill -0 "$make_pid" 2>/dev/null; do
+  sleep 1
+  if ((SECONDS - t_make >= next_report)); then
+    objs=$(grep -c '^  CC' "$work/make.log" || true)
+    log "compiling: $objs of about $KERNEL_OBJECTS objects, $((SECONDS - t_make)) s"
+    next_report=$((next_report + 30))
+  fi
+done
+make_rc=0
+wait "$make_pid" || make_rc=$?
+trap cleanup EXIT
+((make_rc == 0)) ||
+  { tail -n 40 "$work/make.log" >&2; die "kernel build failed (exit $make_rc; full log was $work/make.log)"; }
+log "compiled $(grep -c '^  CC' "$work/make.log" || true) objects in $((SECONDS - t_make)) s"
 
 release=$(make_k -s kernelrelease)
 log "release $release"

@@ -34,10 +34,39 @@ _on_err() {
 trap _on_err ERR
 set -o errtrace
 
+# heartbeat_start WHAT [LOGFILE]: until heartbeat_stop, every 30 s
+# (AVF_HEARTBEAT_S) log that WHAT is still running, for how long, and
+# LOGFILE's last line: a long step whose own output is quiet (mmdebstrap
+# installing) can be followed.
+_HEARTBEAT_PID=""
+heartbeat_start() {
+  local what=$1 logf=${2:-} t0=$SECONDS
+  (
+    trap - ERR
+    trap 'kill "$sp" 2>/dev/null; exit 0' TERM
+    while true; do
+      sleep "${AVF_HEARTBEAT_S:-30}" &
+      sp=$!
+      wait "$sp"
+      last=""
+      [[ -n $logf ]] && last=$(tail -n1 "$logf" 2>/dev/null | cut -c1-120)
+      log "$what: still running, $((SECONDS - t0)) s${last:+ (last: $last)}"
+    done
+  ) &
+  _HEARTBEAT_PID=$!
+}
+heartbeat_stop() {
+  [[ -n $_HEARTBEAT_PID ]] || return 0
+  kill "$_HEARTBEAT_PID" 2>/dev/null || true
+  wait "$_HEARTBEAT_PID" 2>/dev/null || true
+  _HEARTBEAT_PID=""
+}
+
 # Temp dirs registered here are removed on any exit; publish() unregisters.
 _TMP_DIRS=()
 _cleanup() {
   local d
+  heartbeat_stop
   for d in "${_TMP_DIRS[@]}"; do
     [[ -n $d && -e $d ]] && rm -rf --one-file-system "$d"
   done

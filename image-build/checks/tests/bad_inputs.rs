@@ -298,3 +298,57 @@ fn full_disk_while_writing_root_part() {
     assert_clean(&[mnt.path()], ".staging/debian-efi");
     assert_clean(&[mnt.path()], "debian-efi");
 }
+
+/// The kernel builds in the background while stage 10 runs: its failure
+/// still ends the build with one line naming the step, after the tail of
+/// its output, and leaves no process or temp dir. Stage 10 is taken from
+/// the shared cache (a link), so only the kernel job has work to do.
+#[test]
+fn failing_background_step_is_one_line_naming_it() {
+    require_root();
+    let s = Scratch::new();
+    let dry = s.script(
+        "10-build-rootfs.sh",
+        &["--base", "debian", "--dry-run"],
+        &[],
+    );
+    let scratch_rootfs = PathBuf::from(dry.stdout.lines().last().unwrap_or_default());
+    let shared = std::env::var("AVF_CACHE").unwrap_or_else(|_| "/var/cache/arch-avf".into());
+    let name = scratch_rootfs
+        .file_name()
+        .expect("stage 10 --dry-run prints the rootfs path");
+    let cached = Path::new(&shared).join("debian").join(name);
+    assert!(
+        cached.is_dir(),
+        "{} is not built: run `image-build/build-all.sh --base debian --layout efi` first",
+        cached.display()
+    );
+    std::fs::create_dir_all(scratch_rootfs.parent().unwrap()).unwrap();
+    std::os::unix::fs::symlink(&cached, &scratch_rootfs).unwrap();
+    let o = s.build(
+        &["--base", "debian"],
+        &[("AVF_KERNEL_SRC", "/nonexistent/linux-source.tar.xz")],
+    );
+    assert_ne!(o.code, Some(0), "build succeeded without a kernel source");
+    let last = o.last_err_line();
+    assert!(
+        last.starts_with("build-all: error: background step kernel failed"),
+        "want the last line to name the step, got {last:?}\nstderr:\n{}",
+        o.stderr
+    );
+    // Above it, the tail of the job's output with the kernel's own cause
+    // (nested failures print their causes as they unwind, as in stage 20).
+    let report = o
+        .stderr
+        .split("the last lines of background step 'kernel'")
+        .nth(1);
+    assert!(
+        report.is_some_and(
+            |r| r.contains("kernel source tarball not found: /nonexistent/linux-source.tar.xz")
+        ),
+        "the report shows the kernel's own cause:\n{}",
+        o.stderr
+    );
+    std::fs::remove_file(&scratch_rootfs).unwrap();
+    assert_clean(&[s.out.path(), s.cache.path()], "debian-efi");
+}
