@@ -18,6 +18,24 @@ fn archlinuxarm_dry_run_prints_the_bootstrap() {
     .unwrap();
     assert_eq!(o.code, Some(0), "dry run failed: {}", o.stderr);
     let cmds: Vec<&str> = o.stdout.lines().filter(|l| l.starts_with("+ ")).collect();
+    // The package file the PKGBUILD names (its version, not a copy of it).
+    let agents_pkg = {
+        let pb = std::fs::read_to_string(
+            avf_image_checks::repo_root().join("image-build/pkgbuilds/avf-agents/PKGBUILD"),
+        )
+        .unwrap();
+        let field = |k: &str| {
+            pb.lines()
+                .find_map(|l| l.strip_prefix(k))
+                .unwrap_or_else(|| panic!("avf-agents/PKGBUILD: no {k}"))
+                .to_string()
+        };
+        format!(
+            "avf-agents-{}-{}-aarch64.pkg.tar.zst",
+            field("pkgver="),
+            field("pkgrel=")
+        )
+    };
     let want = [
         "curl -fL --retry 3 -o ",
         "ArchLinuxARM-aarch64-latest.tar.gz.md5",
@@ -36,7 +54,7 @@ fn archlinuxarm_dry_run_prints_the_bootstrap() {
         "avf-config/PKGBUILD",
         "makepkg\\ --noconfirm",
         "repo-add ",
-        "avf-agents-0.1.0-5-aarch64.pkg.tar.zst",
+        &agents_pkg,
         "Server = file:///var/tmp/avf-repo",
         "pacman --config /var/tmp/avf-repo/pacman.conf -Sy --noconfirm --needed avf-agents avf-config avf-ttyd",
     ];
