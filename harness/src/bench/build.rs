@@ -369,18 +369,13 @@ pub async fn run(o: &BuildOptions) -> BuildRun {
 
 /// The table of medians [min–max] per configuration (successful samples).
 pub fn render(run: &BuildRun) -> String {
-    let load = |l: Option<[f64; 3]>| {
-        l.map_or("?".into(), |l| {
-            format!("{:.2} {:.2} {:.2}", l[0], l[1], l[2])
-        })
-    };
     let mut out = format!(
         "in-guest build benchmark: a kernel module against linux-avf-headers, {} round(s), background balloon policy ×{}; medians [min–max] of the successful builds; host {} CPU(s), load {} → {}; {:.0} s wall\n",
         run.samples.iter().map(|s| s.round).max().unwrap_or(0),
         run.balloon_time_scale,
         run.host_cpus,
-        load(run.loadavg_before),
-        load(run.loadavg_after),
+        super::report::load(run.loadavg_before),
+        super::report::load(run.loadavg_after),
         run.wall_s
     );
     let header = [
@@ -444,14 +439,6 @@ pub fn render(run: &BuildRun) -> String {
         ));
     }
     out
-}
-
-pub fn write_json(run: &BuildRun, path: &Path) -> Result<()> {
-    if let Some(d) = path.parent() {
-        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
-    }
-    let text = serde_json::to_string_pretty(run)?;
-    std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))
 }
 
 #[cfg(test)]

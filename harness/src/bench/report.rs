@@ -182,14 +182,16 @@ pub fn blame_top(samples: &[&Sample], n: usize) -> Vec<(String, f64, usize)> {
     v
 }
 
+/// `/proc/loadavg`'s three figures as the reports print them.
+pub fn load(l: Option<[f64; 3]>) -> String {
+    l.map_or("?".into(), |l| {
+        format!("{:.2} {:.2} {:.2}", l[0], l[1], l[2])
+    })
+}
+
 /// The whole human report.
 pub fn render(run: &BenchRun) -> String {
     let mut out = String::new();
-    let load = |l: Option<[f64; 3]>| {
-        l.map_or("?".into(), |l| {
-            format!("{:.2} {:.2} {:.2}", l[0], l[1], l[2])
-        })
-    };
     let _ = writeln!(
         out,
         "boot benchmark: {} round(s) interleaved ({} for second boots and secondary configurations), \
@@ -284,8 +286,9 @@ pub fn render(run: &BenchRun) -> String {
     out
 }
 
-/// Writes every sample as JSON to `path` (parents created).
-pub fn write_json(run: &BenchRun, path: &Path) -> Result<()> {
+/// Writes a run (every sample) as JSON to `path` (parents created); the
+/// boot and the build benchmarks both.
+pub fn write_json(run: &impl serde::Serialize, path: &Path) -> Result<()> {
     if let Some(d) = path.parent() {
         std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
     }

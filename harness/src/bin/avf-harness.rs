@@ -249,7 +249,7 @@ async fn bench_build(a: BenchBuildArgs) -> Result<()> {
     let json = a
         .json
         .unwrap_or_else(|| PathBuf::from(format!("target/bench/build-{}.json", run.started_unix)));
-    bench::build::write_json(&run, &json)?;
+    bench::report::write_json(&run, &json)?;
     print!("{}", bench::build::render(&run));
     println!("\nevery sample: {}", json.display());
     match run.failures() {
