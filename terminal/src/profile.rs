@@ -304,6 +304,30 @@ pub struct UpgradeScreen {
     pub min: i32,
 }
 
+/// Where the guest's memory size comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GuestMemory {
+    /// The payload's `vm_config.json` `memory_mib` (`ConfigJson`'s
+    /// `setMemoryBytes`; nothing overrides it).
+    FromConfig,
+    /// The app's own memory setting, which replaces the json's value at
+    /// every start: new2 `VmController.start` sets
+    /// `getInt(KEY_MEMORY_MIB, DEFAULT_MEMORY_MIB)` after
+    /// `toConfigBuilder`; `SettingsViewModel` has `DEFAULT_MEMORY_MIB =
+    /// 1024` (the user may pick 200 MiB to 70 % of the phone's RAM).
+    AppSetting { default_mib: u64 },
+}
+
+impl GuestMemory {
+    /// The guest's memory in MiB, given the payload's `memory_mib`.
+    pub fn mib(self, config_mib: u64) -> u64 {
+        match self {
+            GuestMemory::FromConfig => config_mib,
+            GuestMemory::AppSetting { default_mib } => default_mib,
+        }
+    }
+}
+
 /// One release's app and crosvm, as the harness plays them.
 #[derive(Clone, Debug, PartialEq)]
 pub struct HostProfile {
@@ -317,6 +341,7 @@ pub struct HostProfile {
     pub certificate: CertificateShape,
     pub agents: AgentContract,
     pub guest_address: GuestAddress,
+    pub memory: GuestMemory,
     /// `None`: the app starts any installed image.
     pub upgrade_gate: Option<UpgradeGate>,
     /// The disk steps before every start (`VmLauncherService`,
@@ -391,6 +416,7 @@ impl HostProfile {
                 port_flag: "--grpc-port-file",
                 guest_port_file: "/mnt/internal/debian_service_port",
             },
+            memory: GuestMemory::FromConfig,
             guest_address: GuestAddress::Dhcp,
             upgrade_gate: Some(UpgradeGate::LastTokenAtLeast(2025)),
             pre_boot: PreBootDisk::Android16 {
@@ -514,6 +540,7 @@ impl HostProfile {
                 internal: false,
                 android: true,
             },
+            memory: GuestMemory::AppSetting { default_mib: 1024 },
             upgrade_gate: Some(UpgradeGate::LastTokenAtLeast(2026)),
             pre_boot: PreBootDisk::TruncateToShare {
                 sparse_share_percent: 95,

@@ -241,7 +241,10 @@ pub fn plan(spec: &VmSpec, opts: &Options, launch: &Launch) -> std::io::Result<P
         CpuTopology::MatchHost => host_cpus(),
         CpuTopology::OneCpu => 1,
     });
-    let memory_mib = opts.memory_mib.unwrap_or(spec.memory_mib);
+    // The app of the release may replace the json's value (its setting).
+    let memory_mib = opts
+        .memory_mib
+        .unwrap_or_else(|| opts.profile.memory.mib(spec.memory_mib));
     let cid = CID_BASE + launch.index;
     let tap =
         (spec.network && opts.net == NetMode::Tap).then(|| match opts.profile.guest_address {

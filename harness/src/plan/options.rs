@@ -36,7 +36,8 @@ pub struct Options {
     pub net: NetMode,
     /// Override `cpu_topology` (e.g. to keep a 2-core CI host responsive).
     pub vcpus: Option<u32>,
-    /// Override `memory_mib`.
+    /// Override the guest memory (the json's `memory_mib`, or the Android
+    /// 17 app's memory setting).
     pub memory_mib: Option<u64>,
     /// The user refused the app's all-files-access request: the app drops
     /// the `/storage/emulated` share.
@@ -71,7 +72,7 @@ pub struct LaunchArgs {
     /// Override the vCPU count (default: from cpu_topology)
     #[arg(long)]
     pub vcpus: Option<u32>,
-    /// Override memory_mib
+    /// Guest memory in MiB: overrides the json's memory_mib, or is the Android 17 app's memory setting (default 1024)
     #[arg(long)]
     pub memory_mib: Option<u64>,
     /// Refuse the app's all-files-access request (no /storage/emulated share)

@@ -283,3 +283,29 @@ fn aidl_mode_puts_port_zero_and_nocloud_on_the_command_line() {
     assert!(p.debian_server_port.is_some_and(|port| port >= 20000));
     assert!(!line(&p).contains("ds=nocloud"));
 }
+
+#[test]
+fn android17_apps_give_their_memory_setting_not_the_json_value() {
+    let d = tempfile::tempdir().unwrap();
+    let s = spec(d.path(), true, "ttyS0");
+    let with = |profile: avf_terminal::HostProfile, memory_mib: Option<u64>| {
+        let opts = Options {
+            profile,
+            memory_mib,
+            ..Options::default()
+        };
+        plan(&s, &opts, &launch(d.path())).unwrap().memory_mib
+    };
+    // The json says 2048: Android 15 QPR2 and 16 take it ...
+    assert_eq!(with(avf_terminal::HostProfile::android16(), None), 2048);
+    assert_eq!(with(avf_terminal::HostProfile::android15_qpr2(), None), 2048);
+    // ... Android 17 replaces it with its setting, 1024 MiB until changed.
+    for p in [
+        avf_terminal::HostProfile::android17_grpc(),
+        avf_terminal::HostProfile::android17_aidl(),
+    ] {
+        assert_eq!(with(p.clone(), None), 1024, "{}", p.name);
+        assert_eq!(with(p, Some(3072)), 3072);
+    }
+    assert_eq!(with(avf_terminal::HostProfile::android16(), Some(3072)), 3072);
+}
