@@ -9,7 +9,8 @@
 #           whose image unpacks our packages: Debian's kernel package
 #           convention (the postinst runs depmod and /etc/kernel/postinst.d
 #           with the release and the image); /boot (the ESP) left out.
-# The output path is printed on stdout.
+# The output path is printed on stdout. --pkgrel must be above the built
+# package's own.
 #
 # Usage: kernel/repack.sh --pkgrel N --format pacman|deb <linux-avf-*.pkg.tar.zst> <out-dir>
 set -euo pipefail
@@ -52,6 +53,11 @@ ver=$(sed -n 's/^pkgver = //p' "$tree/.PKGINFO")
 [[ $name == linux-avf ]] || die "$pkg: .PKGINFO pkgname is '$name', not linux-avf"
 [[ $ver == *-* ]] || die "$pkg: .PKGINFO pkgver '$ver' has no -pkgrel"
 upstream=${ver%-*}
+built_rel=${ver##*-}
+# The copy must be newer than what the image carries, or the package
+# manager calls it installed and the update under test never happens.
+[[ $built_rel =~ ^[0-9]+$ ]] || die "$pkg: .PKGINFO pkgver '$ver': pkgrel '$built_rel' is not a number"
+((pkgrel > built_rel)) || die "--pkgrel $pkgrel is not newer than the built package's $ver ($pkg): give a pkgrel above $built_rel"
 new=$upstream-$pkgrel
 mapfile -t rels < <(cd "$tree/usr/lib/modules" 2>/dev/null && ls)
 ((${#rels[@]} == 1)) || die "$pkg: expected one usr/lib/modules/<release>, found ${#rels[@]}"

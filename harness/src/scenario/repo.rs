@@ -296,7 +296,8 @@ pub async fn kernel_update(vm: &Vm, s: &KernelUpdate) -> Result<String> {
     std::fs::create_dir_all(&pool)?;
     let t0 = Instant::now();
     let (served, script) = if has("apt-get").await? {
-        repack_kernel(&built, s.pkgrel, "deb", &pool)?;
+        repack_kernel(&built, s.pkgrel, "deb", &pool)
+            .with_context(|| format!("kernel_update.pkgrel = {}", s.pkgrel))?;
         scan_apt_pool(&pool)?;
         let served = serve(vm, &pool)?;
         let script = format!(
@@ -313,7 +314,8 @@ dpkg-query -W -f '${{Version}}
         );
         (served, script)
     } else if has("pacman").await? {
-        let file = repack_kernel(&built, s.pkgrel, "pacman", &pool)?;
+        let file = repack_kernel(&built, s.pkgrel, "pacman", &pool)
+            .with_context(|| format!("kernel_update.pkgrel = {}", s.pkgrel))?;
         run(Command::new("repo-add")
             .arg("-q")
             .arg(pool.join("avf.db.tar.gz"))
@@ -467,6 +469,17 @@ mod tests {
 
         let e = format!("{:#}", repack_kernel(&pkg, 0, "deb", d.path()).unwrap_err());
         assert!(e.contains("--pkgrel"), "{e}");
+        // Not newer than the built 6.1.192-1: an update that would not happen.
+        for (rel, format) in [(1, "deb"), (1, "pacman")] {
+            let e = format!(
+                "{:#}",
+                repack_kernel(&pkg, rel, format, d.path()).unwrap_err()
+            );
+            assert!(
+                e.contains("--pkgrel 1 is not newer") && e.contains("6.1.192-1"),
+                "{e}"
+            );
+        }
         let e = format!("{:#}", built_linux_avf(&d.path().join("none")).unwrap_err());
         assert!(e.contains("none"), "{e}");
     }
