@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use serde::Serialize;
 
-use crate::plan::Options;
+use crate::plan::{Options, VcpuModel};
 use crate::timeouts::Timeout;
 use crate::vm::{Halt, LaunchRequest, Vm};
 use guest::GuestFigures;
@@ -47,6 +47,8 @@ pub struct Config {
     pub second_boot: bool,
     /// Runs every round; otherwise only the first `secondary_runs`.
     pub primary: bool,
+    /// The vCPU for this configuration, if not the run's.
+    pub vcpu: Option<VcpuModel>,
 }
 
 /// The knobs of one benchmark run.
@@ -157,10 +159,14 @@ async fn harness_round(c: &Config, round: u32, second: bool, o: &BenchOptions) -
     let art = o.artefacts.join(format!("{}-{round}", c.key));
     let mut first = Sample::new(c, round, 1);
     let t0 = Instant::now();
+    let mut options = o.launch.clone();
+    if let Some(v) = c.vcpu {
+        options.vcpu = v;
+    }
     let launched = Vm::launch(LaunchRequest {
         payload: c.payload.clone(),
         in_place: false,
-        options: o.launch.clone(),
+        options,
         artefacts: art.clone(),
         keep_instance: false,
     })

@@ -128,6 +128,13 @@ fn comparisons(run: &BenchRun) -> String {
     );
     compare(
         &mut out,
+        "phone vCPU / --vcpu no-pauth (direct, harness: what pointer authentication costs under TCG)",
+        m("harness-direct", 1),
+        m("harness-direct-nopauth", 1),
+        None,
+    );
+    compare(
+        &mut out,
         "efi / direct (harness, first boot)",
         m("harness-efi", 1),
         m("harness-direct", 1),
@@ -309,6 +316,7 @@ mod tests {
             payload: "p".into(),
             second_boot,
             primary: true,
+            vcpu: None,
         }
     }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use avf_harness::bench;
-use avf_harness::plan::{LaunchArgs, TTYD_GUEST_PORT};
+use avf_harness::plan::{LaunchArgs, VcpuModel, TTYD_GUEST_PORT};
 use avf_harness::scenario::{Runner, Scenario};
 use avf_harness::spec::ShareTag;
 use avf_harness::vm::{LaunchRequest, Vm};
@@ -308,15 +308,30 @@ fn bench_configs(a: &BenchBootArgs) -> Result<(Vec<bench::Config>, Vec<String>)>
         payload: payload.clone(),
         second_boot,
         primary,
+        vcpu: None,
     };
-    let mut configs = vec![config(
-        "harness-direct",
-        "harness, direct, linux-avf",
-        Side::Harness,
-        &direct,
-        true,
-        true,
-    )];
+    let mut configs = vec![
+        config(
+            "harness-direct",
+            "harness, direct, linux-avf",
+            Side::Harness,
+            &direct,
+            true,
+            true,
+        ),
+        // What pointer authentication costs under TCG, side by side.
+        Config {
+            vcpu: Some(VcpuModel::NoPauth),
+            ..config(
+                "harness-direct-nopauth",
+                "harness, direct, linux-avf, --vcpu no-pauth",
+                Side::Harness,
+                &direct,
+                false,
+                true,
+            )
+        },
+    ];
     if a.no_plain {
         skipped.push("plain-direct: --no-plain".into());
     } else {

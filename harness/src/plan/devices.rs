@@ -7,6 +7,7 @@ use std::path::Path;
 use avf_terminal::profile::{ConsolePort, DeviceSet, InputDevice};
 use avf_terminal::HostProfile;
 
+use super::VcpuModel;
 use super::{
     BootPath, Forward, NbdExport, Paths, Prepare, Process, Ready, Sidecar, AAVMF_CODE, AAVMF_VARS,
     APP_GID, APP_UID, GUEST_MAC, HOST_BIND_ADDR, USER_NET_GATEWAY, U_BOOT,
@@ -48,13 +49,6 @@ pub fn virtiofsd_maps(tag: ShareTag, app_uid: u32, app_gid: u32) -> Vec<OsString
     ]
 }
 
-/// The vCPU model: QEMU's `max` shaped like a phone's cores (Arm v9
-/// Cortex: SVE2 at a 128-bit vector length only, no SME; `max` alone
-/// offers vector lengths up to 2048 bits and SME), with pointer
-/// authentication's implementation-defined algorithm, far cheaper under
-/// TCG than QARMA. (Boot time measured the same with either vector length.)
-pub const CPU: &str = "max,pauth-impdef=on,sve-max-vq=1,sme=off";
-
 /// TCG aarch64 `virt`, paused at the first instruction, memory shareable
 /// with the vhost-user daemons. crosvm gives an arm64 guest a device tree
 /// and no ACPI; so do we, except for EDK2 (whose guests are ACPI guests).
@@ -62,7 +56,14 @@ pub const CPU: &str = "max,pauth-impdef=on,sve-max-vq=1,sme=off";
 /// and ACPI on, `virt` swaps the PL061 and its gpio-keys power key for an
 /// ACPI GED and leaves both out of the DT, so U-Boot would hand the DT-only
 /// kernel no power key and `system_powerdown` would reach nobody.
-pub(super) fn machine(a: &mut Args, vcpus: u32, memory_mib: u64, boot: BootPath, pmu: bool) {
+pub(super) fn machine(
+    a: &mut Args,
+    cpu: VcpuModel,
+    vcpus: u32,
+    memory_mib: u64,
+    boot: BootPath,
+    pmu: bool,
+) {
     a.flag("-nodefaults");
     a.flag("-no-user-config");
     a.flag("-nographic");
@@ -79,10 +80,10 @@ pub(super) fn machine(a: &mut Args, vcpus: u32, memory_mib: u64, boot: BootPath,
     a.opt(
         "-cpu",
         if pmu {
-            CPU.to_string()
+            cpu.qemu_cpu().to_string()
         } else {
             // crosvm runs with --no-pmu.
-            format!("{CPU},pmu=off")
+            format!("{},pmu=off", cpu.qemu_cpu())
         },
     );
     a.opt("-accel", "tcg,thread=multi");

@@ -18,7 +18,7 @@ use devices::{
     balloon, boot, consoles, control, disks, gpu, inputs, machine, network, shares, sound, vsock,
     Args,
 };
-pub use options::{Firmware, LaunchArgs, NetMode, Options};
+pub use options::{Firmware, LaunchArgs, NetMode, Options, VcpuModel};
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -261,7 +261,7 @@ pub fn plan(spec: &VmSpec, opts: &Options, launch: &Launch) -> std::io::Result<P
     };
     let devices = &opts.profile.devices;
     let mut a = Args::default();
-    machine(&mut a, vcpus, memory_mib, boot_path, devices.pmu);
+    machine(&mut a, opts.vcpu, vcpus, memory_mib, boot_path, devices.pmu);
     control(&mut a, paths);
     consoles(&mut a, spec.console_input, devices, paths);
     let disks = disks(&mut a, spec, paths);

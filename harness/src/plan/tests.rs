@@ -229,6 +229,7 @@ fn repro_args_carry_every_launch_knob() {
         profile: avf_terminal::HostProfile::android16(),
         firmware: Firmware::Edk2,
         net: NetMode::Tap,
+        vcpu: VcpuModel::NoPauth,
         vcpus: Some(1),
         memory_mib: Some(2048),
         deny_all_files_access: true,
@@ -298,7 +299,10 @@ fn android17_apps_give_their_memory_setting_not_the_json_value() {
     };
     // The json says 2048: Android 15 QPR2 and 16 take it ...
     assert_eq!(with(avf_terminal::HostProfile::android16(), None), 2048);
-    assert_eq!(with(avf_terminal::HostProfile::android15_qpr2(), None), 2048);
+    assert_eq!(
+        with(avf_terminal::HostProfile::android15_qpr2(), None),
+        2048
+    );
     // ... Android 17 replaces it with its setting, 1024 MiB until changed.
     for p in [
         avf_terminal::HostProfile::android17_grpc(),
@@ -307,5 +311,23 @@ fn android17_apps_give_their_memory_setting_not_the_json_value() {
         assert_eq!(with(p.clone(), None), 1024, "{}", p.name);
         assert_eq!(with(p, Some(3072)), 3072);
     }
-    assert_eq!(with(avf_terminal::HostProfile::android16(), Some(3072)), 3072);
+    assert_eq!(
+        with(avf_terminal::HostProfile::android16(), Some(3072)),
+        3072
+    );
+}
+
+#[test]
+fn the_vcpu_model_is_the_phone_unless_asked_without_pauth() {
+    let d = tempfile::tempdir().unwrap();
+    let s = spec(d.path(), true, "ttyS0");
+    let p = plan(&s, &Options::default(), &launch(d.path())).unwrap();
+    assert!(line(&p).contains("-cpu max,pauth-impdef=on,sve-max-vq=1,sme=off,pmu=off"));
+    let fast = Options {
+        vcpu: VcpuModel::NoPauth,
+        ..Options::default()
+    };
+    let p = plan(&s, &fast, &launch(d.path())).unwrap();
+    assert!(line(&p).contains("-cpu max,pauth=off,sve-max-vq=1,sme=off,pmu=off"));
+    assert!(shell_line("x", &p.repro_args).contains("--vcpu no-pauth"));
 }

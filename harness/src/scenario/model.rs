@@ -13,7 +13,7 @@ use anyhow::{Context, Result};
 use avf_terminal::HostProfile;
 use serde::Deserialize;
 
-use crate::plan::{Firmware, NetMode, Options};
+use crate::plan::{Firmware, NetMode, Options, VcpuModel};
 use crate::timeouts::{self, Scaled};
 
 #[derive(Debug, Clone, Deserialize)]
@@ -35,6 +35,9 @@ pub struct Scenario {
     /// `user` (default) or `tap` (the faithful mode, see [`crate::net`]).
     #[serde(default)]
     pub net: NetMode,
+    /// `phone` (default) or `no-pauth` ([`crate::plan::VcpuModel`]).
+    #[serde(default)]
+    pub vcpu: VcpuModel,
     #[serde(default)]
     pub vcpus: Option<u32>,
     #[serde(default)]
@@ -736,6 +739,7 @@ impl Scenario {
             profile: self.profile.clone(),
             firmware: self.firmware,
             net: self.net,
+            vcpu: self.vcpu,
             vcpus: self.vcpus,
             memory_mib: self.memory_mib,
             deny_all_files_access: self.deny_all_files_access,
