@@ -7,10 +7,9 @@ use std::path::Path;
 use avf_terminal::profile::{ConsolePort, DeviceSet, InputDevice};
 use avf_terminal::HostProfile;
 
-use super::VcpuModel;
 use super::{
-    BootPath, Forward, NbdExport, Paths, Prepare, Process, Ready, Sidecar, AAVMF_CODE, AAVMF_VARS,
-    APP_GID, APP_UID, GUEST_MAC, HOST_BIND_ADDR, USER_NET_GATEWAY, U_BOOT,
+    BootPath, Forward, NbdExport, Paths, Prepare, Process, Ready, Sidecar, VcpuModel, AAVMF_CODE,
+    AAVMF_VARS, APP_GID, APP_UID, GUEST_MAC, HOST_BIND_ADDR, USER_NET_GATEWAY, U_BOOT,
 };
 use crate::net::TapPlan;
 use crate::spec::{ConsoleDevice, Disk, ShareTag, VmSpec};

@@ -294,10 +294,13 @@ pub async fn kernel_update(vm: &Vm, s: &KernelUpdate) -> Result<String> {
     let scratch = tempfile::tempdir().context("a scratch dir for the repository")?;
     let pool = scratch.path().join("repo");
     std::fs::create_dir_all(&pool)?;
+    let repack = |format| {
+        repack_kernel(&built, s.pkgrel, format, &pool)
+            .with_context(|| format!("kernel_update.pkgrel = {}", s.pkgrel))
+    };
     let t0 = Instant::now();
     let (served, script) = if has("apt-get").await? {
-        repack_kernel(&built, s.pkgrel, "deb", &pool)
-            .with_context(|| format!("kernel_update.pkgrel = {}", s.pkgrel))?;
+        repack("deb")?;
         scan_apt_pool(&pool)?;
         let served = serve(vm, &pool)?;
         let script = format!(
@@ -314,8 +317,7 @@ dpkg-query -W -f '${{Version}}
         );
         (served, script)
     } else if has("pacman").await? {
-        let file = repack_kernel(&built, s.pkgrel, "pacman", &pool)
-            .with_context(|| format!("kernel_update.pkgrel = {}", s.pkgrel))?;
+        let file = repack("pacman")?;
         run(Command::new("repo-add")
             .arg("-q")
             .arg(pool.join("avf.db.tar.gz"))
@@ -470,10 +472,10 @@ mod tests {
         let e = format!("{:#}", repack_kernel(&pkg, 0, "deb", d.path()).unwrap_err());
         assert!(e.contains("--pkgrel"), "{e}");
         // Not newer than the built 6.1.192-1: an update that would not happen.
-        for (rel, format) in [(1, "deb"), (1, "pacman")] {
+        for format in ["deb", "pacman"] {
             let e = format!(
                 "{:#}",
-                repack_kernel(&pkg, rel, format, d.path()).unwrap_err()
+                repack_kernel(&pkg, 1, format, d.path()).unwrap_err()
             );
             assert!(
                 e.contains("--pkgrel 1 is not newer") && e.contains("6.1.192-1"),
