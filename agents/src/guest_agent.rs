@@ -181,19 +181,24 @@ fn register_unnumbered(root: &SIBinder, poweroff: PowerOff) -> anyhow::Result<()
     Ok(())
 }
 
-/// Whether to register at all, from the kernel command line at `cmdline`.
-/// `debian_server_port=<N > 0>` is Android 17's gRPC mode: the app runs its
-/// gRPC service and has no use for our agent, and a virtmgr that serves
-/// every VM named "debian" would still accept a registration and make the
-/// app open port 4000 besides. `=0` (the AIDL mode) or no parameter
-/// (Android 15/16, or an app we do not know): try.
-pub fn should_register(cmdline: &std::path::Path) -> Result<(), String> {
+/// Which mode the kernel command line at `cmdline` says, for the log: we
+/// register in every one. `debian_server_port=0` is the AIDL mode, where
+/// the app needs the agent. `=<N>` is Android 17's gRPC mode: the app
+/// ignores the AIDL setup, but its stop (`vm.stop()`) reaches virtmgr's
+/// `kill`, which asks a registered agent to shut down and waits 5 s, and
+/// kills crosvm at once when none is registered. No parameter: Android
+/// 15/16 (virtmgr's stop asks a registered agent there too), or an app we
+/// do not know.
+pub fn mode_for_registration(cmdline: &std::path::Path) -> String {
     match crate::port_file::cmdline_port(cmdline) {
-        Ok(Some(port)) => Err(format!(
-            "{}: debian_server_port={port}: the Terminal app's gRPC mode",
-            cmdline.display()
-        )),
-        Ok(None) | Err(_) => Ok(()),
+        Err(crate::port_file::PortFileError::NoGrpcServer(_)) => {
+            "debian_server_port=0: the AIDL mode".into()
+        }
+        Ok(Some(port)) => format!(
+            "debian_server_port={port}: Android 17's gRPC mode, registering for virtmgr's graceful stop"
+        ),
+        Ok(None) => "no debian_server_port: Android 15/16's mode".into(),
+        Err(e) => format!("{}: {e}", cmdline.display()),
     }
 }
 
@@ -284,21 +289,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn registers_unless_the_app_is_in_its_grpc_mode() {
+    fn names_the_mode_it_registers_in() {
         let d = tempfile::tempdir().unwrap();
         let f = d.path().join("cmdline");
-        for (line, register) in [
+        for (line, mode) in [
             (
                 "root=/dev/vda1 debian_server_port=0 hostname=debian\n",
-                true,
+                "AIDL mode",
             ),
-            ("root=/dev/vda1 console=ttyS0\n", true),
-            ("root=/dev/vda1 debian_server_port=40123\n", false),
+            ("root=/dev/vda1 console=ttyS0\n", "Android 15/16"),
+            ("root=/dev/vda1 debian_server_port=40123\n", "gRPC mode"),
         ] {
             std::fs::write(&f, line).unwrap();
-            assert_eq!(should_register(&f).is_ok(), register, "{line}");
+            let got = mode_for_registration(&f);
+            assert!(got.contains(mode), "{line}: {got}");
         }
-        assert!(should_register(&d.path().join("missing")).is_ok());
+        assert!(mode_for_registration(&d.path().join("missing")).contains("missing"));
     }
 
     #[test]

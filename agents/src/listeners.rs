@@ -546,18 +546,13 @@ mod tests {
         let mut pr = ProcNetTcp {
             path: "/proc/self/net/tcp".into(),
         };
-        let a: Vec<_> = nl
-            .listeners()
-            .unwrap()
-            .into_iter()
-            .filter(|l| l.port == port)
-            .collect();
-        let b: Vec<_> = pr
-            .listeners()
-            .unwrap()
-            .into_iter()
-            .filter(|l| l.port == port)
-            .collect();
+        // Ours only: another process (a test running beside this one) may
+        // listen on [::1] with the same port number, which sock_diag lists
+        // and /proc/self/net/tcp (IPv4) does not.
+        let ours =
+            |l: &RawListener| l.port == port && l.addr == listener.local_addr().unwrap().ip();
+        let a: Vec<_> = nl.listeners().unwrap().into_iter().filter(ours).collect();
+        let b: Vec<_> = pr.listeners().unwrap().into_iter().filter(ours).collect();
         assert_eq!(a, b);
         assert_eq!(a.len(), 1);
     }

@@ -188,18 +188,6 @@ pub fn override_config(spec: &mut VmSpec, instance: &Instance, options: &Options
     if !shares.internal {
         spec.shares.retain(|s| s.tag != ShareTag::Internal);
     }
-    // AIDL mode: the cidata is the second disk (vdb), read-only; the
-    // backup disk follows (vdc).
-    if options.profile.transport.is_rpc_binder() {
-        let at = spec.disks.len().min(1);
-        spec.disks.insert(
-            at,
-            Disk::Image {
-                path: instance.payload_dir.join(crate::cidata::FILE),
-                writable: false,
-            },
-        );
-    }
     let backup = instance.payload_dir.join(installed_image::ROOT_PART_BACKUP);
     // The payload dir lies in the guest-writable `internal` share: a link
     // planted there is not followed to a host file (QEMU would open it).
@@ -261,7 +249,8 @@ mod tests {
 
     /// Android 17: the payload's own cidata.iso means gRPC mode (asking for
     /// AIDL is refused, naming why); `cidata_override` forces AIDL, whose
-    /// cidata (ours) becomes vdb read-only, before the backup disk (vdc).
+    /// cidata (ours) replaces the payload's file but is no disk: the app
+    /// attaches only what the config names (and the backup disk).
     #[test]
     fn android17_mode_choice_and_the_cidata_disk() {
         let d = tempfile::tempdir().unwrap();
@@ -309,19 +298,18 @@ mod tests {
                 Disk::Composite { .. } => None,
             })
             .collect();
+        // The app attaches no cidata of its own (the payload's config
+        // would have to name it): the backup disk comes right after root.
         assert!(matches!(s.disks[0], Disk::Composite { .. }));
         assert_eq!(
             disks,
-            [
-                (payload.canonicalize().unwrap().join("cidata.iso"), false),
-                (
-                    payload
-                        .canonicalize()
-                        .unwrap()
-                        .join(installed_image::ROOT_PART_BACKUP),
-                    true
-                )
-            ]
+            [(
+                payload
+                    .canonicalize()
+                    .unwrap()
+                    .join(installed_image::ROOT_PART_BACKUP),
+                true
+            )]
         );
         // No cidata.iso in the payload: the app's bundled one, AIDL.
         std::fs::remove_file(payload.join("cidata.iso")).unwrap();

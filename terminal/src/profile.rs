@@ -51,9 +51,6 @@ pub enum Transport {
     /// start times out. `<param>=0` goes on the kernel command line.
     RpcBinder {
         param: &'static str,
-        /// Parameters the AIDL-mode config carries
-        /// (`vm_config.cloud-init.json`: `root=/dev/vda1 ds=nocloud`).
-        config_params: &'static [&'static str],
         /// The flag `terminalVmCommunicationRefactoring`.
         ttyd_vsock_flag: bool,
         /// `FIRST_VERSION_SUPPORTS_TTYD_VSOCK`.
@@ -354,16 +351,30 @@ pub struct HostProfile {
     /// … and on an emulated device (`ro.product.vendor.device` starting
     /// with `vsoc_` or `emu64`): the app's own allowance for slow VMs.
     pub discovery_deadline_emulated: Duration,
-    /// After its shutdown request, how long the app waits for the VM to
-    /// exit before it stops it hard (`VmLauncherService.doShutdown`);
-    /// `None`: it sends the request and lets the VM go in its own time.
-    pub shutdown_grace: Option<Duration>,
+    /// How the app stops the VM.
+    pub stop: AppStop,
     /// Kernel parameters the host puts before the payload's `params`
     /// (crosvm's own `panic=-1`) …
     pub kernel_params_before: &'static [&'static str],
     /// … and after them (virtualizationservice, the app, the VM's name).
     pub kernel_params_after: &'static [&'static str],
     pub devices: DeviceSet,
+}
+
+/// How the app stops the VM (the notification's close, the settings'
+/// restart, uninstall).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AppStop {
+    /// Android 15 QPR2 and 16 (`VmLauncherService.doShutdown`): one item
+    /// on the guest's gRPC shutdown stream, then `grace` for the VM to exit
+    /// before `vm.stop()`; `None`: the app lets the VM go in its own time.
+    ShutdownRequest { grace: Option<Duration> },
+    /// Android 17 (`VmController.stop`): `vm.stop()` straight away, and
+    /// virtmgr (`crosvm.rs` `kill`) asks the guest agent registered with
+    /// it (`IGuestAgent.shutdownAsync`) and gives the VM `grace` to exit,
+    /// or, with no agent registered, kills crosvm at once ("Data might be
+    /// corrupted"). The gRPC shutdown stream is never used.
+    Virtmgr { grace: Duration },
 }
 
 /// The names [`HostProfile::by_name`] knows, filled or not.
@@ -425,7 +436,9 @@ impl HostProfile {
             },
             discovery_deadline: Duration::from_secs(30),
             discovery_deadline_emulated: Duration::from_secs(180),
-            shutdown_grace: Some(Duration::from_secs(3)),
+            stop: AppStop::ShutdownRequest {
+                grace: Some(Duration::from_secs(3)),
+            },
             // The Pixel 10's guest command line (Android 16) is
             // `panic=-1 <params> ds=nocloud arm64.nompam 8250.nr_uarts=4
             // console=ttyS0 debian_server_port=0 gfxstream_enabled
@@ -505,7 +518,7 @@ impl HostProfile {
             // MainActivity's isReachable loop: at most 10 s.
             discovery_deadline: Duration::from_secs(10),
             discovery_deadline_emulated: Duration::from_secs(10),
-            shutdown_grace: None,
+            stop: AppStop::ShutdownRequest { grace: None },
             devices: DeviceSet {
                 sound: false,
                 ..a16.devices
@@ -547,6 +560,9 @@ impl HostProfile {
             },
             discovery_deadline: Duration::from_secs(60),
             discovery_deadline_emulated: Duration::from_secs(600),
+            stop: AppStop::Virtmgr {
+                grace: Duration::from_secs(5),
+            },
             ..a16
         }
     }
@@ -554,14 +570,14 @@ impl HostProfile {
     /// Android 17's app in its AIDL mode (a payload without its own
     /// `cidata.iso`, or a debuggable phone's `/sdcard/linux/cidata.iso`;
     /// docs/android-releases.md §3.3): `debian_server_port=0`, the
-    /// AIDL-mode config's `root=/dev/vda1 ds=nocloud`, the app's cidata as
-    /// a read-only vdb (the backup disk moves to vdc), only the `android`
+    /// payload's own `vm_config.json` as it is (the app adds no cidata disk
+    /// and no parameter of its own: `ds=nocloud` and the cidata vdb are in
+    /// Google's AIDL-mode config, not in the app), only the `android`
     /// share; registration with virtmgr's `IVirtualMachineService`, then
     /// `IDebianService` on vsock 4000; ttyd only through the vsock bridge
     /// when `canUseTtydOverVsock()`, else the start times out after
-    /// `boot_timeout_secs` (600 in the AIDL-mode config; × 10 on
-    /// emulators); stop by `IGuestAgent.shutdownAsync` (the gRPC modes'
-    /// 3 s grace, then a hard stop).
+    /// `boot_timeout_secs` (60 unless the config says; × 10 on emulators);
+    /// stop by `vm.stop()`: virtmgr's `shutdownAsync` and 5 s.
     pub fn android17_aidl() -> HostProfile {
         let grpc = HostProfile::android17_grpc();
         HostProfile {
@@ -569,12 +585,9 @@ impl HostProfile {
             release: "Android 17 (AIDL mode)",
             transport: Transport::RpcBinder {
                 param: "debian_server_port",
-                config_params: &["root=/dev/vda1", "ds=nocloud"],
                 ttyd_vsock_flag: true,
                 ttyd_vsock_min_build_id: FIRST_VERSION_SUPPORTS_TTYD_VSOCK,
             },
-            discovery_deadline: Duration::from_secs(600),
-            discovery_deadline_emulated: Duration::from_secs(6000),
             ..grpc
         }
     }

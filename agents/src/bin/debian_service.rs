@@ -1,6 +1,7 @@
 //! debian_service: the guest side of the Terminal app's AIDL mode. Serves
 //! IDebianService on vsock port 4000, then registers the guest agent with
-//! the host; in any other mode the registration fails and is retried with
+//! the host in every mode (in Android 17's gRPC mode for virtmgr's graceful
+//! stop); where no host service answers, the registration is retried with
 //! backoff while the service keeps serving (one payload for every release).
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -69,10 +70,10 @@ fn main() -> ExitCode {
             std::thread::Builder::new()
                 .name("registration".into())
                 .spawn(move || {
-                    if let Err(why) = guest_agent::should_register(&cmdline) {
-                        eprintln!("not registering the guest agent ({why}); serving IDebianService anyway");
-                        return;
-                    }
+                    eprintln!(
+                        "registering the guest agent ({})",
+                        guest_agent::mode_for_registration(&cmdline)
+                    );
                     guest_agent::keep_registered(
                         || guest_agent::vsock_config(cid),
                         system_poweroff(),

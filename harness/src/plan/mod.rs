@@ -303,8 +303,7 @@ pub fn plan(spec: &VmSpec, opts: &Options, launch: &Launch) -> std::io::Result<P
     // The app's own parameters: the DebianService port, where the
     // profile hands it over on the command line (the server then binds
     // it in the VM's own network namespace, where any port is free).
-    // In the AIDL mode the parameter is there as 0 (no gRPC server), after
-    // the AIDL-mode config's own parameters.
+    // In the AIDL mode the parameter is there as 0 (no gRPC server).
     let transport = &opts.profile.transport;
     let debian_server_port = match transport {
         avf_terminal::profile::Transport::RpcBinder { .. } => Some(0),
@@ -313,12 +312,7 @@ pub fn plan(spec: &VmSpec, opts: &Options, launch: &Launch) -> std::io::Result<P
             20000 + u16::from_be_bytes([r.as_bytes()[0], r.as_bytes()[1]]) % 40000
         }),
     };
-    let mut app_params: Vec<String> = match transport {
-        avf_terminal::profile::Transport::RpcBinder { config_params, .. } => {
-            config_params.iter().map(|p| p.to_string()).collect()
-        }
-        _ => Vec::new(),
-    };
+    let mut app_params: Vec<String> = Vec::new();
     app_params.extend(
         transport
             .kernel_param()

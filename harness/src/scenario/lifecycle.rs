@@ -14,6 +14,7 @@ use super::terminal::Session;
 use crate::timeouts::Timeout;
 use crate::vm::{Halt, Vm};
 use avf_terminal::installed_image::DiskStep;
+use avf_terminal::profile::AppStop;
 
 /// Runs one `app_restart`; the note says how the run ended, what the app
 /// did to the disk and how long each part took.
@@ -119,29 +120,36 @@ pub struct StopReport {
     pub note: String,
 }
 
-/// The app's stop under the VM's profile (Android 16 `doShutdown`): the
-/// shutdown request if a stream is open, then the grace × the TCG factor
-/// for the VM to exit, then a hard stop.
+/// The app's stop under the VM's profile: the shutdown request (Android
+/// 16 `doShutdown`: the gRPC stream, if open; Android 17: virtmgr's
+/// `shutdownAsync` to a registered agent), then the grace × the TCG factor
+/// for the VM to exit, then a hard stop; with nobody to ask, a hard stop
+/// at once.
 pub async fn app_stop(vm: &mut Vm, app: &Session) -> Result<StopReport> {
     let factor = vm.tcg_factor().await?;
-    // No grace: the app lets the VM go in its own time (our limit is the
-    // harness's power-off timeout).
-    let (grace, grace_note) = match vm.plan().profile.shutdown_grace {
-        Some(g) => (
+    let stop = vm.plan().profile.stop;
+    let (grace, grace_note) = match stop {
+        AppStop::ShutdownRequest { grace: Some(g) } | AppStop::Virtmgr { grace: g } => (
             factor.scale(g),
             format!("the grace {} s × {factor}", g.as_secs()),
         ),
-        None => (
+        // No grace: the app lets the VM go in its own time (our limit is
+        // the harness's power-off timeout).
+        AppStop::ShutdownRequest { grace: None } => (
             Timeout::Powerdown.get(),
             "no hard-stop timer in this app".to_string(),
         ),
+    };
+    let nobody = match stop {
+        AppStop::ShutdownRequest { .. } => "no shutdown stream open: stopped hard at once",
+        AppStop::Virtmgr { .. } => "no guest agent registered with virtmgr: crosvm killed at once",
     };
     let from = vm.qmp().event_count();
     let t0 = Instant::now();
     let report = match app.request_shutdown().await {
         avf_terminal::ShutdownOutcome::NoStream => StopReport {
             kind: StopOutcome::Hard,
-            note: "no shutdown stream open: stopped hard at once".into(),
+            note: nobody.into(),
         },
         avf_terminal::ShutdownOutcome::Requested => match vm.wait_shutdown(from, t0, grace).await {
             Ok(r) => StopReport {

@@ -15,6 +15,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use avf_terminal::aidl::{AidlHost, AidlHostConfig};
 use avf_terminal::events::{Cursor, Event, Queue};
 use avf_terminal::host::{TerminalHostConfig, VsockEndpoint};
+use avf_terminal::profile::AppStop;
 use avf_terminal::{
     ClientCert, GuestNet, Handshake, HostPorts, HostProfile, MdnsTransport, TerminalHost,
     TtydClient,
@@ -109,10 +110,15 @@ impl AppHost {
         }
     }
 
-    async fn request_shutdown(&self) -> avf_terminal::ShutdownOutcome {
+    async fn request_shutdown(&self, stop: AppStop) -> avf_terminal::ShutdownOutcome {
         match self {
-            AppHost::Grpc(h) => h.request_shutdown().await,
-            // The app stops hard when there is no agent to ask.
+            AppHost::Grpc(h) => match stop {
+                AppStop::ShutdownRequest { .. } => h.request_shutdown().await,
+                // Android 17 never uses the gRPC stream to stop: virtmgr asks
+                // a registered agent (`Session::request_shutdown`).
+                AppStop::Virtmgr { .. } => avf_terminal::ShutdownOutcome::NoStream,
+            },
+            // virtmgr kills at once when there is no agent to ask.
             AppHost::Aidl(h) => match h.shutdown_async().await {
                 Ok(()) => avf_terminal::ShutdownOutcome::Requested,
                 Err(e) => {
@@ -174,6 +180,9 @@ pub struct Session {
     profile: HostProfile,
     /// When discovery found ttyd (the app then accepts the VM's calls).
     discovered_at: Option<Instant>,
+    /// Android 17's gRPC mode: virtmgr's per-VM service beside the app's
+    /// gRPC server, where the guest may register an agent for the stop.
+    virtmgr: Option<avf_terminal::aidl::VmService>,
 }
 
 impl Session {
@@ -226,7 +235,20 @@ impl Session {
         let host = TerminalHost::start(cfg)
             .await
             .context("starting the Terminal app's host side")?;
+        // virtmgr serves every "debian" VM, whatever the app's mode; only
+        // Android 17's stop goes through it (the app ignores the agent).
+        let virtmgr = match profile.stop {
+            AppStop::Virtmgr { .. } => avf_terminal::aidl::VmService::start(
+                &vm.spec().name,
+                &vm.vsock_uds(),
+                vm.guest_cid(),
+                host.events().clone(),
+            )
+            .context("starting virtmgr's IVirtualMachineService")?,
+            AppStop::ShutdownRequest { .. } => None,
+        };
         Ok(Session {
+            virtmgr,
             host: AppHost::Grpc(Box::new(host)),
             registration: None,
             boot_timeout: opts.boot_timeout_secs.map(Duration::from_secs),
@@ -269,6 +291,7 @@ impl Session {
             tokio::spawn(async move { host.on_registered(limit).await })
         };
         Ok(Session {
+            virtmgr: None,
             host: AppHost::Aidl(host),
             registration: Some(registration),
             boot_timeout: opts.boot_timeout_secs.map(Duration::from_secs),
@@ -895,19 +918,35 @@ impl Session {
         ))
     }
 
-    /// The app's shutdown request to the guest (its stream, if open).
+    /// The app's shutdown request to the guest, the profile's way (its
+    /// stream, if open; or virtmgr's registered agent).
     pub async fn request_shutdown(&self) -> avf_terminal::ShutdownOutcome {
-        self.host.request_shutdown().await
+        match &self.virtmgr {
+            Some(v) => match v.shutdown_async().await {
+                Ok(()) => avf_terminal::ShutdownOutcome::Requested,
+                Err(e) => {
+                    tracing_note(&format!("shutdownAsync: {e}"));
+                    avf_terminal::ShutdownOutcome::NoStream
+                }
+            },
+            None => self.host.request_shutdown(self.profile.stop).await,
+        }
     }
 
     pub async fn shutdown(&self, vm: &mut Vm, s: &AppShutdown) -> Result<String> {
         let from = vm.qmp().event_count();
         let t0 = Instant::now();
-        match self.host.request_shutdown().await {
+        match self.request_shutdown().await {
             avf_terminal::ShutdownOutcome::Requested => {}
-            avf_terminal::ShutdownOutcome::NoStream => {
-                bail!("no shutdown stream open: the app would stop the VM hard")
-            }
+            avf_terminal::ShutdownOutcome::NoStream => match self.profile.stop {
+                AppStop::ShutdownRequest { .. } => {
+                    bail!("no shutdown stream open: the app would stop the VM hard")
+                }
+                AppStop::Virtmgr { .. } => bail!(
+                    "no guest agent registered with virtmgr: {} would kill the VM at once",
+                    self.profile.release
+                ),
+            },
         }
         let r = vm.wait_shutdown(from, t0, s.within.get()).await?;
         if r.reason != s.reason {
