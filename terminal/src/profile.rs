@@ -42,6 +42,12 @@ pub enum Transport {
         param: &'static str,
         ttyd: TtydLocator,
         ttyd_port: u16,
+        /// The flag `terminalVmCommunicationRefactoring`: with it, and an
+        /// image whose build id is at least the minimum, the app's terminal
+        /// goes through its vsock bridge in this mode too (mDNS still has to
+        /// find the VM, for the gRPC peer check, or the start fails).
+        ttyd_vsock_flag: bool,
+        ttyd_vsock_min_build_id: i32,
     },
     /// Android 17's AIDL mode (docs/android-releases.md §2, §3.3): no
     /// gRPC, no mDNS. virtmgr serves `IVirtualMachineService` per VM; the
@@ -92,17 +98,37 @@ impl Transport {
     }
 
     /// `canUseTtydOverVsock()` for an image with this `build_id` file
-    /// (`None`: missing): the AIDL mode's flag on and the number at least
-    /// [`FIRST_VERSION_SUPPORTS_TTYD_VSOCK`]. The gRPC modes here never
-    /// use the bridge.
+    /// (`None`: missing): Android 17's flag on and the number at least
+    /// [`FIRST_VERSION_SUPPORTS_TTYD_VSOCK`], in either of its modes (the
+    /// app's check looks at no mode). Android 15/16 have no bridge.
     pub fn can_use_ttyd_over_vsock(&self, build_id: Option<&str>) -> bool {
         match *self {
             Transport::RpcBinder {
                 ttyd_vsock_flag,
                 ttyd_vsock_min_build_id,
                 ..
+            }
+            | Transport::GrpcKernelParam {
+                ttyd_vsock_flag,
+                ttyd_vsock_min_build_id,
+                ..
             } => ttyd_vsock_flag && build_id_number(build_id) >= ttyd_vsock_min_build_id,
-            _ => false,
+            Transport::GrpcPortFile { .. } => false,
+        }
+    }
+
+    /// The build id below which the app has no bridge (0: no bridge at all).
+    pub fn ttyd_vsock_min_build_id(&self) -> i32 {
+        match *self {
+            Transport::RpcBinder {
+                ttyd_vsock_min_build_id,
+                ..
+            }
+            | Transport::GrpcKernelParam {
+                ttyd_vsock_min_build_id,
+                ..
+            } => ttyd_vsock_min_build_id,
+            Transport::GrpcPortFile { .. } => 0,
         }
     }
 
@@ -548,6 +574,8 @@ impl HostProfile {
                     instance: crate::mdns::TTYD_INSTANCE,
                 },
                 ttyd_port: crate::ttyd::TTYD_PORT,
+                ttyd_vsock_flag: true,
+                ttyd_vsock_min_build_id: FIRST_VERSION_SUPPORTS_TTYD_VSOCK,
             },
             shares: Shares {
                 internal: false,
@@ -705,8 +733,13 @@ mod tests {
         assert!(!t.can_use_ttyd_over_vsock(Some("5105")));
         assert!(!t.can_use_ttyd_over_vsock(Some("x")));
         assert!(!t.can_use_ttyd_over_vsock(None));
+        // The app's check looks at no mode; Android 16 has no bridge.
         let grpc = HostProfile::android17_grpc().transport;
-        assert!(!grpc.can_use_ttyd_over_vsock(Some("9999")));
+        assert!(grpc.can_use_ttyd_over_vsock(Some("9999")));
+        assert!(!grpc.can_use_ttyd_over_vsock(Some("5105")));
+        let a16 = HostProfile::android16().transport;
+        assert!(!a16.can_use_ttyd_over_vsock(Some("9999")));
+        assert_eq!(a16.ttyd_vsock_min_build_id(), 0);
         assert_eq!(t.kernel_param(), Some("debian_server_port"));
     }
 }

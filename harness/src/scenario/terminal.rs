@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use avf_terminal::aidl::{AidlHost, AidlHostConfig};
+use avf_terminal::aidl::{AidlHost, AidlHostConfig, BridgeConfig, TtydBridge};
 use avf_terminal::events::{Cursor, Event, Queue};
 use avf_terminal::host::{TerminalHostConfig, VsockEndpoint};
 use avf_terminal::profile::AppStop;
@@ -183,6 +183,10 @@ pub struct Session {
     /// Android 17's gRPC mode: virtmgr's per-VM service beside the app's
     /// gRPC server, where the guest may register an agent for the stop.
     virtmgr: Option<avf_terminal::aidl::VmService>,
+    /// Android 17's gRPC mode where `canUseTtydOverVsock()`: the app's
+    /// terminal goes through this bridge, not TLS (the AIDL mode's bridge
+    /// is its host's).
+    grpc_bridge: Option<TtydBridge>,
 }
 
 impl Session {
@@ -247,8 +251,21 @@ impl Session {
             .context("starting virtmgr's IVirtualMachineService")?,
             AppStop::ShutdownRequest { .. } => None,
         };
+        let build_id = installed_build_id(vm)?;
+        let grpc_bridge = match profile
+            .transport
+            .can_use_ttyd_over_vsock(build_id.as_deref())
+        {
+            true => Some(
+                TtydBridge::start(BridgeConfig::new(vm.vsock_uds()))
+                    .await
+                    .context("starting the app's ttyd bridge")?,
+            ),
+            false => None,
+        };
         Ok(Session {
             virtmgr,
+            grpc_bridge,
             host: AppHost::Grpc(Box::new(host)),
             registration: None,
             boot_timeout: opts.boot_timeout_secs.map(Duration::from_secs),
@@ -292,6 +309,7 @@ impl Session {
         };
         Ok(Session {
             virtmgr: None,
+            grpc_bridge: None,
             host: AppHost::Aidl(host),
             registration: Some(registration),
             boot_timeout: opts.boot_timeout_secs.map(Duration::from_secs),
@@ -302,6 +320,14 @@ impl Session {
             profile,
             discovered_at: None,
         })
+    }
+
+    /// The app's ttyd bridge, in either Android 17 mode, where it runs one.
+    fn bridge(&self) -> Option<&TtydBridge> {
+        match &self.host {
+            AppHost::Aidl(h) => h.bridge(),
+            AppHost::Grpc(_) => self.grpc_bridge.as_ref(),
+        }
     }
 
     fn aidl(&self) -> Result<&Arc<AidlHost>> {
@@ -378,13 +404,7 @@ impl Session {
             .snapshot()
             .iter()
             .any(|r| r.event == Event::GuestAgentRegistered);
-        let min = match transport {
-            avf_terminal::profile::Transport::RpcBinder {
-                ttyd_vsock_min_build_id,
-                ..
-            } => ttyd_vsock_min_build_id,
-            _ => 0,
-        };
+        let min = transport.ttyd_vsock_min_build_id();
         Err(StartTimeout {
             release: self.profile.release,
             build_id: build_id
@@ -409,7 +429,6 @@ impl Session {
     /// one, or none: the HTTP status must be `status`.
     pub async fn bridge_probe(&self, s: &TtydBridgeProbe) -> Result<String> {
         let bridge = self
-            .aidl()?
             .bridge()
             .ok_or_else(|| anyhow!("no ttyd bridge: canUseTtydOverVsock() is false"))?;
         let token = match s.token {
@@ -628,8 +647,17 @@ impl Session {
             avf_terminal::profile::TtydLocator::Fixed { .. } => "answering ping",
             avf_terminal::profile::TtydLocator::VsockBridge => "through the vsock bridge",
         };
+        // With the bridge the app is Running from the start; mDNS must
+        // still find the VM in time (the gRPC peer check, or Error).
+        let bridge = match &self.grpc_bridge {
+            Some(b) => format!(
+                "; the terminal through the app's vsock bridge (Running(\"localhost\", {}) at once)",
+                b.addr().port()
+            ),
+            None => String::new(),
+        };
         Ok(format!(
-            "ttyd found {how} at {} s: {} {}:{}; {deadline_note}",
+            "ttyd found {how} at {} s: {} {}:{}; {deadline_note}{bridge}",
             fmt_secs(since),
             found.host,
             found.addr,
@@ -667,14 +695,19 @@ impl Session {
             // `TerminalTabFragment`): nothing listening yet (ttyd starting
             // or restarting) is "not yet" until the step's limit.
             let host = &self.host;
+            let bridge = self.bridge();
             let tty = wait_until(
                 "ttyd accepting the app's connection",
                 timeout,
                 Duration::from_millis(200),
                 || async move {
-                    let opened = match host {
-                        AppHost::Grpc(h) => h.open_terminal(timeout).await,
-                        AppHost::Aidl(h) => open_bridge_terminal(h, timeout).await,
+                    let opened = match (host, bridge) {
+                        (_, Some(b)) => open_bridge_terminal(b, timeout).await,
+                        (AppHost::Grpc(h), None) => h.open_terminal(timeout).await,
+                        (AppHost::Aidl(_), None) => Err(avf_terminal::HostError::Unsupported {
+                            profile: "android17-aidl",
+                            why: "no ttyd bridge: canUseTtydOverVsock() is false for this image",
+                        }),
                     };
                     match opened {
                         Ok(t) => Ok(Check::Done(t)),
@@ -1031,16 +1064,12 @@ fn installed_build_id(vm: &Vm) -> Result<Option<String>> {
     }
 }
 
-/// The app's terminal view in the AIDL mode: the page and the WebSocket
-/// through its bridge, with the token cookie.
+/// The app's terminal view through its bridge (Android 17): the page and
+/// the WebSocket, with the token cookie.
 async fn open_bridge_terminal(
-    host: &AidlHost,
+    bridge: &TtydBridge,
     timeout: Duration,
 ) -> Result<TtydClient, avf_terminal::HostError> {
-    let bridge = host.bridge().ok_or(avf_terminal::HostError::Unsupported {
-        profile: "android17-aidl",
-        why: "no ttyd bridge: canUseTtydOverVsock() is false for this image",
-    })?;
     let mut client = TtydClient::connect_bridge(
         bridge.addr(),
         bridge.token(),
