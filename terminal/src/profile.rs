@@ -377,6 +377,9 @@ pub struct HostProfile {
     /// … and on an emulated device (`ro.product.vendor.device` starting
     /// with `vsoc_` or `emu64`): the app's own allowance for slow VMs.
     pub discovery_deadline_emulated: Duration,
+    /// Android 17: the deadline is the config's `boot_timeout_secs` where
+    /// it has one (× 10 on emulated devices), the two above otherwise.
+    pub deadline_from_config: bool,
     /// How the app stops the VM.
     pub stop: AppStop,
     /// Kernel parameters the host puts before the payload's `params`
@@ -462,6 +465,7 @@ impl HostProfile {
             },
             discovery_deadline: Duration::from_secs(30),
             discovery_deadline_emulated: Duration::from_secs(180),
+            deadline_from_config: false,
             stop: AppStop::ShutdownRequest {
                 grace: Some(Duration::from_secs(3)),
             },
@@ -588,6 +592,7 @@ impl HostProfile {
             },
             discovery_deadline: Duration::from_secs(60),
             discovery_deadline_emulated: Duration::from_secs(600),
+            deadline_from_config: true,
             stop: AppStop::Virtmgr {
                 grace: Duration::from_secs(5),
             },

@@ -168,7 +168,8 @@ pub struct Session {
     /// AIDL mode: the app's `onGuestAgentRegistered` work, running since
     /// the start (its result once taken).
     registration: Option<tokio::task::JoinHandle<Result<(), avf_terminal::aidl::AidlError>>>,
-    /// `[terminal] boot_timeout_secs`.
+    /// The `boot_timeout_secs` the app reads: `[terminal]
+    /// boot_timeout_secs`, else the config's (Android 17 only).
     boot_timeout: Option<Duration>,
     tty: Option<TtydClient>,
     other: Option<ClientCert>,
@@ -268,7 +269,7 @@ impl Session {
             grpc_bridge,
             host: AppHost::Grpc(Box::new(host)),
             registration: None,
-            boot_timeout: opts.boot_timeout_secs.map(Duration::from_secs),
+            boot_timeout: boot_timeout(opts, vm),
             tty: None,
             other: None,
             storage_base: None,
@@ -312,7 +313,7 @@ impl Session {
             grpc_bridge: None,
             host: AppHost::Aidl(host),
             registration: Some(registration),
-            boot_timeout: opts.boot_timeout_secs.map(Duration::from_secs),
+            boot_timeout: boot_timeout(opts, vm),
             tty: None,
             other: None,
             storage_base: None,
@@ -320,6 +321,19 @@ impl Session {
             profile,
             discovered_at: None,
         })
+    }
+
+    /// How long the app waits for the terminal from the VM's start: Android
+    /// 17's `boot_timeout_secs` (× 10 on emulated devices) where there is
+    /// one, else the profile's own deadline.
+    fn app_deadline(&self, vm: &Vm) -> Duration {
+        let emulated = vm.options().emulated_device;
+        match self.boot_timeout {
+            Some(t) if emulated => t * 10,
+            Some(t) => t,
+            None if emulated => self.profile.discovery_deadline_emulated,
+            None => self.profile.discovery_deadline,
+        }
     }
 
     /// The app's ttyd bridge, in either Android 17 mode, where it runs one.
@@ -375,12 +389,7 @@ impl Session {
                 avf_terminal::profile::build_id_number(build_id.as_deref())
             ));
         }
-        let app_deadline = self
-            .boot_timeout
-            .unwrap_or(match vm.options().emulated_device {
-                true => self.profile.discovery_deadline_emulated,
-                false => self.profile.discovery_deadline,
-            });
+        let app_deadline = self.app_deadline(vm);
         vm.qga().await?.ping().await?;
         let f = vm.tcg_factor().await?;
         let deadline = f.scale(app_deadline);
@@ -589,10 +598,7 @@ impl Session {
         // the app's own value × this VM's TCG factor, unless the scenario
         // names one. The factor needs the guest up, so the wait runs to
         // the longest plausible factor and the check comes after.
-        let app_deadline = match vm.options().emulated_device {
-            true => self.profile.discovery_deadline_emulated,
-            false => self.profile.discovery_deadline,
-        };
+        let app_deadline = self.app_deadline(vm);
         let limit = match s.within {
             Some(w) => w.get(),
             None => Scaled::from_duration(app_deadline * MAX_TCG_FACTOR).get(),
@@ -1062,6 +1068,17 @@ fn installed_build_id(vm: &Vm) -> Result<Option<String>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(anyhow!("reading {}: {e}", f.display())),
     }
+}
+
+/// The `boot_timeout_secs` the app reads, where its app reads one
+/// (Android 17): the scenario's stand-in, else the VM config's.
+fn boot_timeout(opts: &TerminalOptions, vm: &Vm) -> Option<Duration> {
+    if !vm.plan().profile.deadline_from_config {
+        return None;
+    }
+    opts.boot_timeout_secs
+        .or(vm.spec().boot_timeout_secs)
+        .map(Duration::from_secs)
 }
 
 /// The app's terminal view through its bridge (Android 17): the page and

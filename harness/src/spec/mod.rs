@@ -129,6 +129,9 @@ pub struct VmSpec {
     pub gpu_backend: Option<String>,
     pub protected: bool,
     pub debuggable: bool,
+    /// How long Android 17's app waits for the terminal (`None`: its
+    /// default, 60 s).
+    pub boot_timeout_secs: Option<u64>,
     /// Fields this harness does not model, kept so nothing is lost.
     pub unknown_fields: serde_json::Map<String, serde_json::Value>,
 }
@@ -517,6 +520,18 @@ impl Validator<'_> {
             Some(_) => return Err(self.err("gpu", "expected an object like {\"backend\": \"2d\"}")),
         };
 
+        // Gson reads an Int; the app then waits that long (× 10 on
+        // emulators): zero or less could never boot.
+        let boot_timeout_secs = match raw.boot_timeout_secs {
+            None => None,
+            Some(t) if (1..=i64::from(i32::MAX)).contains(&t) => Some(t as u64),
+            Some(t) => {
+                return Err(self.err(
+                    "boot_timeout_secs",
+                    format!("{t} out of range (expected 1 ..= {})", i32::MAX),
+                ))
+            }
+        };
         Ok(VmSpec {
             source: self.file.clone(),
             name,
@@ -532,6 +547,7 @@ impl Validator<'_> {
             gpu_backend,
             protected: raw.protected.unwrap_or(false),
             debuggable: raw.debuggable.unwrap_or(false),
+            boot_timeout_secs,
             unknown_fields: raw.extra,
         })
     }

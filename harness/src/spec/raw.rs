@@ -27,6 +27,7 @@ pub struct RawConfig {
     pub network: Option<bool>,
     pub auto_memory_balloon: Option<bool>,
     pub gpu: Option<serde_json::Value>,
+    pub boot_timeout_secs: Option<i64>,
     #[serde(flatten)]
     pub extra: serde_json::Map<String, serde_json::Value>,
 }

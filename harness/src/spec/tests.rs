@@ -87,7 +87,8 @@ fn good_config_parses_and_expands() {
     assert!(s.auto_memory_balloon && s.network);
     // Unknown fields survive.
     assert!(s.unknown_fields.contains_key("connect_console"));
-    assert!(s.unknown_fields.contains_key("boot_timeout_secs"));
+    // Android 17's deadline.
+    assert_eq!(s.boot_timeout_secs, Some(30));
 }
 
 #[test]
@@ -256,6 +257,15 @@ fn memory_out_of_range() {
     bad(
         &edit(|v| v["memory_mib"] = 0.into()),
         "memory_mib",
+        "out of range",
+    );
+}
+
+#[test]
+fn boot_timeout_of_zero_is_refused() {
+    bad(
+        &edit(|v| v["boot_timeout_secs"] = 0.into()),
+        "boot_timeout_secs",
         "out of range",
     );
 }
