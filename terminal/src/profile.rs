@@ -365,6 +365,11 @@ pub struct HostProfile {
     pub agents: AgentContract,
     pub guest_address: GuestAddress,
     pub memory: GuestMemory,
+    /// The app inflates the memory balloon while it is in the background
+    /// (`MemBalloonController`, Android 16); Android 17's app has no such
+    /// policy (no `new2` class uses it; virtmgr may still inflate on
+    /// `onTrimMemory`, not played here).
+    pub memory_balloon_policy: bool,
     /// `None`: the app starts any installed image.
     pub upgrade_gate: Option<UpgradeGate>,
     /// The disk steps before every start (`VmLauncherService`,
@@ -457,6 +462,7 @@ impl HostProfile {
                 guest_port_file: "/mnt/internal/debian_service_port",
             },
             memory: GuestMemory::FromConfig,
+            memory_balloon_policy: true,
             guest_address: GuestAddress::Dhcp,
             upgrade_gate: Some(UpgradeGate::LastTokenAtLeast(2025)),
             pre_boot: PreBootDisk::Android16 {
@@ -586,6 +592,7 @@ impl HostProfile {
                 android: true,
             },
             memory: GuestMemory::AppSetting { default_mib: 1024 },
+            memory_balloon_policy: false,
             upgrade_gate: Some(UpgradeGate::LastTokenAtLeast(2026)),
             pre_boot: PreBootDisk::TruncateToShare {
                 sparse_share_percent: 95,

@@ -490,6 +490,12 @@ impl Session {
             BACKGROUND_STEP_PERCENT,
         };
         use avf_terminal::AppState;
+        if !self.profile.memory_balloon_policy {
+            bail!(
+                "the {} app runs no memory-balloon policy (MemBalloonController is Android 16's)",
+                self.profile.release
+            );
+        }
         let ram = vm.guest_ram();
         let tol = s.tolerance_mib * MIB;
         let within = s.within.get();
