@@ -312,13 +312,12 @@ pub fn plan(spec: &VmSpec, opts: &Options, launch: &Launch) -> std::io::Result<P
             20000 + u16::from_be_bytes([r.as_bytes()[0], r.as_bytes()[1]]) % 40000
         }),
     };
-    let mut app_params: Vec<String> = Vec::new();
-    app_params.extend(
-        transport
-            .kernel_param()
-            .zip(debian_server_port)
-            .map(|(k, v)| format!("{k}={v}")),
-    );
+    let app_params: Vec<String> = transport
+        .kernel_param()
+        .zip(debian_server_port)
+        .map(|(k, v)| format!("{k}={v}"))
+        .into_iter()
+        .collect();
     let prepare = boot(&mut a, spec, boot_path, &opts.profile, &app_params, paths);
 
     Ok(Plan {

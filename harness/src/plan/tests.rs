@@ -258,8 +258,8 @@ fn repro_args_carry_every_launch_knob() {
     );
 }
 
-/// Android 17's AIDL mode: the AIDL-mode config's parameters and
-/// `debian_server_port=0` after the payload's; no gRPC port picked.
+/// Android 17's AIDL mode: `debian_server_port=0` after the payload's
+/// parameters and nothing else of the app's; no gRPC port picked.
 #[test]
 fn aidl_mode_puts_port_zero_and_nothing_else_on_the_command_line() {
     let d = tempfile::tempdir().unwrap();
