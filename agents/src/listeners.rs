@@ -549,8 +549,8 @@ mod tests {
         // Ours only: another process (a test running beside this one) may
         // listen on [::1] with the same port number, which sock_diag lists
         // and /proc/self/net/tcp (IPv4) does not.
-        let ours =
-            |l: &RawListener| l.port == port && l.addr == listener.local_addr().unwrap().ip();
+        let addr = listener.local_addr().unwrap().ip();
+        let ours = |l: &RawListener| l.port == port && l.addr == addr;
         let a: Vec<_> = nl.listeners().unwrap().into_iter().filter(ours).collect();
         let b: Vec<_> = pr.listeners().unwrap().into_iter().filter(ours).collect();
         assert_eq!(a, b);

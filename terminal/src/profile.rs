@@ -102,33 +102,29 @@ impl Transport {
     /// [`FIRST_VERSION_SUPPORTS_TTYD_VSOCK`], in either of its modes (the
     /// app's check looks at no mode). Android 15/16 have no bridge.
     pub fn can_use_ttyd_over_vsock(&self, build_id: Option<&str>) -> bool {
-        match *self {
-            Transport::RpcBinder {
-                ttyd_vsock_flag,
-                ttyd_vsock_min_build_id,
-                ..
-            }
-            | Transport::GrpcKernelParam {
-                ttyd_vsock_flag,
-                ttyd_vsock_min_build_id,
-                ..
-            } => ttyd_vsock_flag && build_id_number(build_id) >= ttyd_vsock_min_build_id,
-            Transport::GrpcPortFile { .. } => false,
-        }
+        self.ttyd_vsock()
+            .is_some_and(|(flag, min)| flag && build_id_number(build_id) >= min)
     }
 
     /// The build id below which the app has no bridge (0: no bridge at all).
     pub fn ttyd_vsock_min_build_id(&self) -> i32 {
+        self.ttyd_vsock().map_or(0, |(_, min)| min)
+    }
+
+    /// Android 17's bridge settings: the flag and the minimum build id.
+    fn ttyd_vsock(&self) -> Option<(bool, i32)> {
         match *self {
             Transport::RpcBinder {
+                ttyd_vsock_flag,
                 ttyd_vsock_min_build_id,
                 ..
             }
             | Transport::GrpcKernelParam {
+                ttyd_vsock_flag,
                 ttyd_vsock_min_build_id,
                 ..
-            } => ttyd_vsock_min_build_id,
-            Transport::GrpcPortFile { .. } => 0,
+            } => Some((ttyd_vsock_flag, ttyd_vsock_min_build_id)),
+            Transport::GrpcPortFile { .. } => None,
         }
     }
 

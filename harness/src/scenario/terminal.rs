@@ -110,25 +110,6 @@ impl AppHost {
         }
     }
 
-    async fn request_shutdown(&self, stop: AppStop) -> avf_terminal::ShutdownOutcome {
-        match self {
-            AppHost::Grpc(h) => match stop {
-                AppStop::ShutdownRequest { .. } => h.request_shutdown().await,
-                // Android 17 never uses the gRPC stream to stop: virtmgr asks
-                // a registered agent (`Session::request_shutdown`).
-                AppStop::Virtmgr { .. } => avf_terminal::ShutdownOutcome::NoStream,
-            },
-            // virtmgr kills at once when there is no agent to ask.
-            AppHost::Aidl(h) => match h.shutdown_async().await {
-                Ok(()) => avf_terminal::ShutdownOutcome::Requested,
-                Err(e) => {
-                    tracing_note(&format!("shutdownAsync: {e}"));
-                    avf_terminal::ShutdownOutcome::NoStream
-                }
-            },
-        }
-    }
-
     async fn stop(self) {
         match self {
             AppHost::Grpc(h) => (*h).stop().await,
@@ -966,15 +947,26 @@ impl Session {
     /// The app's shutdown request to the guest, the profile's way (its
     /// stream, if open; or virtmgr's registered agent).
     pub async fn request_shutdown(&self) -> avf_terminal::ShutdownOutcome {
-        match &self.virtmgr {
-            Some(v) => match v.shutdown_async().await {
-                Ok(()) => avf_terminal::ShutdownOutcome::Requested,
-                Err(e) => {
-                    tracing_note(&format!("shutdownAsync: {e}"));
-                    avf_terminal::ShutdownOutcome::NoStream
-                }
+        let asked = match (&self.host, self.profile.stop) {
+            // Android 15/16: the gRPC shutdown stream.
+            (AppHost::Grpc(h), AppStop::ShutdownRequest { .. }) => {
+                return h.request_shutdown().await
+            }
+            // Android 17: `vm.stop()`, and virtmgr asks the agent
+            // registered with it (the gRPC stream is never used).
+            (AppHost::Aidl(h), _) => h.shutdown_async().await,
+            (AppHost::Grpc(_), AppStop::Virtmgr { .. }) => match &self.virtmgr {
+                Some(v) => v.shutdown_async().await,
+                None => return avf_terminal::ShutdownOutcome::NoStream,
             },
-            None => self.host.request_shutdown(self.profile.stop).await,
+        };
+        // virtmgr kills at once when there is no agent to ask.
+        match asked {
+            Ok(()) => avf_terminal::ShutdownOutcome::Requested,
+            Err(e) => {
+                tracing_note(&format!("shutdownAsync: {e}"));
+                avf_terminal::ShutdownOutcome::NoStream
+            }
         }
     }
 
