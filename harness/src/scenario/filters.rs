@@ -50,6 +50,8 @@ pub fn strip_terminal(s: &str) -> String {
 
 pub struct Normaliser {
     rules: Vec<(Regex, &'static str)>,
+    /// Where a kernel printk record starts.
+    printk: Regex,
 }
 
 impl Default for Normaliser {
@@ -59,6 +61,7 @@ impl Default for Normaliser {
                 .iter()
                 .map(|(p, r)| (Regex::new(&format!("(?m){p}")).expect("static regex"), *r))
                 .collect(),
+            printk: Regex::new(r"\[\s*\d+\.\d{6}\] ").expect("static regex"),
         }
     }
 }
@@ -72,11 +75,28 @@ impl Normaliser {
         s
     }
 
-    /// Strips, filters (keep/drop), normalises, and drops empty lines.
+    /// A console line with the kernel records that landed inside it (the
+    /// kernel prints on the console while a unit's status line is still
+    /// unterminated) split off: each record starts a line of its own.
+    fn split_printk<'a>(&self, l: &'a str) -> impl Iterator<Item = &'a str> {
+        let mut starts: Vec<usize> = self
+            .printk
+            .find_iter(l)
+            .map(|m| m.start())
+            .filter(|&i| i > 0)
+            .collect();
+        starts.insert(0, 0);
+        starts.push(l.len());
+        let pieces: Vec<&str> = starts.windows(2).map(|w| &l[w[0]..w[1]]).collect();
+        pieces.into_iter()
+    }
+
+    /// Strips, splits off kernel records glued to a line, filters
+    /// (keep/drop), normalises, and drops empty lines.
     pub fn text(&self, text: &str, keep: &[Regex], drop: &[Regex]) -> String {
         let clean = strip_terminal(text);
         let mut out = String::new();
-        for l in clean.lines() {
+        for l in clean.lines().flat_map(|l| self.split_printk(l)) {
             if l.trim().is_empty() {
                 continue;
             }
@@ -108,6 +128,26 @@ mod tests {
         assert_eq!(
             out,
             "[TIME] virtio_net virtio1 enp0s2: MAC [MAC] ip [IP]\n  OK  ] Mounted PARTUUID=[UUID] in [DUR], [SIZE], pid [PID]\n"
+        );
+    }
+
+    /// Seen on a fresh-clone run: journald's kernel record printed before
+    /// the status line's newline. The unit line stays whole and the record
+    /// becomes a line of its own.
+    #[test]
+    fn a_kernel_record_glued_to_a_status_line_is_split_off() {
+        let n = Normaliser::default();
+        let t = "[  OK  ] Finished systemd-tmpfiles-setup-dev.service - Create Static Device Nodes in /dev gracefully.[    4.171502] systemd-journald[112]: Collecting audit messages is disabled.\n\
+                 [  OK  ] Finished systemd-sysctl.service - Apply Kernel Variables.\n";
+        let keep = [Regex::new(r"^\[  OK  \] ").unwrap()];
+        assert_eq!(
+            n.text(t, &keep, &[]),
+            "[  OK  ] Finished systemd-tmpfiles-setup-dev.service - Create Static Device Nodes in /dev gracefully.\n\
+             [  OK  ] Finished systemd-sysctl.service - Apply Kernel Variables.\n"
+        );
+        assert_eq!(
+            n.text(t, &[], &[]).lines().nth(1),
+            Some("[TIME] systemd-journald[PID]: Collecting audit messages is disabled.")
         );
     }
 
