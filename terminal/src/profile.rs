@@ -383,6 +383,9 @@ pub struct HostProfile {
     pub deadline_from_config: bool,
     /// How the app stops the VM.
     pub stop: AppStop,
+    /// What the app does when the VM stops by itself with crosvm's reboot
+    /// status (the guest rebooted, or panicked under `panic=-1`).
+    pub on_guest_reboot: OnGuestReboot,
     /// Kernel parameters the host puts before the payload's `params`
     /// (crosvm's own `panic=-1`) …
     pub kernel_params_before: &'static [&'static str],
@@ -405,6 +408,23 @@ pub enum AppStop {
     /// or, with no agent registered, kills crosvm at once ("Data might be
     /// corrupted"). The gRPC shutdown stream is never used.
     Virtmgr { grace: Duration },
+}
+
+/// What the app does when virtmgr reports `STOP_REASON_REBOOT` (crosvm's
+/// reboot exit status: the guest rebooted, or its kernel panicked under
+/// crosvm's `panic=-1`; crosvm has no pvpanic device on the phone).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnGuestReboot {
+    /// Android 15 QPR2 and 16: `Runner.onStopped` completes `exitStatus`
+    /// with `true` whatever the reason → `RESULT_STOP` →
+    /// `MainActivity.onVmStop` → `finish()`. The app closes; the VM stays
+    /// stopped until the user opens the app again.
+    CloseApp,
+    /// Android 17: `VmController.onStopped(REBOOT)` → `VmState.Rebooting`
+    /// → `MainViewModel.restartVm` → `VmController.reset` (Ready) →
+    /// `startVm()`: the app's whole start again (disk steps, a new host
+    /// server, a new VM), with fresh terminal tabs.
+    RestartVm,
 }
 
 /// The names [`HostProfile::by_name`] knows, filled or not.
@@ -471,6 +491,7 @@ impl HostProfile {
             stop: AppStop::ShutdownRequest {
                 grace: Some(Duration::from_secs(3)),
             },
+            on_guest_reboot: OnGuestReboot::CloseApp,
             // The Pixel 10's guest command line (Android 16) is
             // `panic=-1 <params> ds=nocloud arm64.nompam 8250.nr_uarts=4
             // console=ttyS0 debian_server_port=0 gfxstream_enabled
@@ -599,6 +620,7 @@ impl HostProfile {
             stop: AppStop::Virtmgr {
                 grace: Duration::from_secs(5),
             },
+            on_guest_reboot: OnGuestReboot::RestartVm,
             ..a16
         }
     }

@@ -183,6 +183,20 @@ impl Qga {
         self.execute("guest-ping", None).await.map(drop)
     }
 
+    /// Starts `argv` in the guest and returns its pid without waiting: for
+    /// a command that takes the agent down with it (a reboot).
+    pub async fn spawn(&self, argv: &[&str]) -> Result<i64, QgaError> {
+        let (path, args) = argv
+            .split_first()
+            .ok_or_else(|| QgaError::Decode("guest-exec".into(), "empty argv".into()))?;
+        let r = self
+            .execute("guest-exec", Some(json!({"path": path, "arg": args})))
+            .await?;
+        r.get("pid")
+            .and_then(Value::as_i64)
+            .ok_or_else(|| QgaError::Decode("guest-exec".into(), r.to_string()))
+    }
+
     /// Runs `argv` in the guest and waits for it; output captured.
     pub async fn exec(&self, argv: &[String], timeout: Duration) -> Result<ExecOutput, QgaError> {
         let (path, args) = argv

@@ -2,19 +2,21 @@
 //! VM dies under it), applies what the user asked for (a new disk size,
 //! the Upgrade screen's reset), and starts the same installed image again
 //! through its whole start sequence ([`crate::app`]). The steps after an
-//! `app_restart` run against the new VM and a new app host.
+//! `app_restart` run against the new VM and a new app host. A guest's own
+//! reboot ends the run too; what the app does next is its profile's.
 
 use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
-use super::model::{AppRestart, Scenario, StopKind, StopOutcome};
+use super::guest::guest_sh;
+use super::model::{AppRestart, GuestReboot, Scenario, StopKind, StopOutcome};
 use super::terminal::Session;
 use crate::timeouts::Timeout;
 use crate::vm::{Halt, Vm};
 use avf_terminal::installed_image::DiskStep;
-use avf_terminal::profile::AppStop;
+use avf_terminal::profile::{AppStop, OnGuestReboot};
 
 /// Runs one `app_restart`; the note says how the run ended, what the app
 /// did to the disk and how long each part took.
@@ -56,34 +58,32 @@ pub async fn restart(
     if let Some(app) = term.take() {
         app.finish().await?;
     }
-    let root = vm
-        .partition_file("ROOT")
-        .context("the payload has no ROOT partition")?
-        .to_owned();
     if s.expect_clean_fs {
-        let state = ext4_state(&root)?;
-        if state.needs_recovery || !state.clean {
-            bail!(
-                "{}: after the stop the filesystem is not clean (state {:?}, needs_recovery {})",
-                root.display(),
-                state.state,
-                state.needs_recovery
-            );
-        }
-        notes.push(format!(
-            "ROOT clean, no journal to replay ({})",
-            state.state
-        ));
+        notes.push(clean_root(vm, "the stop")?);
     }
     if s.upgrade_reset {
         let payload = sc.payload_dir()?;
         vm.instance().upgrade_reset(&payload)?;
         notes.push("Upgrade screen: root_part → root_part_backup, image installed again".into());
     }
+    notes.push(start_again(sc, vm, term, s.resize_mib.map(|m| m << 20)).await?);
+    Ok(notes.join("; "))
+}
+
+/// The app's whole start again on the same installed instance, after
+/// [`Vm::halt`]: its disk steps, the VM, and (when the scenario talks to
+/// the app) a new app host; the VM is resumed. The note says what the
+/// disk steps did and how long they took.
+async fn start_again(
+    sc: &Scenario,
+    vm: &mut Vm,
+    term: &mut Option<Session>,
+    disk_size: Option<u64>,
+) -> Result<String> {
     let n = vm.starts() + 1;
     let artefacts = super::artefacts_dir(&sc.name).join(format!("start-{n}"));
     let t = Instant::now();
-    vm.relaunch_paused(&artefacts, s.resize_mib.map(|m| m << 20))
+    vm.relaunch_paused(&artefacts, disk_size)
         .await
         .with_context(|| {
             format!(
@@ -97,7 +97,7 @@ pub async fn restart(
         .iter()
         .filter(|d| !matches!(d, DiskStep::Note(_)))
         .count();
-    notes.push(format!(
+    let note = format!(
         "start #{n}: {commands} pre-boot disk command(s) in {:.1} s: {}",
         t.elapsed().as_secs_f64(),
         steps
@@ -105,13 +105,95 @@ pub async fn restart(
             .map(|d| d.to_string())
             .collect::<Vec<_>>()
             .join("; ")
-    ));
+    );
     if sc.needs_app() {
         let opts = sc.terminal.clone().unwrap_or_default();
         *term = Some(Box::pin(Session::start(&opts, vm)).await?);
     }
     vm.resume().await?;
+    Ok(note)
+}
+
+/// One `guest_reboot`: `systemctl reboot` in the guest (what `sudo reboot`
+/// in the terminal does), QEMU's `guest-reset` SHUTDOWN (`-no-reboot`, as
+/// crosvm exits with its reboot status), a clean ROOT (a reboot unmounts
+/// like a power-off), then what the profile's app does on
+/// `STOP_REASON_REBOOT`: close, or start the VM again and see a new boot.
+pub async fn guest_reboot(
+    sc: &Scenario,
+    vm: &mut Vm,
+    term: &mut Option<Session>,
+    s: &GuestReboot,
+) -> Result<String> {
+    const BOOT_ID: &str = "cat /proc/sys/kernel/random/boot_id";
+    let before = guest_sh(vm, BOOT_ID).await?.trim().to_string();
+    let from = vm.qmp().event_count();
+    let t0 = Instant::now();
+    vm.qga().await?.spawn(&["systemctl", "reboot"]).await?;
+    let down = vm
+        .wait_shutdown(from, t0, s.within.get())
+        .await
+        .context("the guest's reboot: QEMU did not stop")?;
+    if down.reason != "guest-reset" {
+        bail!(
+            "after `systemctl reboot` the VM stopped with {:?}, not a reset \
+             (virtmgr would not report STOP_REASON_REBOOT)",
+            down.reason
+        );
+    }
+    let mut notes = vec![format!(
+        "the guest reset {:.2} s after `systemctl reboot`",
+        down.elapsed.as_secs_f64()
+    )];
+    vm.halt(Halt::Quit).await;
+    if let Some(app) = term.take() {
+        app.finish().await?;
+    }
+    notes.push(clean_root(vm, "the guest's reboot")?);
+    match vm.plan().profile.on_guest_reboot {
+        OnGuestReboot::CloseApp => notes.push(
+            "the app closes (onVmStop → finish()); the VM stays stopped until the app is opened again"
+                .into(),
+        ),
+        OnGuestReboot::RestartVm => {
+            notes.push(format!(
+                "the app starts the VM again (Rebooting → restartVm): {}",
+                start_again(sc, vm, term, None).await?
+            ));
+            let boot = vm.wait_boot().await.context("the app's restart after the reboot")?;
+            let after = guest_sh(vm, BOOT_ID).await?.trim().to_string();
+            if after == before {
+                bail!("the guest's boot_id is unchanged ({after}): this is not a new boot");
+            }
+            notes.push(format!(
+                "booted again: marker {:.1} s, agent {:.1} s",
+                boot.to_marker.as_secs_f64(),
+                boot.to_agent.as_secs_f64()
+            ));
+        }
+    }
     Ok(notes.join("; "))
+}
+
+/// ROOT's ext4, with the VM stopped, must be marked clean with no journal
+/// to replay: a shutdown (or reboot) that completed.
+fn clean_root(vm: &Vm, after: &str) -> Result<String> {
+    let root = vm
+        .partition_file("ROOT")
+        .context("the payload has no ROOT partition")?;
+    let state = ext4_state(root)?;
+    if state.needs_recovery || !state.clean {
+        bail!(
+            "{}: after {after} the filesystem is not clean (state {:?}, needs_recovery {})",
+            root.display(),
+            state.state,
+            state.needs_recovery
+        );
+    }
+    Ok(format!(
+        "ROOT clean, no journal to replay ({})",
+        state.state
+    ))
 }
 
 /// How the app's stop ended.

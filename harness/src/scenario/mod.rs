@@ -230,6 +230,7 @@ async fn dispatch(
         Step::MemoryPolicy(s) => Some(app(term)?.memory_policy(vm, s).await?),
         Step::AppRestart(s) => Some(lifecycle::restart(sc, vm, term, s).await?),
         Step::Fault(s) => Some(faults::fault(vm, term, s).await?),
+        Step::GuestReboot(s) => Some(lifecycle::guest_reboot(sc, vm, term, s).await?),
         Step::ExpectPanic(s) => Some(faults::expect_panic(vm, s).await?),
         Step::PowerCuts(s) => Some(faults::power_cuts(sc, vm, term, s).await?),
     })

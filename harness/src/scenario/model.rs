@@ -149,6 +149,10 @@ steps! {
     /// Kills one part of the running VM (a sidecar, or a guest unit's
     /// main process) and checks how the rest takes it.
     Fault(Fault) => Vm, |s| format!("fault kill {}", s.kill);
+    /// The guest reboots itself (`systemctl reboot`, what `sudo reboot` in
+    /// the terminal does); the VM stops as crosvm's does on a reboot, and
+    /// the app reacts as its profile says (closes, or starts it again).
+    GuestReboot(GuestReboot) => Vm, |_s| "guest_reboot".into();
     /// Makes the guest kernel panic; the harness must see it at once.
     ExpectPanic(ExpectPanic) => Vm, |_s| "expect_panic".into();
     /// Power cuts at random points of a write burst, each followed by the
@@ -230,6 +234,15 @@ pub struct Balloon {
 #[serde(deny_unknown_fields)]
 pub struct Powerdown {
     pub reason: String,
+    #[serde(rename = "within_secs", deserialize_with = "timeouts::secs")]
+    pub within: Scaled,
+}
+
+/// `within_secs`: from the command to QEMU's exit (the guest's whole
+/// shutdown); a restart's boot has the boot timeouts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuestReboot {
     #[serde(rename = "within_secs", deserialize_with = "timeouts::secs")]
     pub within: Scaled,
 }
