@@ -10,15 +10,15 @@
 //! first; a host that answers UNKNOWN_TRANSACTION gets the unnumbered one
 //! (code 9, an agent under `android.system.virtualmachineservice.IGuestAgent`).
 //! `shutdownAsync` is code 2 in both.
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use avf_aidl::android::system::virtualizationcommon::IGuestAgent::{BnGuestAgent, IGuestAgent};
 use avf_aidl::android::system::virtualmachineservice::IVirtualMachineService::IVirtualMachineService;
 use rsbinder::rpc::{RpcClientConfig, RpcProxy, RpcSession};
 use rsbinder::{
-    BinderResult, FromIBinder, Interface, Parcel, Remotable, SIBinder, Status, StatusCode,
-    TransactionCode, FIRST_CALL_TRANSACTION,
+    BinderResult, DeathRecipient, FromIBinder, Interface, Parcel, Remotable, SIBinder, Status,
+    StatusCode, TransactionCode, WIBinder, FIRST_CALL_TRANSACTION,
 };
 
 /// The host's vsock CID.
@@ -96,12 +96,78 @@ impl std::fmt::Display for Numbering {
 pub struct Registration {
     pub session: RpcSession,
     pub numbering: Numbering,
+    /// The host's root object: its death notice is the session's end.
+    root: SIBinder,
 }
 
 impl Registration {
     /// Whether the host ended the session (virtmgr gone).
     pub fn is_ended(&self) -> bool {
         self.session.is_ended()
+    }
+
+    /// Has `wakeup` notified when the host ends the session; false where
+    /// the session cannot tell (then only [`Registration::is_ended`] can).
+    pub fn notify_end(&self, wakeup: &Arc<Wakeup>) -> bool {
+        self.root.link_to_death_arc(wakeup).is_ok()
+    }
+}
+
+/// What wakes the registration thread: a stop, or the host ending the
+/// session (a death notice on its root object). Waiting on it costs no
+/// wakeups; a loop that checks a flag every few hundred milliseconds
+/// wakes the VM's vCPU as often, for the VM's whole life.
+#[derive(Default)]
+pub struct Wakeup {
+    /// (stopped, a notice not yet seen by `wait`)
+    state: Mutex<(bool, bool)>,
+    cv: Condvar,
+}
+
+impl Wakeup {
+    pub fn stop(&self) {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).0 = true;
+        self.cv.notify_all();
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).0
+    }
+
+    fn notify(&self) {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).1 = true;
+        self.cv.notify_all();
+    }
+
+    /// Waits up to `limit` (`None`: for ever) for a stop or a notice;
+    /// returns whether stopped. A notice that came before the call ends
+    /// it at once.
+    pub fn wait(&self, limit: Option<Duration>) -> bool {
+        let end = limit.map(|d| std::time::Instant::now() + d);
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        while !st.0 && !st.1 {
+            st = match end {
+                None => self.cv.wait(st).unwrap_or_else(|e| e.into_inner()),
+                Some(end) => {
+                    let left = end.saturating_duration_since(std::time::Instant::now());
+                    if left.is_zero() {
+                        break;
+                    }
+                    self.cv
+                        .wait_timeout(st, left)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0
+                }
+            };
+        }
+        st.1 = false;
+        st.0
+    }
+}
+
+impl DeathRecipient for Wakeup {
+    fn binder_died(&self, _who: &WIBinder) {
+        self.notify();
     }
 }
 
@@ -125,7 +191,11 @@ pub fn register(config: RpcClientConfig<'_>, poweroff: PowerOff) -> anyhow::Resu
     let session = RpcSession::setup_client_android13plus_with_config(config)
         .map_err(|e| anyhow::anyhow!("connecting to the host's IVirtualMachineService: {e:?}"))?;
     match register_on(&session, poweroff) {
-        Ok(numbering) => Ok(Registration { session, numbering }),
+        Ok((numbering, root)) => Ok(Registration {
+            session,
+            numbering,
+            root,
+        }),
         Err(e) => {
             session.close_session();
             Err(e)
@@ -133,7 +203,7 @@ pub fn register(config: RpcClientConfig<'_>, poweroff: PowerOff) -> anyhow::Resu
     }
 }
 
-fn register_on(session: &RpcSession, poweroff: PowerOff) -> anyhow::Result<Numbering> {
+fn register_on(session: &RpcSession, poweroff: PowerOff) -> anyhow::Result<(Numbering, SIBinder)> {
     let root = session
         .get_root()
         .map_err(|e| anyhow::anyhow!("getting the host's root object: {e:?}"))?;
@@ -142,11 +212,11 @@ fn register_on(session: &RpcSession, poweroff: PowerOff) -> anyhow::Result<Numbe
     })?;
     let agent = BnGuestAgent::new_binder(GuestAgent(poweroff.clone()));
     match vm_service.registerGuestAgent(&agent) {
-        Ok(()) => Ok(Numbering::Numbered),
+        Ok(()) => Ok((Numbering::Numbered, root)),
         Err(s) if is_unknown_transaction(&s) => {
             eprintln!("registerGuestAgent (code 2): UNKNOWN_TRANSACTION; trying the unnumbered form (code 9)");
             register_unnumbered(&root, poweroff)?;
-            Ok(Numbering::Unnumbered)
+            Ok((Numbering::Unnumbered, root))
         }
         Err(s) => anyhow::bail!("registerGuestAgent: {s}"),
     }
@@ -231,18 +301,22 @@ impl Default for Backoff {
 
 /// Registers and keeps the registration, re-registering (with backoff) if
 /// the host ends it. The first failure is logged in full; later ones only
-/// when the error changes. Runs until `stop()` is true.
+/// when the error changes. Runs until `wakeup` is stopped, asleep in
+/// between: it wakes for the host's end of the session, the next retry, or
+/// the stop.
 pub fn keep_registered<'a>(
     mut config: impl FnMut() -> RpcClientConfig<'a>,
     poweroff: PowerOff,
     mut backoff: Backoff,
-    stop: impl Fn() -> bool,
+    wakeup: Arc<Wakeup>,
 ) {
     let mut last_error = String::new();
     let mut held: Option<Registration> = None;
-    while !stop() {
+    // Whether the held session's end wakes us (else: look every 500 ms).
+    let mut notified = false;
+    while !wakeup.is_stopped() {
         if held.as_ref().is_some_and(|r| !r.is_ended()) {
-            std::thread::sleep(Duration::from_millis(500));
+            wakeup.wait((!notified).then_some(Duration::from_millis(500)));
             continue;
         }
         if held.take().is_some() {
@@ -252,6 +326,10 @@ pub fn keep_registered<'a>(
         match register(config(), poweroff.clone()) {
             Ok(r) => {
                 eprintln!("guest agent registered ({})", r.numbering);
+                notified = r.notify_end(&wakeup);
+                if !notified {
+                    eprintln!("the host's session gives no death notice: checking it every 500 ms");
+                }
                 held = Some(r);
                 last_error.clear();
             }
@@ -266,21 +344,10 @@ pub fn keep_registered<'a>(
                     );
                     last_error = msg;
                 }
-                sleep_unless(delay, &stop);
+                // A notice from an earlier session may end this early: one more try.
+                wakeup.wait(Some(delay));
             }
         }
-    }
-}
-
-/// Sleeps `d` in short steps so `stop` is seen soon.
-fn sleep_unless(d: Duration, stop: &impl Fn() -> bool) {
-    let end = std::time::Instant::now() + d;
-    while !stop() {
-        let left = end.saturating_duration_since(std::time::Instant::now());
-        if left.is_zero() {
-            return;
-        }
-        std::thread::sleep(left.min(Duration::from_millis(200)));
     }
 }
 

@@ -19,6 +19,7 @@ pub mod listeners;
 pub mod port_file;
 pub mod privdrop;
 pub mod proto;
+pub mod rpc_accept;
 pub mod shutdown;
 pub mod vsock_cid;
 pub mod wire_form;

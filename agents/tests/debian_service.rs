@@ -32,6 +32,7 @@ use avf_agents::forward::Endpoint;
 use avf_agents::guest_agent::{self, Numbering, PowerOff};
 use avf_agents::launcher::ReportedPorts;
 use avf_agents::listeners::{ListenerSource, RawListener, Watcher};
+use avf_agents::rpc_accept;
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -115,21 +116,63 @@ struct App {
 }
 
 /// Ends the server and its workers when the test ends.
-struct ServerGuard(Arc<RpcServer>, Option<std::thread::JoinHandle<()>>);
+struct ServerGuard {
+    server: Arc<RpcServer>,
+    accept: Option<std::thread::JoinHandle<()>>,
+    /// Our blocking loop's stop (the guest's server); `None`: rsbinder's.
+    stop: Option<rpc_accept::Stop>,
+    /// The accepting thread's id, for its scheduler counters.
+    accept_tid: Option<String>,
+}
 
-impl Drop for ServerGuard {
-    fn drop(&mut self) {
-        self.0.stop_accepting();
-        if let Some(h) = self.1.take() {
+impl ServerGuard {
+    fn stop_accepting(&mut self) {
+        match &self.stop {
+            Some(stop) => stop.stop(),
+            None => self.server.stop_accepting(),
+        }
+        if let Some(h) = self.accept.take() {
             let _ = h.join();
         }
-        self.0.terminate();
     }
 }
 
+impl Drop for ServerGuard {
+    fn drop(&mut self) {
+        self.stop_accepting();
+        self.server.terminate();
+    }
+}
+
+/// rsbinder's own accept loop (the fake virtmgr's).
 fn serve(server: Arc<RpcServer>) -> ServerGuard {
     let h = server.run_background();
-    ServerGuard(server, Some(h))
+    ServerGuard {
+        server,
+        accept: Some(h),
+        stop: None,
+        accept_tid: None,
+    }
+}
+
+/// The guest's: `rpc_accept` on `listener`.
+fn serve_blocking(server: Arc<RpcServer>, listener: UnixListener) -> ServerGuard {
+    let (stop, signal) = rpc_accept::stop_pair().unwrap();
+    let (tid_tx, tid_rx) = channel();
+    let h = {
+        let server = server.clone();
+        std::thread::spawn(move || {
+            let me = std::fs::read_link("/proc/thread-self").unwrap();
+            tid_tx.send(me.to_string_lossy().into_owned()).unwrap();
+            rpc_accept::serve(&server, &listener, &signal).unwrap();
+        })
+    };
+    ServerGuard {
+        server,
+        accept: Some(h),
+        stop: Some(stop),
+        accept_tid: Some(tid_rx.recv_timeout(WAIT).unwrap()),
+    }
 }
 
 /// Starts the service on `dir/debian.sock` and connects to it as the app
@@ -158,9 +201,11 @@ fn start_app(dir: &Path, rt: &tokio::runtime::Runtime, fwd_dir: PathBuf) -> App 
         active_ports::report_loop(watcher, lrx, Duration::from_millis(50), reported)
     });
     let path = sock(dir, "debian.sock");
-    let server = RpcServer::setup_unix_server(&path).unwrap();
+    // As the guest does: rsbinder's server on a socket nothing accepts on,
+    // our blocking loop on the one the app uses.
+    let server = RpcServer::setup_unix_server(sock(dir, "unused.sock")).unwrap();
     debian_service::configure(&server, service.into_binder()).unwrap();
-    let guard = serve(server);
+    let guard = serve_blocking(server, UnixListener::bind(&path).unwrap());
     let session = RpcSession::setup_client_android13plus_with_config(
         RpcClientConfig::unix(&path, WIRE_VERSION).incoming_connections(1),
     )
@@ -215,6 +260,57 @@ fn ports_are_reported_in_full_then_on_change_with_the_launchers_filter() {
     // A new listener gets a full report at once, changed or not.
     app.listen();
     assert_eq!(app.next_report(), []);
+}
+
+/// `voluntary_ctxt_switches` of `/proc/<pid>/task/<tid>`: how often the
+/// thread went to sleep.
+fn sleeps(thread: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{thread}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn the_accept_loop_sleeps_until_a_client_comes_and_stops_when_told() {
+    let d = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut app = start_app(d.path(), &rt, d.path().into());
+    assert_eq!(app.service.readClipboard().unwrap(), "");
+    // Idle: rsbinder's loop would wake every 5 ms (about 100 times here).
+    let tid = app._server.accept_tid.clone().unwrap();
+    let before = sleeps(&tid);
+    std::thread::sleep(Duration::from_millis(500));
+    let woke = sleeps(&tid) - before;
+    assert!(
+        woke <= 2,
+        "the idle accept loop woke {woke} times in 500 ms"
+    );
+    // ... and still accepts: a second client.
+    let path = sock(d.path(), "debian.sock");
+    let second = RpcSession::setup_client_android13plus_with_config(RpcClientConfig::unix(
+        &path,
+        WIRE_VERSION,
+    ))
+    .unwrap();
+    let service = <dyn IDebianService>::try_from(second.get_root().unwrap()).unwrap();
+    assert_eq!(service.readClipboard().unwrap(), "");
+    second.close_session();
+    // Told to stop, the loop ends at once (the join would hang otherwise).
+    let (done_tx, done_rx) = channel();
+    let t = Instant::now();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            app._server.stop_accepting();
+            done_tx.send(()).unwrap();
+        });
+        done_rx.recv_timeout(WAIT).expect("the accept loop stopped");
+    });
+    assert!(t.elapsed() < WAIT);
 }
 
 #[test]
@@ -449,4 +545,58 @@ fn no_host_service_is_a_clear_error_not_a_panic() {
     .err()
     .expect("no server");
     assert!(format!("{e:#}").contains("IVirtualMachineService"), "{e:#}");
+}
+
+#[test]
+fn keep_registered_sleeps_while_registered_and_registers_again_when_the_host_ends_it() {
+    let d = tempfile::tempdir().unwrap();
+    let path = sock(d.path(), "vm.sock");
+    let (tx, rx) = channel();
+    let vm = vm_server(
+        &path,
+        BnVirtualMachineService::new_binder(FakeVm(Mutex::new(tx.clone()))).as_binder(),
+    );
+    let (poweroff, _off) = recording_poweroff();
+    let wakeup = Arc::new(guest_agent::Wakeup::default());
+    let (tid_tx, tid_rx) = channel();
+    let registrar = {
+        let (path, wakeup) = (path.clone(), wakeup.clone());
+        std::thread::spawn(move || {
+            let me = std::fs::read_link("/proc/thread-self").unwrap();
+            tid_tx.send(me.to_string_lossy().into_owned()).unwrap();
+            guest_agent::keep_registered(
+                || RpcClientConfig::unix(&path, WIRE_VERSION).incoming_connections(1),
+                poweroff,
+                guest_agent::Backoff::new(Duration::from_millis(20), Duration::from_millis(100)),
+                wakeup,
+            )
+        })
+    };
+    let tid = tid_rx.recv_timeout(WAIT).unwrap();
+    assert_eq!(rx.recv_timeout(WAIT).unwrap(), "registered");
+    // Registered and idle: asleep (it used to look every 500 ms).
+    std::thread::sleep(Duration::from_millis(300));
+    let before = sleeps(&tid);
+    std::thread::sleep(Duration::from_millis(1500));
+    let woke = sleeps(&tid) - before;
+    assert!(
+        woke <= 1,
+        "the registered, idle thread woke {woke} times in 1.5 s"
+    );
+    // virtmgr goes away and comes back: the death notice wakes the thread,
+    // which registers with the new one.
+    drop(vm);
+    let _vm = vm_server(
+        &path,
+        BnVirtualMachineService::new_binder(FakeVm(Mutex::new(tx))).as_binder(),
+    );
+    assert_eq!(rx.recv_timeout(WAIT).unwrap(), "registered");
+    // Stopped, it ends at once.
+    wakeup.stop();
+    let t = Instant::now();
+    while !registrar.is_finished() {
+        assert!(t.elapsed() < WAIT, "keep_registered did not stop");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    registrar.join().unwrap();
 }
