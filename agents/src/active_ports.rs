@@ -28,7 +28,9 @@ pub fn to_active_ports(snapshot: &Snapshot) -> Vec<ActivePort> {
 }
 
 /// Polls the listeners every `interval` and reports to the newest listener
-/// received on `listeners`; returns when every sender is gone.
+/// received on `listeners`; returns when every sender is gone. With no
+/// listener (every mode but the AIDL one, or before the app connects) it
+/// sleeps until one comes: a wakeup every `interval` for nothing.
 pub fn report_loop(
     mut watcher: Watcher,
     listeners: Receiver<Listener>,
@@ -39,7 +41,11 @@ pub fn report_loop(
     let mut last = LastReport::default();
     let mut last_error = String::new();
     loop {
-        match listeners.recv_timeout(interval) {
+        let next = match listener {
+            Some(_) => listeners.recv_timeout(interval),
+            None => listeners.recv().map_err(|_| RecvTimeoutError::Disconnected),
+        };
+        match next {
             Ok(l) => {
                 eprintln!("port listener set: a full report follows");
                 listener = Some(l);

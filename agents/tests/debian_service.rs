@@ -108,6 +108,8 @@ fn balloon_tree(dir: &Path) -> BalloonConfig {
 
 struct App {
     _server: ServerGuard,
+    /// The port reporter's thread id.
+    reporter_tid: String,
     session: RpcSession,
     service: Strong<dyn IDebianService>,
     sockets: FakeSockets,
@@ -197,9 +199,13 @@ fn start_app(dir: &Path, rt: &tokio::runtime::Runtime, fwd_dir: PathBuf) -> App 
         }),
     );
     let watcher = Watcher::new(Box::new(sockets.clone()), dir.join("no-proc"));
+    let (tid_tx, tid_rx) = channel();
     std::thread::spawn(move || {
+        let me = std::fs::read_link("/proc/thread-self").unwrap();
+        tid_tx.send(me.to_string_lossy().into_owned()).unwrap();
         active_ports::report_loop(watcher, lrx, Duration::from_millis(50), reported)
     });
+    let reporter_tid = tid_rx.recv_timeout(WAIT).unwrap();
     let path = sock(dir, "debian.sock");
     // As the guest does: rsbinder's server on a socket nothing accepts on,
     // our blocking loop on the one the app uses.
@@ -215,6 +221,7 @@ fn start_app(dir: &Path, rt: &tokio::runtime::Runtime, fwd_dir: PathBuf) -> App 
     let listener = BnVmActivePortListener::new_binder(FakePortListener(Mutex::new(rtx)));
     App {
         _server: guard,
+        reporter_tid,
         session,
         service,
         sockets,
@@ -239,6 +246,23 @@ impl Drop for App {
     fn drop(&mut self) {
         self.session.close_session();
     }
+}
+
+#[test]
+fn the_port_reporter_sleeps_until_the_app_sets_a_listener() {
+    let d = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let app = start_app(d.path(), &rt, d.path().into());
+    // No listener (every mode but the AIDL one): no scans, no wakeups
+    // (it used to wake every poll interval, 50 ms here).
+    std::thread::sleep(Duration::from_millis(100));
+    let before = sleeps(&app.reporter_tid);
+    std::thread::sleep(Duration::from_millis(500));
+    let woke = sleeps(&app.reporter_tid) - before;
+    assert!(woke <= 1, "the idle reporter woke {woke} times in 500 ms");
+    // A listener wakes it at once with a full report.
+    app.listen();
+    assert_eq!(app.next_report(), []);
 }
 
 #[test]
