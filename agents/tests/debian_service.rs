@@ -157,23 +157,32 @@ fn serve(server: Arc<RpcServer>) -> ServerGuard {
     }
 }
 
+/// Runs `f` on a new thread; also returns the thread's `<pid>/task/<tid>`
+/// (for [`sleeps`]).
+fn spawn_watched<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> (std::thread::JoinHandle<T>, String) {
+    let (tid_tx, tid_rx) = channel();
+    let h = std::thread::spawn(move || {
+        let me = std::fs::read_link("/proc/thread-self").unwrap();
+        tid_tx.send(me.to_string_lossy().into_owned()).unwrap();
+        f()
+    });
+    (h, tid_rx.recv_timeout(WAIT).unwrap())
+}
+
 /// The guest's: `rpc_accept` on `listener`.
 fn serve_blocking(server: Arc<RpcServer>, listener: UnixListener) -> ServerGuard {
     let (stop, signal) = rpc_accept::stop_pair().unwrap();
-    let (tid_tx, tid_rx) = channel();
-    let h = {
+    let (h, tid) = {
         let server = server.clone();
-        std::thread::spawn(move || {
-            let me = std::fs::read_link("/proc/thread-self").unwrap();
-            tid_tx.send(me.to_string_lossy().into_owned()).unwrap();
-            rpc_accept::serve(&server, &listener, &signal).unwrap();
-        })
+        spawn_watched(move || rpc_accept::serve(&server, &listener, &signal).unwrap())
     };
     ServerGuard {
         server,
         accept: Some(h),
         stop: Some(stop),
-        accept_tid: Some(tid_rx.recv_timeout(WAIT).unwrap()),
+        accept_tid: Some(tid),
     }
 }
 
@@ -199,13 +208,9 @@ fn start_app(dir: &Path, rt: &tokio::runtime::Runtime, fwd_dir: PathBuf) -> App 
         }),
     );
     let watcher = Watcher::new(Box::new(sockets.clone()), dir.join("no-proc"));
-    let (tid_tx, tid_rx) = channel();
-    std::thread::spawn(move || {
-        let me = std::fs::read_link("/proc/thread-self").unwrap();
-        tid_tx.send(me.to_string_lossy().into_owned()).unwrap();
+    let (_, reporter_tid) = spawn_watched(move || {
         active_ports::report_loop(watcher, lrx, Duration::from_millis(50), reported)
     });
-    let reporter_tid = tid_rx.recv_timeout(WAIT).unwrap();
     let path = sock(dir, "debian.sock");
     // As the guest does: rsbinder's server on a socket nothing accepts on,
     // our blocking loop on the one the app uses.
@@ -582,12 +587,9 @@ fn keep_registered_sleeps_while_registered_and_registers_again_when_the_host_end
     );
     let (poweroff, _off) = recording_poweroff();
     let wakeup = Arc::new(guest_agent::Wakeup::default());
-    let (tid_tx, tid_rx) = channel();
-    let registrar = {
+    let (registrar, tid) = {
         let (path, wakeup) = (path.clone(), wakeup.clone());
-        std::thread::spawn(move || {
-            let me = std::fs::read_link("/proc/thread-self").unwrap();
-            tid_tx.send(me.to_string_lossy().into_owned()).unwrap();
+        spawn_watched(move || {
             guest_agent::keep_registered(
                 || RpcClientConfig::unix(&path, WIRE_VERSION).incoming_connections(1),
                 poweroff,
@@ -596,7 +598,6 @@ fn keep_registered_sleeps_while_registered_and_registers_again_when_the_host_end
             )
         })
     };
-    let tid = tid_rx.recv_timeout(WAIT).unwrap();
     assert_eq!(rx.recv_timeout(WAIT).unwrap(), "registered");
     // Registered and idle: asleep (it used to look every 500 ms).
     std::thread::sleep(Duration::from_millis(300));
