@@ -15,7 +15,7 @@ use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 
 pub use model::{Scenario, Side, Step};
 
@@ -202,6 +202,17 @@ async fn dispatch(
     fn app(term: &mut Option<terminal::Session>) -> Result<&mut terminal::Session> {
         term.as_mut()
             .ok_or_else(|| anyhow!("app step without the app's host side"))
+    }
+    // What a stopped VM left (its console, its disk), or the app's start.
+    let on_a_stopped_vm = matches!(
+        step,
+        Step::HostFsck(_) | Step::ConsoleSnapshot(_) | Step::AppRestart(_)
+    );
+    if !on_a_stopped_vm && vm.qemu_exited() {
+        bail!(
+            "the VM has stopped (a power-off, a guest reboot this app does not follow, or a crash): \
+             only host_fsck, console_snapshot and app_restart (the app's next start) can follow"
+        );
     }
     Ok(match step {
         Step::Boot(s) => steps::boot(vm, s, report).await.map(|_| None)?,
