@@ -257,7 +257,14 @@ async fn guest_answers(vm: &Vm, t0: Instant, within: Duration) -> Result<String>
 /// Makes the guest kernel panic while a console wait that would run to
 /// the boot timeout is pending; that wait must fail naming the panic in
 /// time, QEMU must stop as the plan says, and the logs must hold both.
-pub async fn expect_panic(vm: &mut Vm, s: &ExpectPanic) -> Result<String> {
+/// When the panic reset the VM (crosvm's `panic=-1`: `STOP_REASON_REBOOT`
+/// to the app), the profile's app then reacts as to a guest reboot.
+pub async fn expect_panic(
+    sc: &Scenario,
+    vm: &mut Vm,
+    term: &mut Option<Session>,
+    s: &ExpectPanic,
+) -> Result<String> {
     let within = s.within.get();
     let from = vm.qmp().event_count();
     let never = Regex::new(&format!("AVF-NEVER-{}", uuid::Uuid::new_v4().simple()))?;
@@ -308,13 +315,19 @@ pub async fn expect_panic(vm: &mut Vm, s: &ExpectPanic) -> Result<String> {
     };
     kept("console.log", "Kernel panic - not syncing")?;
     kept("qmp.log", "SHUTDOWN")?;
-    Ok(format!(
+    let mut note = format!(
         "{line:?} detected {} after the trigger; kernel: {then:?}; QEMU stopped {} after the trigger (SHUTDOWN {}, guest {}); console.log and qmp.log kept",
         secs(detected),
         secs(r.elapsed),
         r.reason,
         r.guest
-    ))
+    );
+    if r.reason == "guest-reset" {
+        lifecycle::end_run(vm, term).await?;
+        let app = lifecycle::app_after_reboot(sc, vm, term, None).await?;
+        note.push_str(&format!("; a reboot to the app: {app}"));
+    }
+    Ok(note)
 }
 
 /// The write burst of cut `n`: 64 KiB files, each fsynced, then its

@@ -97,14 +97,17 @@ async fn start_again(
         .iter()
         .filter(|d| !matches!(d, DiskStep::Note(_)))
         .count();
-    let note = format!(
-        "start #{n}: {commands} pre-boot disk command(s) in {:.1} s: {}",
-        t.elapsed().as_secs_f64(),
-        steps
+    let done = match steps.is_empty() {
+        true => "none".to_string(),
+        false => steps
             .iter()
             .map(|d| d.to_string())
             .collect::<Vec<_>>()
-            .join("; ")
+            .join("; "),
+    };
+    let note = format!(
+        "start #{n}: {commands} pre-boot disk command(s) in {:.1} s: {done}",
+        t.elapsed().as_secs_f64(),
     );
     if sc.needs_app() {
         let opts = sc.terminal.clone().unwrap_or_default();
@@ -125,7 +128,6 @@ pub async fn guest_reboot(
     term: &mut Option<Session>,
     s: &GuestReboot,
 ) -> Result<String> {
-    const BOOT_ID: &str = "cat /proc/sys/kernel/random/boot_id";
     let before = guest_sh(vm, BOOT_ID).await?.trim().to_string();
     let from = vm.qmp().event_count();
     let t0 = Instant::now();
@@ -145,34 +147,57 @@ pub async fn guest_reboot(
         "the guest reset {:.2} s after `systemctl reboot`",
         down.elapsed.as_secs_f64()
     )];
+    end_run(vm, term).await?;
+    notes.push(clean_root(vm, "the guest's reboot")?);
+    notes.push(app_after_reboot(sc, vm, term, Some(&before)).await?);
+    Ok(notes.join("; "))
+}
+
+const BOOT_ID: &str = "cat /proc/sys/kernel/random/boot_id";
+
+/// Ends this run once QEMU has gone: its sidecars, and the app's host side
+/// (which reports calls it refused).
+pub async fn end_run(vm: &mut Vm, term: &mut Option<Session>) -> Result<()> {
     vm.halt(Halt::Quit).await;
     if let Some(app) = term.take() {
         app.finish().await?;
     }
-    notes.push(clean_root(vm, "the guest's reboot")?);
+    Ok(())
+}
+
+/// What the profile's app does once the VM stopped with crosvm's reboot
+/// status (`STOP_REASON_REBOOT`: a guest reboot, or a kernel panic under
+/// `panic=-1`), after [`end_run`]: Android 15 QPR2/16 close; Android 17
+/// starts the VM again, whose boot is awaited (a new `boot_id` when the
+/// old one, `before`, is known).
+pub async fn app_after_reboot(
+    sc: &Scenario,
+    vm: &mut Vm,
+    term: &mut Option<Session>,
+    before: Option<&str>,
+) -> Result<String> {
     match vm.plan().profile.on_guest_reboot {
-        OnGuestReboot::CloseApp => notes.push(
+        OnGuestReboot::CloseApp => Ok(
             "the app closes (onVmStop → finish()); the VM stays stopped until the app is opened again"
                 .into(),
         ),
         OnGuestReboot::RestartVm => {
-            notes.push(format!(
-                "the app starts the VM again (Rebooting → restartVm): {}",
-                start_again(sc, vm, term, None).await?
-            ));
-            let boot = vm.wait_boot().await.context("the app's restart after the reboot")?;
+            let start = start_again(sc, vm, term, None).await?;
+            let boot = vm
+                .wait_boot()
+                .await
+                .context("the app's restart after the reboot")?;
             let after = guest_sh(vm, BOOT_ID).await?.trim().to_string();
-            if after == before {
+            if before == Some(after.as_str()) {
                 bail!("the guest's boot_id is unchanged ({after}): this is not a new boot");
             }
-            notes.push(format!(
-                "booted again: marker {:.1} s, agent {:.1} s",
+            Ok(format!(
+                "the app starts the VM again (Rebooting → restartVm): {start}; booted again: marker {:.1} s, agent {:.1} s",
                 boot.to_marker.as_secs_f64(),
                 boot.to_agent.as_secs_f64()
-            ));
+            ))
         }
     }
-    Ok(notes.join("; "))
 }
 
 /// ROOT's ext4, with the VM stopped, must be marked clean with no journal

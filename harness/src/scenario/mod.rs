@@ -242,7 +242,7 @@ async fn dispatch(
         Step::AppRestart(s) => Some(lifecycle::restart(sc, vm, term, s).await?),
         Step::Fault(s) => Some(faults::fault(vm, term, s).await?),
         Step::GuestReboot(s) => Some(lifecycle::guest_reboot(sc, vm, term, s).await?),
-        Step::ExpectPanic(s) => Some(faults::expect_panic(vm, s).await?),
+        Step::ExpectPanic(s) => Some(faults::expect_panic(sc, vm, term, s).await?),
         Step::PowerCuts(s) => Some(faults::power_cuts(sc, vm, term, s).await?),
     })
 }
