@@ -139,10 +139,9 @@ impl Wakeup {
         self.cv.notify_all();
     }
 
-    /// Waits up to `limit` (`None`: for ever) for a stop or a notice;
-    /// returns whether stopped. A notice that came before the call ends
-    /// it at once.
-    pub fn wait(&self, limit: Option<Duration>) -> bool {
+    /// Waits up to `limit` (`None`: for ever) for a stop or a notice. A
+    /// notice that came before the call ends it at once.
+    fn wait(&self, limit: Option<Duration>) {
         let end = limit.map(|d| std::time::Instant::now() + d);
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         while !st.0 && !st.1 {
@@ -161,7 +160,6 @@ impl Wakeup {
             };
         }
         st.1 = false;
-        st.0
     }
 }
 

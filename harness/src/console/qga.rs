@@ -185,12 +185,22 @@ impl Qga {
 
     /// Starts `argv` in the guest and returns its pid without waiting: for
     /// a command that takes the agent down with it (a reboot).
-    pub async fn spawn(&self, argv: &[&str]) -> Result<i64, QgaError> {
+    pub async fn spawn<S: AsRef<str>>(&self, argv: &[S]) -> Result<i64, QgaError> {
+        self.start(argv, false).await
+    }
+
+    /// `guest-exec`: starts `argv`, its output kept for
+    /// `guest-exec-status` when `capture`; returns its pid.
+    async fn start<S: AsRef<str>>(&self, argv: &[S], capture: bool) -> Result<i64, QgaError> {
         let (path, args) = argv
             .split_first()
             .ok_or_else(|| QgaError::Decode("guest-exec".into(), "empty argv".into()))?;
+        let args: Vec<&str> = args.iter().map(AsRef::as_ref).collect();
         let r = self
-            .execute("guest-exec", Some(json!({"path": path, "arg": args})))
+            .execute(
+                "guest-exec",
+                Some(json!({"path": path.as_ref(), "arg": args, "capture-output": capture})),
+            )
             .await?;
         r.get("pid")
             .and_then(Value::as_i64)
@@ -199,19 +209,7 @@ impl Qga {
 
     /// Runs `argv` in the guest and waits for it; output captured.
     pub async fn exec(&self, argv: &[String], timeout: Duration) -> Result<ExecOutput, QgaError> {
-        let (path, args) = argv
-            .split_first()
-            .ok_or_else(|| QgaError::Decode("guest-exec".into(), "empty argv".into()))?;
-        let r = self
-            .execute(
-                "guest-exec",
-                Some(json!({"path": path, "arg": args, "capture-output": true})),
-            )
-            .await?;
-        let pid = r
-            .get("pid")
-            .and_then(Value::as_i64)
-            .ok_or_else(|| QgaError::Decode("guest-exec".into(), r.to_string()))?;
+        let pid = self.start(argv, true).await?;
         let deadline = tokio::time::Instant::now() + timeout;
         let mut delay = Duration::from_millis(20);
         loop {

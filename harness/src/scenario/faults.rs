@@ -322,7 +322,7 @@ pub async fn expect_panic(
         r.reason,
         r.guest
     );
-    if r.reason == "guest-reset" {
+    if r.reason == lifecycle::RESET {
         lifecycle::end_run(vm, term).await?;
         let app = lifecycle::app_after_reboot(sc, vm, term, None).await?;
         note.push_str(&format!("; a reboot to the app: {app}"));

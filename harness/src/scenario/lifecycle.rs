@@ -97,13 +97,14 @@ async fn start_again(
         .iter()
         .filter(|d| !matches!(d, DiskStep::Note(_)))
         .count();
-    let done = match steps.is_empty() {
-        true => "none".to_string(),
-        false => steps
+    let done = if steps.is_empty() {
+        "none".to_string()
+    } else {
+        steps
             .iter()
             .map(|d| d.to_string())
             .collect::<Vec<_>>()
-            .join("; "),
+            .join("; ")
     };
     let note = format!(
         "start #{n}: {commands} pre-boot disk command(s) in {:.1} s: {done}",
@@ -136,7 +137,7 @@ pub async fn guest_reboot(
         .wait_shutdown(from, t0, s.within.get())
         .await
         .context("the guest's reboot: QEMU did not stop")?;
-    if down.reason != "guest-reset" {
+    if down.reason != RESET {
         bail!(
             "after `systemctl reboot` the VM stopped with {:?}, not a reset \
              (virtmgr would not report STOP_REASON_REBOOT)",
@@ -154,6 +155,10 @@ pub async fn guest_reboot(
 }
 
 const BOOT_ID: &str = "cat /proc/sys/kernel/random/boot_id";
+
+/// QEMU's SHUTDOWN reason when the guest resets under `-no-reboot`: what
+/// crosvm's reboot exit status is, `STOP_REASON_REBOOT` to the app.
+pub const RESET: &str = "guest-reset";
 
 /// Ends this run once QEMU has gone: its sidecars, and the app's host side
 /// (which reports calls it refused).
