@@ -6,6 +6,7 @@ pub mod bench;
 pub mod cidata;
 pub mod console;
 pub mod disk;
+pub mod interactive;
 pub mod net;
 pub mod payload;
 pub mod plan;

@@ -73,6 +73,9 @@ pub enum Timeout {
     QemuExit,
     /// The guest's diagnostics dump after a failed step.
     Diagnostics,
+    /// The app's terminal tab loading (ttyd answering, its shell ready)
+    /// in an interactive boot.
+    TerminalLoad,
 }
 
 impl Timeout {
@@ -88,6 +91,7 @@ impl Timeout {
             Timeout::Powerdown => 60,
             Timeout::QemuExit => 5,
             Timeout::Diagnostics => 60,
+            Timeout::TerminalLoad => 60,
         })
     }
 

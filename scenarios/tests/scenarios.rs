@@ -12,6 +12,9 @@ use avf_harness::timeouts::{wait_until, Check, Scaled};
 use avf_harness::vm::{self, LaunchRequest, Vm};
 use libtest_mimic::{Arguments, Failed, Trial};
 
+#[path = "scenarios/interactive.rs"]
+mod interactive;
+
 /// Set in the child of `vm::sigkill_mid_boot`: the payload to boot.
 const HOLD_ENV: &str = "AVF_SCENARIOS_HOLD_VM";
 
@@ -223,6 +226,16 @@ fn main() {
     }));
     trials.push(Trial::test("vm::process_failed_run_leaves_nothing", || {
         failed_run_leaves_nothing().map_err(to_failed)
+    }));
+    trials.push(Trial::test("vm::interactive_boot_app_android17", || {
+        // A roomy stack, as for scenarios: the boot's futures are large.
+        std::thread::Builder::new()
+            .stack_size(64 << 20)
+            .spawn(interactive::boot_app_android17)
+            .expect("spawn")
+            .join()
+            .map_err(|_| Failed::from("the interactive boot panicked"))?
+            .map_err(to_failed)
     }));
     libtest_mimic::run(&args, trials).exit();
 }

@@ -63,8 +63,9 @@ pub struct Record {
 }
 
 /// Position in the log, to wait only for what comes after an action. It
-/// counts every event ever pushed, kept or not.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+/// counts every event ever pushed, kept or not; the default is the log's
+/// start.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Cursor(usize);
 
 /// How many records the log keeps by default: the newest, the oldest go.
@@ -192,6 +193,16 @@ impl EventLog {
     /// The current end of the log.
     pub fn cursor(&self) -> Cursor {
         Cursor(self.lock().end())
+    }
+
+    /// The records kept from `from` on, and the cursor to read on from
+    /// (a reader that fell behind by more than the capacity misses the
+    /// dropped ones).
+    pub fn since(&self, from: Cursor) -> (Vec<Record>, Cursor) {
+        let ring = self.lock();
+        let skip = from.0.saturating_sub(ring.first);
+        let records = ring.records.iter().skip(skip).cloned().collect();
+        (records, Cursor(ring.end()))
     }
 
     /// The ports of the newest `ReportVmActivePorts`, if any arrived.
@@ -397,5 +408,28 @@ mod tests {
             ["2", "3", "4"].map(|a| Event::VmIpAddr(a.into())).to_vec()
         );
         assert_eq!((log.cursor(), log.dropped()), (Cursor(5), 2));
+    }
+
+    #[test]
+    fn since_reads_on_from_a_cursor_and_skips_what_was_dropped() {
+        let log = EventLog::with_capacity(3);
+        let (none, start) = log.since(Cursor::default());
+        assert!(none.is_empty());
+        assert_eq!(start, Cursor(0));
+        log.push(None, Event::VmIpAddr("a".into()));
+        let (one, next) = log.since(start);
+        assert_eq!(one.len(), 1);
+        for i in 0..4 {
+            log.push(None, Event::VmIpAddr(i.to_string()));
+        }
+        // Five pushed, three kept: the reader at 1 gets the kept ones.
+        let (rest, end) = log.since(next);
+        let got: Vec<_> = rest.into_iter().map(|r| r.event).collect();
+        assert_eq!(
+            got,
+            ["1", "2", "3"].map(|a| Event::VmIpAddr(a.into())).to_vec()
+        );
+        assert_eq!(end, Cursor(5));
+        assert!(log.since(end).0.is_empty());
     }
 }

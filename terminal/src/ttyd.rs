@@ -426,6 +426,25 @@ impl TtydClient {
         self.preferences.as_deref()
     }
 
+    /// Everything the terminal showed so far, as ttyd sent it (escapes
+    /// and all: what a terminal emulator draws).
+    pub fn raw_output(&self) -> &[u8] {
+        &self.raw
+    }
+
+    /// Waits for ttyd's next frame and takes it in (output, title or
+    /// preferences); cancel-safe, so it can race a keyboard.
+    pub async fn next_frame(&mut self) -> Result<(), TtydError> {
+        match self.ws.next().await {
+            None => Err(TtydError::Closed {
+                addr: self.addr,
+                detail: String::new(),
+            }),
+            Some(Err(e)) => Err(ws_err(self.addr, e)),
+            Some(Ok(msg)) => self.absorb(msg),
+        }
+    }
+
     /// Everything the terminal showed so far, escapes stripped.
     pub fn transcript(&self) -> String {
         clean(&self.raw)
@@ -433,9 +452,14 @@ impl TtydClient {
 
     /// Types `text` (use `\r` for Enter).
     pub async fn send_input(&mut self, text: &str) -> Result<(), TtydError> {
-        let mut frame = Vec::with_capacity(text.len() + 1);
+        self.send_keys(text.as_bytes()).await
+    }
+
+    /// Sends key bytes as they come from a keyboard (any encoding).
+    pub async fn send_keys(&mut self, keys: &[u8]) -> Result<(), TtydError> {
+        let mut frame = Vec::with_capacity(keys.len() + 1);
         frame.push(b'0');
-        frame.extend_from_slice(text.as_bytes());
+        frame.extend_from_slice(keys);
         self.ws
             .send(Message::binary(frame))
             .await

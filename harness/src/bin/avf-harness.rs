@@ -1,16 +1,15 @@
 //! avf-harness: boot an AVF Terminal payload in QEMU as the phone's crosvm
 //! would, or run a scenario against it.
 
-use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use avf_harness::bench;
-use avf_harness::plan::{LaunchArgs, VcpuModel, TTYD_GUEST_PORT};
+use avf_harness::interactive::{self, BootRequest, Person, RawMode};
+use avf_harness::plan::{LaunchArgs, VcpuModel};
 use avf_harness::scenario::{Runner, Scenario};
-use avf_harness::spec::ShareTag;
 use avf_harness::vm::{LaunchRequest, Vm};
 use clap::{Parser, Subcommand};
 
@@ -44,8 +43,14 @@ enum Cmd {
         artefacts: PathBuf,
         /// Don't attach: wait for the boot marker and the guest agent, then
         /// power off through system_powerdown and report the times
-        #[arg(long, conflicts_with = "keep")]
+        #[arg(long, conflicts_with_all = ["keep", "app"])]
         smoke: bool,
+        /// Play the profile's Terminal app on the host: its host side, the
+        /// terminal's bring-up, port forwarding, its stop when you leave,
+        /// and its answer to a guest reboot (Android 17 starts the VM
+        /// again); what the app sees goes to stderr as [app] lines
+        #[arg(long)]
+        app: bool,
     },
     /// Run one scenario file (scenarios/cases/<name>.toml)
     Run {
@@ -455,37 +460,24 @@ async fn real_main(cli: Cli) -> Result<()> {
             in_place,
             artefacts,
             smoke,
+            app,
         } => {
-            let options = (*launch).into();
-            eprintln!("[avf] installing payload and starting QEMU…");
-            let vm = Vm::launch(LaunchRequest {
+            let launch = LaunchRequest {
                 payload,
                 in_place,
-                options,
+                options: (*launch).into(),
                 artefacts,
                 keep_instance: keep,
-            })
-            .await?;
-            describe(&vm);
+            };
             if smoke {
+                eprintln!("[avf] installing payload and starting QEMU…");
+                let vm = Vm::launch(launch).await?;
+                eprintln!("[avf] artefacts: {}", vm.artefacts().display());
                 return smoke_run(vm).await;
             }
-            eprintln!("[avf] attached to the input console; Ctrl-] detaches\r");
-            attach(&vm).await?;
-            if keep {
-                eprintln!("[avf] detached; VM keeps running. Ctrl-C stops it.");
-                let mut vm = vm;
-                while !vm.qemu_exited() {
-                    tokio::select! {
-                        _ = tokio::signal::ctrl_c() => break,
-                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-                    }
-                }
-                vm.stop().await;
-            } else {
-                vm.stop().await;
-            }
-            Ok(())
+            let mut person = Person::stdio();
+            let _raw = RawMode::enter();
+            interactive::boot(BootRequest { launch, keep, app }, &mut person).await
         }
         Cmd::Run {
             scenario,
@@ -553,100 +545,6 @@ async fn real_main(cli: Cli) -> Result<()> {
                     namespaces.len()
                 )
             }
-        }
-    }
-}
-
-fn describe(vm: &Vm) {
-    eprintln!("[avf] artefacts: {}", vm.artefacts().display());
-    for tag in [ShareTag::Internal, ShareTag::Android] {
-        if let Some(d) = vm.share_dir(tag) {
-            eprintln!("[avf] share {}: {}", tag.as_str(), d.display());
-        }
-    }
-    eprintln!(
-        "[avf] vsock: CID {} via {}",
-        vm.guest_cid(),
-        vm.vsock_uds().display()
-    );
-    if let Some(a) = vm.forwarded(TTYD_GUEST_PORT) {
-        eprintln!("[avf] ttyd (guest :7681) at https://{a}/");
-    }
-    if let Some(t) = vm.tap() {
-        eprintln!(
-            "[avf] network: TAP in namespace {}, {}/24, host (gateway, DNS) {}; the guest's lease is in the artefacts' dnsmasq.log; reach it with `ip netns exec {} <command>`",
-            t.name(),
-            t.network,
-            t.host,
-            t.name()
-        );
-    }
-}
-
-/// Raw-mode stdin ↔ console until Ctrl-] or the VM exits.
-async fn attach(vm: &Vm) -> Result<()> {
-    let _raw = RawMode::enter();
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(16);
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 1024];
-        let mut stdin = std::io::stdin();
-        while let Ok(n) = stdin.read(&mut buf) {
-            if n == 0 || tx.blocking_send(buf[..n].to_vec()).is_err() {
-                break;
-            }
-        }
-    });
-    let mut shown = 0usize;
-    let mut out = std::io::stdout();
-    loop {
-        let t = vm.console().transcript();
-        if t.len() > shown {
-            out.write_all(&t[shown..])?;
-            out.flush()?;
-            shown = t.len();
-        }
-        tokio::select! {
-            input = rx.recv() => match input {
-                None => return Ok(()),
-                Some(bytes) => {
-                    if let Some(p) = bytes.iter().position(|&b| b == 0x1d) {
-                        vm.console().send(&bytes[..p]).await?;
-                        return Ok(());
-                    }
-                    vm.console().send(&bytes).await?;
-                }
-            },
-            _ = tokio::time::sleep(Duration::from_millis(30)) => {
-                if vm.qmp().is_closed() {
-                    return Ok(());
-                }
-            }
-        }
-    }
-}
-
-/// Puts the terminal in raw mode for the console; restored on drop.
-struct RawMode(Option<libc::termios>);
-
-impl RawMode {
-    fn enter() -> RawMode {
-        unsafe {
-            let mut t: libc::termios = std::mem::zeroed();
-            if libc::isatty(0) == 0 || libc::tcgetattr(0, &mut t) != 0 {
-                return RawMode(None);
-            }
-            let saved = t;
-            libc::cfmakeraw(&mut t);
-            libc::tcsetattr(0, libc::TCSANOW, &t);
-            RawMode(Some(saved))
-        }
-    }
-}
-
-impl Drop for RawMode {
-    fn drop(&mut self) {
-        if let Some(t) = self.0 {
-            unsafe { libc::tcsetattr(0, libc::TCSANOW, &t) };
         }
     }
 }

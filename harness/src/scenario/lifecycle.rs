@@ -5,13 +5,14 @@
 //! `app_restart` run against the new VM and a new app host. A guest's own
 //! reboot ends the run too; what the app does next is its profile's.
 
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
 use super::guest::guest_sh;
-use super::model::{AppRestart, GuestReboot, Scenario, StopKind, StopOutcome};
+use super::model::{AppRestart, GuestReboot, Scenario, StopKind, StopOutcome, TerminalOptions};
 use super::terminal::Session;
 use crate::timeouts::Timeout;
 use crate::vm::{Halt, Vm};
@@ -66,22 +67,39 @@ pub async fn restart(
         vm.instance().upgrade_reset(&payload)?;
         notes.push("Upgrade screen: root_part → root_part_backup, image installed again".into());
     }
-    notes.push(start_again(sc, vm, term, s.resize_mib.map(|m| m << 20)).await?);
+    notes.push(start_again(vm, term, &AppRun::of(sc), s.resize_mib.map(|m| m << 20)).await?);
     Ok(notes.join("; "))
 }
 
+/// Where a run's later starts put their artefacts, and how its app host
+/// runs (none: the run does not talk to the app).
+pub struct AppRun {
+    pub artefacts: PathBuf,
+    pub app: Option<TerminalOptions>,
+}
+
+impl AppRun {
+    /// A scenario's.
+    pub fn of(sc: &Scenario) -> AppRun {
+        AppRun {
+            artefacts: super::artefacts_dir(&sc.name),
+            app: sc.app_options(),
+        }
+    }
+}
+
 /// The app's whole start again on the same installed instance, after
-/// [`Vm::halt`]: its disk steps, the VM, and (when the scenario talks to
-/// the app) a new app host; the VM is resumed. The note says what the
-/// disk steps did and how long they took.
-async fn start_again(
-    sc: &Scenario,
+/// [`Vm::halt`]: its disk steps, the VM, and (when the run talks to the
+/// app) a new app host; the VM is resumed. The note says what the disk
+/// steps did and how long they took.
+pub async fn start_again(
     vm: &mut Vm,
     term: &mut Option<Session>,
+    run: &AppRun,
     disk_size: Option<u64>,
 ) -> Result<String> {
     let n = vm.starts() + 1;
-    let artefacts = super::artefacts_dir(&sc.name).join(format!("start-{n}"));
+    let artefacts = run.artefacts.join(format!("start-{n}"));
     let t = Instant::now();
     vm.relaunch_paused(&artefacts, disk_size)
         .await
@@ -110,9 +128,8 @@ async fn start_again(
         "start #{n}: {commands} pre-boot disk command(s) in {:.1} s: {done}",
         t.elapsed().as_secs_f64(),
     );
-    if sc.needs_app() {
-        let opts = sc.terminal.clone().unwrap_or_default();
-        *term = Some(Box::pin(Session::start(&opts, vm)).await?);
+    if let Some(opts) = &run.app {
+        *term = Some(Box::pin(Session::start(opts, vm)).await?);
     }
     vm.resume().await?;
     Ok(note)
@@ -187,7 +204,7 @@ pub async fn app_after_reboot(
                 .into(),
         ),
         OnGuestReboot::RestartVm => {
-            let start = start_again(sc, vm, term, None).await?;
+            let start = start_again(vm, term, &AppRun::of(sc), None).await?;
             let boot = vm
                 .wait_boot()
                 .await

@@ -102,12 +102,9 @@ impl Runner {
         }))
         .await?;
         // The app's side exists before the guest runs (ca.crt for ttyd).
-        let mut term = match scenario.needs_app() {
-            true => {
-                let opts = scenario.terminal.clone().unwrap_or_default();
-                Some(Box::pin(terminal::Session::start(&opts, &vm)).await?)
-            }
-            false => None,
+        let mut term = match scenario.app_options() {
+            Some(opts) => Some(Box::pin(terminal::Session::start(&opts, &vm)).await?),
+            None => None,
         };
         vm.resume().await?;
         let mut report = RunReport {
@@ -115,7 +112,7 @@ impl Runner {
             ..RunReport::default()
         };
         let result = Box::pin(self.steps(scenario, &mut vm, &mut term, &mut report)).await;
-        let repro = vm.repro_command(&payload);
+        let repro = vm.repro_command(&payload, scenario.needs_app());
         let pgid = vm.pgid();
         vm.stop().await;
         let result = match term {

@@ -278,7 +278,7 @@ pub struct GuestNote {
 // ---- steps of the app's host side ----
 
 /// Scenario-level `[terminal]`: how the app behaves around the boot.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TerminalOptions {
     /// Plant a `debian_service_port` naming a port nothing listens on
@@ -668,6 +668,17 @@ fn default_tolerance() -> u64 {
 fn default_host_name() -> String {
     crate::net::HOST_DNS_NAME.to_string()
 }
+/// As with no `[terminal]` table: the app as it is, in real time.
+impl Default for TerminalOptions {
+    fn default() -> Self {
+        TerminalOptions {
+            stale_port_file: false,
+            time_scale: real_time(),
+            boot_timeout_secs: None,
+        }
+    }
+}
+
 fn real_time() -> f64 {
     1.0
 }
@@ -744,6 +755,12 @@ impl Scenario {
     /// Whether any step needs the app's host side.
     pub fn needs_app(&self) -> bool {
         self.terminal.is_some() || self.steps.iter().any(|s| s.side() == Side::App)
+    }
+
+    /// How the app's host side runs for this scenario, if it needs one.
+    pub fn app_options(&self) -> Option<TerminalOptions> {
+        self.needs_app()
+            .then(|| self.terminal.clone().unwrap_or_default())
     }
 
     /// The launch knobs this scenario sets.

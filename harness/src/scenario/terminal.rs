@@ -683,6 +683,28 @@ impl Session {
 
     pub async fn run(&mut self, s: &TtydRun) -> Result<()> {
         let timeout = s.within.get();
+        self.open_terminal(timeout).await?;
+        let tty = self.tty.as_mut().expect("just opened");
+        let out = tty.run(&s.cmd, timeout).await?;
+        if out.exit_code != s.exit {
+            bail!(
+                "exit {}, expected {}; output:\n{}",
+                out.exit_code,
+                s.exit,
+                out.output
+            );
+        }
+        if let Some(re) = &s.output_matches {
+            if !Regex::new(re)?.is_match(&out.output) {
+                bail!("output does not match /{re}/:\n{}", out.output);
+            }
+        }
+        Ok(())
+    }
+
+    /// Opens the app's terminal tab (ttyd, through TLS or the bridge),
+    /// unless it is open.
+    pub async fn open_terminal(&mut self, timeout: Duration) -> Result<()> {
         if self.tty.is_none() {
             // The app's WebView reloads at once on ERROR_CONNECT (Android 16
             // `TerminalTabFragment`): nothing listening yet (ttyd starting
@@ -713,21 +735,6 @@ impl Session {
             )
             .await?;
             self.tty = Some(tty);
-        }
-        let tty = self.tty.as_mut().expect("just opened");
-        let out = tty.run(&s.cmd, timeout).await?;
-        if out.exit_code != s.exit {
-            bail!(
-                "exit {}, expected {}; output:\n{}",
-                out.exit_code,
-                s.exit,
-                out.output
-            );
-        }
-        if let Some(re) = &s.output_matches {
-            if !Regex::new(re)?.is_match(&out.output) {
-                bail!("output does not match /{re}/:\n{}", out.output);
-            }
         }
         Ok(())
     }
@@ -853,6 +860,48 @@ impl Session {
             .find(|a| a.ip() == IpAddr::from([127, 0, 0, 1]))
             .copied()
             .ok_or_else(|| anyhow!("guest port {port} has no 127.0.0.1 listener: {addrs:?}"))
+    }
+
+    /// What the app does after the VM starts until its terminal shows:
+    /// finds ttyd inside its deadline (mDNS, the fixed address, or the
+    /// bridge) and, in the AIDL mode, takes the guest agent's registration
+    /// and connects `IDebianService`. The note says what it found and where
+    /// a person reaches the terminal.
+    pub async fn bring_up(&mut self, vm: &Vm) -> Result<String> {
+        let any_time = TtydDiscover {
+            within: None,
+            expect_error: None,
+        };
+        let found = self.discover(vm, &any_time).await?;
+        let mut notes = vec![found];
+        if self.profile.transport.is_rpc_binder() {
+            let within = Scaled::from_duration(self.app_deadline(vm) * MAX_TCG_FACTOR).get();
+            notes.push(self.aidl_connected(within).await?);
+        }
+        notes.push(match (self.bridge(), vm.guest_ip(), vm.tap()) {
+            (Some(b), _, _) => format!(
+                "the terminal: http://{}/ with the app's cookie access_token={}",
+                b.addr(),
+                b.token()
+            ),
+            (None, Some(ip), Some(tap)) => format!(
+                "the terminal: https://{ip}:{} in network namespace {} (ttyd takes only the app's client certificate)",
+                self.profile.transport.ttyd().1,
+                tap.name()
+            ),
+            _ => "the terminal: not reachable from this host".into(),
+        });
+        Ok(notes.join("; "))
+    }
+
+    /// A handle on the app's event log (what the guest asked of it).
+    pub fn events(&self) -> avf_terminal::EventLog {
+        self.host.events().clone()
+    }
+
+    /// The host's listeners forwarding guest `port`, once published.
+    pub fn forwarded(&self, port: u16) -> Option<Vec<SocketAddr>> {
+        self.host.forwarded(port)
     }
 
     /// Where the app's event log stands (to wait only for what follows).

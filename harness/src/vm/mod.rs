@@ -658,9 +658,13 @@ impl Vm {
     }
 
     /// A command line that reproduces this run interactively: every
-    /// launch knob of the plan (see [`plan::Options::to_args`]).
-    pub fn repro_command(&self, payload: &Path) -> String {
+    /// launch knob of the plan (see [`plan::Options::to_args`]), and the
+    /// app's host side where the run had one (`--app`).
+    pub fn repro_command(&self, payload: &Path, app: bool) -> String {
         let mut args: Vec<std::ffi::OsString> = vec!["boot".into(), payload.into()];
+        if app {
+            args.push("--app".into());
+        }
         args.extend(self.plan.repro_args.iter().cloned());
         plan::shell_line("cargo run -p avf-harness --", &args)
     }

@@ -1,0 +1,169 @@
+//! `avf-harness boot --app` as a person uses it, in process: keys in,
+//! screen and notes out. Under Android 17's AIDL mode: the app's terminal
+//! tab (ttyd through the bridge) is the screen, a port the shell opens is
+//! forwarded to the host and carries bytes both ways, `sudo systemctl
+//! reboot` makes the app start the VM again (a new boot, a new tab), and
+//! Ctrl-] closes the app through its stop.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use avf_harness::interactive::{self, BootRequest, Person};
+use avf_harness::plan::{Options, VcpuModel};
+use avf_harness::timeouts::Scaled;
+use avf_harness::vm::LaunchRequest;
+use avf_terminal::HostProfile;
+use tokio::sync::mpsc;
+
+/// What the person sees: a buffer the harness writes and the test reads.
+#[derive(Clone, Default)]
+struct Shared(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Shared {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Shared {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+
+    /// Waits until `needle` has appeared `count` times; returns the text.
+    async fn wait(&self, needle: &str, count: usize, secs: u64) -> Result<String> {
+        let limit = Scaled::secs(secs).get();
+        let t0 = Instant::now();
+        loop {
+            let text = self.text();
+            if text.matches(needle).count() >= count {
+                return Ok(text);
+            }
+            if t0.elapsed() > limit {
+                bail!("{needle:?} (×{count}) not seen within {limit:?}; so far:\n{text}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// The guest's boot id as the shell in the tab prints it, the `n`-th time.
+async fn boot_id(screen: &Shared, keys: &mpsc::Sender<Vec<u8>>, n: usize) -> Result<String> {
+    keys.send(b"echo BOOTID=$(cat /proc/sys/kernel/random/boot_id)\r".to_vec())
+        .await?;
+    // The echoed command line holds "BOOTID=$(", the output a uuid.
+    let re = regex::Regex::new(r"BOOTID=([0-9a-f-]{36})")?;
+    let limit = Scaled::secs(30).get();
+    let t0 = Instant::now();
+    loop {
+        let text = screen.text();
+        let ids: Vec<String> = re.captures_iter(&text).map(|c| c[1].to_string()).collect();
+        if ids.len() >= n {
+            return Ok(ids[n - 1].clone());
+        }
+        if t0.elapsed() > limit {
+            bail!("no boot id #{n} in the tab within {limit:?}:\n{text}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Bytes through the host listener the app made for guest port 8080.
+fn roundtrip(notes: &str) -> Result<()> {
+    let re = regex::Regex::new(r"guest port 8080 forwarded to (127\.0\.0\.1:\d+)")?;
+    let addr: SocketAddr = re
+        .captures(notes)
+        .context("no 127.0.0.1 listener for port 8080 in the notes")?[1]
+        .parse()?;
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
+    s.set_read_timeout(Some(Duration::from_secs(20)))?;
+    let data = b"through the app's forwarding and back\n";
+    s.write_all(data)?;
+    let mut back = vec![0u8; data.len()];
+    s.read_exact(&mut back)?;
+    if back != data {
+        bail!("the echo came back as {back:?}");
+    }
+    Ok(())
+}
+
+/// An echo server for droid (perl, in the image), in the background.
+const ECHO: &[u8] = b"perl -MIO::Socket::INET -e '$s = IO::Socket::INET->new(LocalAddr => \"0.0.0.0:8080\", Listen => 4, ReuseAddr => 1) or die; while ($c = $s->accept) { while (sysread($c, $b, 4096)) { syswrite($c, $b) } close $c }' &\r";
+
+pub fn boot_app_android17() -> Result<()> {
+    let payload = avf_harness::payload::built_payload("debian", "direct")?;
+    let req = BootRequest {
+        launch: LaunchRequest {
+            payload,
+            in_place: false,
+            options: Options {
+                profile: HostProfile::android17_aidl(),
+                // Our payload carries its own cidata.iso (gRPC mode); a
+                // debuggable phone's /sdcard/linux/cidata.iso forces AIDL.
+                cidata_override: true,
+                // The harness's console is under test, not the CPU.
+                vcpu: VcpuModel::NoPauth,
+                ..Options::default()
+            },
+            artefacts: avf_harness::scenario::artefacts_dir("interactive_boot_app_android17"),
+            keep_instance: false,
+        },
+        keep: false,
+        app: true,
+    };
+    let (tx, rx) = mpsc::channel(16);
+    let (screen, notes) = (Shared::default(), Shared::default());
+    let mut person = Person {
+        keys: rx,
+        screen: Box::new(screen.clone()),
+        notes: Box::new(notes.clone()),
+    };
+    let drive = async {
+        // tx moves in: when the drive ends, early or not, the keys end
+        // and the person has left (the app's stop).
+        let keys = tx;
+        let tab = "the terminal tab is open";
+        notes.wait(tab, 1, 180).await?;
+        keys.send(b"id\r".to_vec()).await?;
+        screen.wait("uid=1000(droid)", 1, 30).await?;
+        let first = boot_id(&screen, &keys, 1).await?;
+        keys.send(ECHO.to_vec()).await?;
+        let seen = notes.wait("guest port 8080 forwarded to", 1, 60).await?;
+        tokio::task::spawn_blocking(move || roundtrip(&seen)).await??;
+        keys.send(b"sudo systemctl reboot\r".to_vec()).await?;
+        notes.wait("the app starts the VM again", 1, 120).await?;
+        notes.wait(tab, 2, 180).await?;
+        let second = boot_id(&screen, &keys, 2).await?;
+        if first == second {
+            bail!("the same boot id {first} after the app's restart");
+        }
+        keys.send(vec![0x1d]).await?;
+        anyhow::Ok(())
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let (booted, drove) =
+        rt.block_on(async { tokio::join!(Box::pin(interactive::boot(req, &mut person)), drive) });
+    let notes = notes.text();
+    println!("{notes}");
+    drove.with_context(|| format!("notes:\n{notes}"))?;
+    booted?;
+    let stop = regex::Regex::new(r"powered off [0-9.]+ s after the request \(guest-shutdown\)")?;
+    if !stop.is_match(&notes) {
+        bail!("the app's stop did not power the guest off in its grace:\n{notes}");
+    }
+    let leaked = avf_harness::procs::leaked_processes();
+    if !leaked.is_empty() {
+        bail!("left running: {leaked:?}");
+    }
+    Ok(())
+}
