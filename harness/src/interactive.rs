@@ -7,7 +7,7 @@
 //! (ttyd's shell, as droid) in place of the serial console, whose getty
 //! nobody can log in to; it forwards the ports the guest reports, and does
 //! what the app does when the VM ends. Closing the app
-//! (Ctrl-] without `--keep`, Ctrl-C with it) is the app's stop; a guest
+//! (Ctrl-]; with `--keep`, Ctrl-] again or Ctrl-C) is the app's stop; a guest
 //! reboot or kernel panic closes the app (Android 15 QPR2, 16) or starts
 //! the VM again (17), and the console follows the new VM. What the app
 //! sees is printed on stderr as `[app]` lines.
@@ -33,11 +33,14 @@ use crate::vm::{LaunchRequest, Vm};
 
 /// Ctrl-]: leaves the console.
 const DETACH: u8 = 0x1d;
+/// Ctrl-C, as a raw terminal sends it.
+const CTRL_C: u8 = 0x03;
 
 /// One interactive boot.
 pub struct BootRequest {
     pub launch: LaunchRequest,
-    /// After Ctrl-], the VM runs on until it ends or Ctrl-C.
+    /// After Ctrl-], the VM runs on until it ends, or Ctrl-] or Ctrl-C
+    /// closes it (the app's stop).
     pub keep: bool,
     /// Play the profile's Terminal app on the host.
     pub app: bool,
@@ -137,7 +140,7 @@ pub async fn boot(req: BootRequest, person: &mut Person) -> Result<()> {
         match ended {
             Ended::Left if attached && req.keep => {
                 attached = false;
-                person.note("[avf] detached; the VM keeps running until it ends or Ctrl-C");
+                person.note("[avf] detached; the VM keeps running until it ends; Ctrl-] or Ctrl-C closes it");
             }
             Ended::Left => {
                 if let Some(tab) = screen.tab.take() {
@@ -258,7 +261,7 @@ async fn qemu_gone(vm: &Vm) {
     }
 }
 
-/// Shows what is new, then waits a moment for keys (attached) or Ctrl-C.
+/// Shows what is new, then waits a moment for keys.
 async fn tick(
     vm: &Vm,
     person: &mut Person,
@@ -276,11 +279,21 @@ async fn tick(
         return Ok(Some(Ended::Exited));
     }
     if !attached {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => return Ok(Some(Ended::Left)),
-            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-        }
-        return Ok(None);
+        // Detached: nothing is typed into the guest; the terminal is still
+        // raw, so Ctrl-C arrives as a key. With no keys at all (stdin
+        // ended), only the VM's end or a signal ends the wait.
+        let input = tokio::select! {
+            input = person.keys.recv() => input,
+            _ = tokio::time::sleep(Duration::from_millis(200)) => return Ok(None),
+        };
+        return Ok(match input {
+            Some(b) if b.iter().any(|&k| k == DETACH || k == CTRL_C) => Some(Ended::Left),
+            Some(_) => None,
+            None => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                None
+            }
+        });
     }
     let got = tokio::select! {
         input = person.keys.recv() => Got::Keys(input),

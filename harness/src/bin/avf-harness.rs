@@ -30,7 +30,7 @@ enum Cmd {
     Boot {
         /// Payload directory or images.tar.gz
         payload: PathBuf,
-        /// After detaching, keep the VM running (this process serves its disk) until it powers off or Ctrl-C
+        /// After detaching, keep the VM running (this process serves its disk) until it powers off, or Ctrl-] or Ctrl-C stops it (with --app: the app's stop)
         #[arg(long)]
         keep: bool,
         #[command(flatten)]
