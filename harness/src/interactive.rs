@@ -98,8 +98,11 @@ struct Screen {
     tab: Option<TtydClient>,
     /// How much of the tab's output was shown.
     tab_shown: usize,
-    /// The tab's WebSocket ended: the app loads it again.
-    tab_closed: bool,
+    /// The tab's connection ended (the shell exited, ttyd restarted, the
+    /// guest went down): ttyd's page waits for Enter to connect again.
+    tab_ended: bool,
+    /// Enter was pressed on the ended tab.
+    reconnect: bool,
 }
 
 /// What a moment of waiting brought.
@@ -214,16 +217,16 @@ async fn attend(
             return Ok(end);
         }
         screen.show_forwards(app, person);
-        if screen.tab_closed {
-            screen.tab_closed = false;
+        if screen.reconnect {
+            screen.reconnect = false;
             reload_tab(vm, app, person, screen).await?;
         }
     }
 }
 
-/// The app's WebView loads a terminal whose connection ended again (the
-/// shell exited, or ttyd restarted); a VM on its way down (a reboot, a
-/// power-off) ends that without a word: its end says what happened.
+/// The terminal whose connection ended loads again (ttyd's page, on
+/// Enter); a VM on its way down (a reboot, a power-off) ends that without
+/// a word: its end says what happened.
 async fn reload_tab(
     vm: &Vm,
     app: &mut Session,
@@ -236,7 +239,7 @@ async fn reload_tab(
     };
     match r {
         Ok(()) => {
-            person.app("the terminal's connection ended: the app loaded it again");
+            person.app("the terminal connected again");
             screen.take_tab(app, person).await?;
         }
         // A guest going down refuses the bridge before QEMU exits.
@@ -244,9 +247,10 @@ async fn reload_tab(
             if tokio::time::timeout(GOING_DOWN, qemu_gone(vm))
                 .await
                 .is_ok() => {}
-        Err(e) => person.app(&format!(
-            "the terminal's connection ended and does not load again: {e:#}"
-        )),
+        Err(e) => {
+            screen.tab_ended = true;
+            person.app(&format!("the terminal does not connect again: {e:#}"));
+        }
     }
     Ok(())
 }
@@ -310,9 +314,11 @@ async fn tick(
             match &mut screen.tab {
                 Some(tab) => {
                     if tab.send_keys(keys).await.is_err() {
-                        screen.close_tab();
+                        screen.end_tab(person);
                     }
                 }
+                // ttyd's page after its connection ended: Enter connects.
+                None if screen.tab_ended => screen.reconnect = keys.contains(&b'\r'),
                 None => vm.console().send(keys).await?,
             }
             if leave {
@@ -320,7 +326,7 @@ async fn tick(
             }
         }
         Got::Frame(Ok(())) | Got::Nothing => {}
-        Got::Frame(Err(_)) => screen.close_tab(),
+        Got::Frame(Err(_)) => screen.end_tab(person),
     }
     Ok(None)
 }
@@ -360,6 +366,7 @@ impl Screen {
             tab.resize(columns, rows).await?;
         }
         self.tab_shown = tab.raw_output().len();
+        self.tab_ended = false;
         tab.send_keys(b"\r").await?;
         person.note("");
         person.app("the terminal tab is open (ttyd's shell); the serial console goes on in the artefacts' console.log; Ctrl-] closes the app");
@@ -367,9 +374,14 @@ impl Screen {
         Ok(())
     }
 
-    fn close_tab(&mut self) {
+    /// The tab's connection ended. What the person sees is ttyd's own
+    /// page: a normal close (the shell exited) offers "Press ⏎ to
+    /// Reconnect".
+    fn end_tab(&mut self, person: &mut Person) {
         self.tab = None;
-        self.tab_closed = true;
+        self.tab_ended = true;
+        person.note("");
+        person.app("the terminal's connection ended; press Enter to connect again (ttyd's page: \"Press ⏎ to Reconnect\")");
     }
 
     fn show_events(&mut self, log: &EventLog, person: &mut Person) {

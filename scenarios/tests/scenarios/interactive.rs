@@ -1,9 +1,10 @@
 //! `avf-harness boot --app` as a person uses it, in process: keys in,
 //! screen and notes out. Under Android 17's AIDL mode: the app's terminal
 //! tab (ttyd through the bridge) is the screen, a port the shell opens is
-//! forwarded to the host and carries bytes both ways, `sudo systemctl
-//! reboot` makes the app start the VM again (a new boot, a new tab), and
-//! Ctrl-] closes the app through its stop.
+//! forwarded to the host and carries bytes both ways, a shell that exits
+//! is connected again on Enter, `sudo systemctl reboot` makes the app
+//! start the VM again (a new boot, a new tab), and Ctrl-] closes the app
+//! through its stop.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -137,9 +138,15 @@ pub fn boot_app_android17() -> Result<()> {
         keys.send(ECHO.to_vec()).await?;
         let seen = notes.wait("guest port 8080 forwarded to", 1, 60).await?;
         tokio::task::spawn_blocking(move || roundtrip(&seen)).await??;
+        // The shell exits: ttyd's page waits for Enter, then a new login.
+        keys.send(b"exit\r".to_vec()).await?;
+        notes.wait("press Enter to connect again", 1, 30).await?;
+        keys.send(b"\r".to_vec()).await?;
+        notes.wait("the terminal connected again", 1, 60).await?;
+        notes.wait(tab, 2, 5).await?;
         keys.send(b"sudo systemctl reboot\r".to_vec()).await?;
         notes.wait("the app starts the VM again", 1, 120).await?;
-        notes.wait(tab, 2, 180).await?;
+        notes.wait(tab, 3, 180).await?;
         let second = boot_id(&screen, &keys, 2).await?;
         if first == second {
             bail!("the same boot id {first} after the app's restart");
