@@ -35,6 +35,8 @@ use crate::vm::{LaunchRequest, Vm};
 const DETACH: u8 = 0x1d;
 /// Ctrl-C, as a raw terminal sends it.
 const CTRL_C: u8 = 0x03;
+/// WebSocket close code of a normal end (ttyd: the shell exited).
+const NORMAL_CLOSE: u16 = 1000;
 
 /// One interactive boot.
 pub struct BootRequest {
@@ -98,10 +100,9 @@ struct Screen {
     tab: Option<TtydClient>,
     /// How much of the tab's output was shown.
     tab_shown: usize,
-    /// The tab's connection ended (the shell exited, ttyd restarted, the
-    /// guest went down): ttyd's page waits for Enter to connect again.
+    /// The shell ended: ttyd's page waits for Enter to connect again.
     tab_ended: bool,
-    /// Enter was pressed on the ended tab.
+    /// Connect the tab again (Enter on an ended tab, or a dropped one).
     reconnect: bool,
 }
 
@@ -314,7 +315,7 @@ async fn tick(
             match &mut screen.tab {
                 Some(tab) => {
                     if tab.send_keys(keys).await.is_err() {
-                        screen.end_tab(person);
+                        screen.end_tab(person, None);
                     }
                 }
                 // ttyd's page after its connection ended: Enter connects.
@@ -326,7 +327,10 @@ async fn tick(
             }
         }
         Got::Frame(Ok(())) | Got::Nothing => {}
-        Got::Frame(Err(_)) => screen.end_tab(person),
+        Got::Frame(Err(_)) => {
+            let code = screen.tab.as_ref().and_then(|t| t.close_code());
+            screen.end_tab(person, code);
+        }
     }
     Ok(None)
 }
@@ -374,14 +378,25 @@ impl Screen {
         Ok(())
     }
 
-    /// The tab's connection ended. What the person sees is ttyd's own
-    /// page: a normal close (the shell exited) offers "Press ⏎ to
-    /// Reconnect".
-    fn end_tab(&mut self, person: &mut Person) {
+    /// The tab's connection ended (`code`: the close frame's, if ttyd sent
+    /// one); what follows is ttyd's own page's. Only a clean close with
+    /// another code than 1000 makes it reconnect by itself. A close with
+    /// 1000, or an end without a close frame (what ttyd 1.7.7 does when the
+    /// shell exits: the browser fires `error`, which stops the page from
+    /// reconnecting), leaves "Press ⏎ to Reconnect".
+    fn end_tab(&mut self, person: &mut Person, code: Option<u16>) {
         self.tab = None;
-        self.tab_ended = true;
         person.note("");
-        person.app("the terminal's connection ended; press Enter to connect again (ttyd's page: \"Press ⏎ to Reconnect\")");
+        match code {
+            Some(c) if c != NORMAL_CLOSE => {
+                self.reconnect = true;
+                person.app(&format!("the terminal's connection closed ({c}); ttyd's page connects again (\"Reconnecting...\")"));
+            }
+            _ => {
+                self.tab_ended = true;
+                person.app("the terminal's connection ended; press Enter to connect again (ttyd's page: \"Press ⏎ to Reconnect\")");
+            }
+        }
     }
 
     fn show_events(&mut self, log: &EventLog, person: &mut Person) {

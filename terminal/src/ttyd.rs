@@ -366,6 +366,8 @@ pub struct TtydClient {
     title: Option<String>,
     preferences: Option<String>,
     next_id: u64,
+    /// The close frame's code, once ttyd sent one.
+    close_code: Option<u16>,
 }
 
 impl TtydClient {
@@ -413,6 +415,7 @@ impl TtydClient {
             title: None,
             preferences: None,
             next_id: std::process::id() as u64 * 1000,
+            close_code: None,
         })
     }
 
@@ -443,6 +446,12 @@ impl TtydClient {
             Some(Err(e)) => Err(ws_err(self.addr, e)),
             Some(Ok(msg)) => self.absorb(msg),
         }
+    }
+
+    /// The code of ttyd's close frame, if it sent one (ttyd 1.7.7 sends
+    /// none when the shell exits: the connection just ends).
+    pub fn close_code(&self) -> Option<u16> {
+        self.close_code
     }
 
     /// Everything the terminal showed so far, escapes stripped.
@@ -518,12 +527,13 @@ impl TtydClient {
             Message::Binary(b) => b.to_vec(),
             Message::Text(t) => t.as_bytes().to_vec(),
             Message::Close(frame) => {
+                self.close_code = frame.as_ref().map(|f| u16::from(f.code));
                 return Err(TtydError::Closed {
                     addr: self.addr,
                     detail: frame
                         .map(|f| format!(" ({} {})", f.code, f.reason))
                         .unwrap_or_default(),
-                })
+                });
             }
             _ => return Ok(()),
         };
