@@ -415,7 +415,11 @@ impl Screen {
                     let list: Vec<String> = self
                         .ports
                         .iter()
-                        .map(|(p, c)| format!("{p} ({c})"))
+                        // 15 QPR2's form carries no command.
+                        .map(|(p, c)| match c.is_empty() {
+                            true => p.to_string(),
+                            false => format!("{p} ({c})"),
+                        })
                         .collect();
                     format!("the guest reports listening ports: [{}]", list.join(", "))
                 }

@@ -1,4 +1,5 @@
-//! The Terminal app's host side in scenarios: an
+//! The Terminal app's host side in scenarios and the interactive boot
+//! (`crate::interactive`): an
 //! [`avf_terminal::TerminalHost`] wired to a launched [`Vm`] in the TAP mode
 //! (its sockets on the guest network made in the VM's namespace), playing
 //! the scenario's [`HostProfile`], and the bodies of the app-side steps
