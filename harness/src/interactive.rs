@@ -102,7 +102,8 @@ struct Screen {
     tab_shown: usize,
     /// The shell ended: ttyd's page waits for Enter to connect again.
     tab_ended: bool,
-    /// Connect the tab again (Enter on an ended tab, or a dropped one).
+    /// Connect the tab again (Enter on an ended tab, or a clean close
+    /// that ttyd's page answers by reconnecting).
     reconnect: bool,
 }
 
