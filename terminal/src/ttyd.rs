@@ -31,6 +31,9 @@ use crate::netns::GuestNet;
 pub const TTYD_PORT: u16 = 7681;
 /// Time allowed for TCP + TLS + WebSocket set-up.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+/// One frame to ttyd (a few bytes: only a peer that stopped reading takes
+/// long).
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time allowed for the shell to answer the first probe.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Terminal size announced; wide so typed commands rarely wrap.
@@ -404,11 +407,8 @@ impl TtydClient {
 
     /// ttyd's hello (the terminal size) on an opened WebSocket: both ways of
     /// opening end here.
-    async fn start(addr: SocketAddr, mut ws: Ws) -> Result<Self, TtydError> {
-        ws.send(Message::binary(hello(COLUMNS, ROWS)))
-            .await
-            .map_err(|e| ws_err(addr, e))?;
-        Ok(Self {
+    async fn start(addr: SocketAddr, ws: Ws) -> Result<Self, TtydError> {
+        let mut client = Self {
             addr,
             ws,
             raw: Vec::new(),
@@ -416,7 +416,23 @@ impl TtydClient {
             preferences: None,
             next_id: std::process::id() as u64 * 1000,
             close_code: None,
-        })
+        };
+        client.send_frame(hello(COLUMNS, ROWS)).await?;
+        Ok(client)
+    }
+
+    /// One frame to ttyd, bounded: a peer that stops reading cannot hold
+    /// the caller.
+    async fn send_frame(&mut self, frame: Vec<u8>) -> Result<(), TtydError> {
+        let addr = self.addr;
+        tokio::time::timeout(SEND_TIMEOUT, self.ws.send(Message::binary(frame)))
+            .await
+            .map_err(|_| TtydError::Timeout {
+                addr,
+                step: "sending a frame".into(),
+                timeout: SEND_TIMEOUT,
+            })?
+            .map_err(|e| ws_err(addr, e))
     }
 
     /// The window title ttyd sent, if any.
@@ -469,10 +485,7 @@ impl TtydClient {
         let mut frame = Vec::with_capacity(keys.len() + 1);
         frame.push(b'0');
         frame.extend_from_slice(keys);
-        self.ws
-            .send(Message::binary(frame))
-            .await
-            .map_err(|e| ws_err(self.addr, e))
+        self.send_frame(frame).await
     }
 
     /// Resizes the terminal.
@@ -483,10 +496,7 @@ impl TtydClient {
                 .to_string()
                 .as_bytes(),
         );
-        self.ws
-            .send(Message::binary(frame))
-            .await
-            .map_err(|e| ws_err(self.addr, e))
+        self.send_frame(frame).await
     }
 
     /// Reads frames until the cleaned transcript from byte `from` of the
