@@ -183,7 +183,7 @@ impl Session {
             // guest's NIC, but its IP layer delivers none of them, so the
             // app could never find ttyd.
             bail!(
-                "{}: the Terminal app's host side needs net = \"tap\" (mDNS does not work over QEMU user-mode networking)",
+                "{}: the Terminal app's host side needs the TAP network (scenario: net = \"tap\"; avf-harness boot: --net tap): mDNS does not work over QEMU user-mode networking",
                 vm.spec().source.display()
             );
         };
