@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use avf_terminal::events::{Cursor, Event};
-use avf_terminal::profile::OnGuestReboot;
 use avf_terminal::ttyd::TtydError;
 use avf_terminal::{EventLog, TtydClient};
 use tokio::sync::mpsc;
@@ -131,7 +130,7 @@ pub async fn boot(req: BootRequest, person: &mut Person) -> Result<()> {
     vm.resume().await?;
     let mut attached = true;
     let mut screen = Screen::default();
-    describe(&vm, person);
+    describe(&vm).iter().for_each(|l| person.note(l));
     if term.is_some() {
         let profile = &vm.plan().profile;
         person.app(&format!(
@@ -158,7 +157,7 @@ pub async fn boot(req: BootRequest, person: &mut Person) -> Result<()> {
                     return Ok(());
                 }
                 screen = Screen::default();
-                describe(&vm, person);
+                describe(&vm).iter().for_each(|l| person.note(l));
             }
         }
     }
@@ -348,14 +347,22 @@ impl Screen {
     /// What is new on the person's screen: the tab's output once it is
     /// open, else the serial console's.
     fn show(&mut self, vm: &Vm, person: &mut Person) -> Result<()> {
-        let (bytes, shown) = match &self.tab {
-            Some(tab) => (tab.raw_output().to_vec(), &mut self.tab_shown),
-            None => (vm.console().transcript(), &mut self.console),
+        // Only what is new is copied: this runs every 30 ms.
+        let console;
+        let (new, shown) = match &self.tab {
+            Some(tab) => (
+                tab.raw_output().get(self.tab_shown..).unwrap_or_default(),
+                &mut self.tab_shown,
+            ),
+            None => {
+                console = vm.console().transcript_from(self.console);
+                (&console[..], &mut self.console)
+            }
         };
-        if bytes.len() > *shown {
-            person.screen.write_all(&bytes[*shown..])?;
+        if !new.is_empty() {
+            person.screen.write_all(new)?;
             person.screen.flush()?;
-            *shown = bytes.len();
+            *shown += new.len();
         }
         Ok(())
     }
@@ -493,16 +500,13 @@ async fn after_exit(
         person.note("[avf] no app plays along (--app): the run ends");
         return Ok(false);
     }
-    match vm.plan().profile.on_guest_reboot {
-        OnGuestReboot::CloseApp => {
-            person.app("the app closes (onVmStop → finish()); the VM stays stopped");
+    match lifecycle::app_reboot_reaction(vm, term, run).await? {
+        None => {
+            person.app(lifecycle::APP_CLOSES);
             Ok(false)
         }
-        OnGuestReboot::RestartVm => {
-            let note = lifecycle::start_again(vm, term, run, None).await?;
-            person.app(&format!(
-                "the app starts the VM again (Rebooting → restartVm): {note}"
-            ));
+        Some(start) => {
+            person.app(&format!("{}: {start}", lifecycle::APP_RESTARTS));
             Ok(true)
         }
     }
@@ -524,23 +528,25 @@ async fn close_app(mut vm: Vm, term: Option<Session>, person: &mut Person) -> Re
     finished
 }
 
-fn describe(vm: &Vm, person: &mut Person) {
-    person.note(&format!("[avf] artefacts: {}", vm.artefacts().display()));
+/// Where a person finds this run's parts: artefacts, shares, vsock, ttyd's
+/// forward, the TAP network (one `[avf]` line each).
+pub fn describe(vm: &Vm) -> Vec<String> {
+    let mut lines = vec![format!("[avf] artefacts: {}", vm.artefacts().display())];
     for tag in [ShareTag::Internal, ShareTag::Android] {
         if let Some(d) = vm.share_dir(tag) {
-            person.note(&format!("[avf] share {}: {}", tag.as_str(), d.display()));
+            lines.push(format!("[avf] share {}: {}", tag.as_str(), d.display()));
         }
     }
-    person.note(&format!(
+    lines.push(format!(
         "[avf] vsock: CID {} via {}",
         vm.guest_cid(),
         vm.vsock_uds().display()
     ));
     if let Some(a) = vm.forwarded(TTYD_GUEST_PORT) {
-        person.note(&format!("[avf] ttyd (guest :7681) at https://{a}/"));
+        lines.push(format!("[avf] ttyd (guest :7681) at https://{a}/"));
     }
     if let Some(t) = vm.tap() {
-        person.note(&format!(
+        lines.push(format!(
             "[avf] network: TAP in namespace {}, {}/24, host (gateway, DNS) {}; the guest's lease is in the artefacts' dnsmasq.log; reach it with `ip netns exec {} <command>`",
             t.name(),
             t.network,
@@ -548,6 +554,7 @@ fn describe(vm: &Vm, person: &mut Person) {
             t.name()
         ));
     }
+    lines
 }
 
 /// stdin, read on its own thread (a blocking read), as chunks of keys.

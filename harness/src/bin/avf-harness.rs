@@ -472,7 +472,9 @@ async fn real_main(cli: Cli) -> Result<()> {
             if smoke {
                 eprintln!("[avf] installing payload and starting QEMU…");
                 let vm = Vm::launch(launch).await?;
-                eprintln!("[avf] artefacts: {}", vm.artefacts().display());
+                for line in interactive::describe(&vm) {
+                    eprintln!("{line}");
+                }
                 return smoke_run(vm).await;
             }
             let mut person = Person::stdio();

@@ -141,6 +141,13 @@ impl Console {
         self.buf.lock().unwrap().bytes.clone()
     }
 
+    /// What was received from byte `offset` on (a reader following the
+    /// console copies only what is new).
+    pub fn transcript_from(&self, offset: usize) -> Vec<u8> {
+        let buf = self.buf.lock().unwrap();
+        buf.bytes.get(offset..).unwrap_or_default().to_vec()
+    }
+
     /// The guest kernel's panic line, if it has panicked, and when the
     /// harness saw it.
     pub fn panic(&self) -> Option<(String, std::time::Instant)> {

@@ -92,7 +92,7 @@ impl AppRun {
 /// [`Vm::halt`]: its disk steps, the VM, and (when the run talks to the
 /// app) a new app host; the VM is resumed. The note says what the disk
 /// steps did and how long they took.
-pub async fn start_again(
+async fn start_again(
     vm: &mut Vm,
     term: &mut Option<Session>,
     run: &AppRun,
@@ -198,27 +198,41 @@ pub async fn app_after_reboot(
     term: &mut Option<Session>,
     before: Option<&str>,
 ) -> Result<String> {
+    let Some(start) = app_reboot_reaction(vm, term, &AppRun::of(sc)).await? else {
+        return Ok(APP_CLOSES.into());
+    };
+    let boot = vm
+        .wait_boot()
+        .await
+        .context("the app's restart after the reboot")?;
+    let after = guest_sh(vm, BOOT_ID).await?.trim().to_string();
+    if before == Some(after.as_str()) {
+        bail!("the guest's boot_id is unchanged ({after}): this is not a new boot");
+    }
+    Ok(format!(
+        "{APP_RESTARTS}: {start}; booted again: marker {:.1} s, agent {:.1} s",
+        boot.to_marker.as_secs_f64(),
+        boot.to_agent.as_secs_f64()
+    ))
+}
+
+/// What 15 QPR2's and 16's app does on `STOP_REASON_REBOOT`.
+pub const APP_CLOSES: &str =
+    "the app closes (onVmStop → finish()); the VM stays stopped until the app is opened again";
+/// What 17's app does on `STOP_REASON_REBOOT`.
+pub const APP_RESTARTS: &str = "the app starts the VM again (Rebooting → restartVm)";
+
+/// The profile's answer to `STOP_REASON_REBOOT`, after [`end_run`]: `None`
+/// when the app closes ([`APP_CLOSES`]), else the note of its whole start
+/// again ([`start_again`]; the VM resumed, its boot not awaited).
+pub async fn app_reboot_reaction(
+    vm: &mut Vm,
+    term: &mut Option<Session>,
+    run: &AppRun,
+) -> Result<Option<String>> {
     match vm.plan().profile.on_guest_reboot {
-        OnGuestReboot::CloseApp => Ok(
-            "the app closes (onVmStop → finish()); the VM stays stopped until the app is opened again"
-                .into(),
-        ),
-        OnGuestReboot::RestartVm => {
-            let start = start_again(vm, term, &AppRun::of(sc), None).await?;
-            let boot = vm
-                .wait_boot()
-                .await
-                .context("the app's restart after the reboot")?;
-            let after = guest_sh(vm, BOOT_ID).await?.trim().to_string();
-            if before == Some(after.as_str()) {
-                bail!("the guest's boot_id is unchanged ({after}): this is not a new boot");
-            }
-            Ok(format!(
-                "the app starts the VM again (Rebooting → restartVm): {start}; booted again: marker {:.1} s, agent {:.1} s",
-                boot.to_marker.as_secs_f64(),
-                boot.to_agent.as_secs_f64()
-            ))
-        }
+        OnGuestReboot::CloseApp => Ok(None),
+        OnGuestReboot::RestartVm => Ok(Some(start_again(vm, term, run, None).await?)),
     }
 }
 

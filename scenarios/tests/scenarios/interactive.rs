@@ -9,12 +9,12 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use avf_harness::interactive::{self, BootRequest, Person};
 use avf_harness::plan::{Options, VcpuModel};
-use avf_harness::timeouts::Scaled;
+use avf_harness::timeouts::{wait_until, Check, Scaled};
 use avf_harness::vm::LaunchRequest;
 use avf_terminal::HostProfile;
 use tokio::sync::mpsc;
@@ -40,20 +40,20 @@ impl Shared {
 
     /// Waits until `needle` has appeared `count` times; returns the text.
     async fn wait(&self, needle: &str, count: usize, secs: u64) -> Result<String> {
-        let limit = Scaled::secs(secs).get();
-        let t0 = Instant::now();
-        loop {
+        let what = format!("{needle:?} (×{count}) seen");
+        wait_until(&what, Scaled::secs(secs).get(), POLL, || async {
             let text = self.text();
-            if text.matches(needle).count() >= count {
-                return Ok(text);
-            }
-            if t0.elapsed() > limit {
-                bail!("{needle:?} (×{count}) not seen within {limit:?}; so far:\n{text}");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+            Ok(match text.matches(needle).count() >= count {
+                true => Check::Done(text),
+                false => Check::NotYet(format!("so far:\n{text}")),
+            })
+        })
+        .await
     }
 }
+
+/// How often the test looks at what the person sees.
+const POLL: Duration = Duration::from_millis(100);
 
 /// The guest's boot id as the shell in the tab prints it, the `n`-th time.
 async fn boot_id(screen: &Shared, keys: &mpsc::Sender<Vec<u8>>, n: usize) -> Result<String> {
@@ -61,19 +61,15 @@ async fn boot_id(screen: &Shared, keys: &mpsc::Sender<Vec<u8>>, n: usize) -> Res
         .await?;
     // The echoed command line holds "BOOTID=$(", the output a uuid.
     let re = regex::Regex::new(r"BOOTID=([0-9a-f-]{36})")?;
-    let limit = Scaled::secs(30).get();
-    let t0 = Instant::now();
-    loop {
+    let what = format!("boot id #{n} in the tab");
+    wait_until(&what, Scaled::secs(30).get(), POLL, || async {
         let text = screen.text();
-        let ids: Vec<String> = re.captures_iter(&text).map(|c| c[1].to_string()).collect();
-        if ids.len() >= n {
-            return Ok(ids[n - 1].clone());
-        }
-        if t0.elapsed() > limit {
-            bail!("no boot id #{n} in the tab within {limit:?}:\n{text}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        Ok(match re.captures_iter(&text).nth(n - 1) {
+            Some(c) => Check::Done(c[1].to_string()),
+            None => Check::NotYet(text),
+        })
+    })
+    .await
 }
 
 /// Bytes through the host listener the app made for guest port 8080.
