@@ -30,8 +30,13 @@ use guest::GuestFigures;
 pub enum Side {
     /// The harness's VM, as every scenario boots it.
     Harness,
-    /// [`plain::boot`]: minimal QEMU, same kernel and partitions.
+    /// [`plain::boot`] with [`plain::Devices::Minimal`]: minimal QEMU,
+    /// same kernel and partitions.
     Plain,
+    /// [`plain::boot`] with [`plain::Devices::App`]: the harness's QEMU
+    /// line and sidecars, raw disk files, no harness.
+    #[serde(rename = "plain-app-devices")]
+    PlainAppDevices,
 }
 
 /// One configuration of the benchmark.
@@ -205,10 +210,10 @@ async fn harness_round(c: &Config, round: u32, second: bool, o: &BenchOptions) -
     vec![first, again]
 }
 
-async fn plain_round(c: &Config, round: u32, o: &BenchOptions) -> Sample {
+async fn plain_round(c: &Config, round: u32, o: &BenchOptions, devices: plain::Devices) -> Sample {
     let art = o.artefacts.join(format!("{}-{round}", c.key));
     let s = Sample::new(c, round, 1);
-    match plain::boot(&c.payload, &o.launch, &art).await {
+    match plain::boot(&c.payload, &o.launch, devices, &art).await {
         Ok(b) => Sample {
             to_marker_s: Some(b.to_marker.as_secs_f64()),
             launch_to_marker_s: Some(b.launch_to_marker.as_secs_f64()),
@@ -262,7 +267,10 @@ pub async fn run(o: &BenchOptions) -> BenchRun {
             }
             let got = match c.side {
                 Side::Harness => harness_round(c, round, c.second_boot && secondary, o).await,
-                Side::Plain => vec![plain_round(c, round, o).await],
+                Side::Plain => vec![plain_round(c, round, o, plain::Devices::Minimal).await],
+                Side::PlainAppDevices => {
+                    vec![plain_round(c, round, o, plain::Devices::App).await]
+                }
             };
             for s in got {
                 eprintln!("{}", progress_line(&s));

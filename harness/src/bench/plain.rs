@@ -1,17 +1,21 @@
 //! The plain-QEMU side of the overhead comparison: the same kernel,
 //! command line and partitions the harness would boot (after the app's
-//! pre-boot disk steps), on a minimal QEMU — `virt`, the same
-//! CPU/SMP/memory/accelerator, one raw GPT file per disk on virtio-blk,
-//! ttyS0 on a 16550 for the marker, QMP only to start and stop it — and
-//! no vhost-user device, no network, no NBD, no shared memory backend.
+//! pre-boot disk steps), one raw GPT file per composite disk instead of
+//! our NBD server, and none of the harness's own machinery (console
+//! processing, guest agent, app host side). Two device sets:
+//! [`Devices::Minimal`] — `virt`, the same CPU/SMP/memory/accelerator,
+//! virtio-blk, ttyS0 on a 16550 for the marker, QMP only to start and stop
+//! it — and [`Devices::App`], the harness's own QEMU line and sidecars
+//! with only the disks swapped, so that what the harness adds and what the
+//! app's device set costs the guest are measured apart.
 
 use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use regex::bytes::Regex;
+use serde::Serialize;
 
 use crate::console::Console;
 use crate::disk::Layout;
@@ -21,6 +25,19 @@ use crate::procs::{self, ProcessGroup};
 use crate::qmp::Qmp;
 use crate::spec::{Disk, VmSpec};
 use crate::timeouts::{wait_until, Check, Timeout};
+
+/// Which devices the plain VM has besides its disks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Devices {
+    /// Only a 16550 for the marker: no network, no vhost-user device, no
+    /// shared memory backend.
+    Minimal,
+    /// Every device the harness gives the guest (the app's set: consoles,
+    /// virtio-fs and vsock with their sidecars, balloon, GPU, input, sound,
+    /// network), from the harness's own QEMU line.
+    App,
+}
 
 /// A raw disk for the plain run: the file and whether the guest may write.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,6 +122,37 @@ pub fn plain_args(
     Ok(a)
 }
 
+/// The harness's QEMU argv with each composite disk (a `-blockdev` over
+/// our NBD server, node `disk<i>`) read from `disks[i]` as a raw file;
+/// every other option unchanged.
+pub fn with_raw_disks(harness: &[OsString], disks: &[RawDisk]) -> Result<Vec<OsString>> {
+    let mut out = Vec::with_capacity(harness.len());
+    let mut args = harness.iter();
+    while let Some(a) = args.next() {
+        out.push(a.clone());
+        if a != "-blockdev" {
+            continue;
+        }
+        let v = args
+            .next()
+            .context("the harness's QEMU argv ends in -blockdev")?;
+        let mut bd: serde_json::Value = serde_json::from_str(&v.to_string_lossy())
+            .with_context(|| format!("the harness's -blockdev {v:?} is not JSON"))?;
+        if bd["file"]["driver"] == "nbd" {
+            let node = bd["node-name"].as_str().unwrap_or_default();
+            let d = node
+                .strip_prefix("disk")
+                .and_then(|i| i.parse::<usize>().ok())
+                .and_then(|i| disks.get(i))
+                .with_context(|| format!("no raw file for the harness's NBD disk {node:?}"))?;
+            bd["file"] = serde_json::json!({"driver": "file", "filename": d.file});
+            bd["read-only"] = (!d.writable).into();
+        }
+        out.push(bd.to_string().into());
+    }
+    Ok(out)
+}
+
 /// One plain boot's times.
 #[derive(Debug, Clone, Copy)]
 pub struct PlainBoot {
@@ -129,7 +177,12 @@ impl Drop for Dirs {
 /// the harness would, writes each composite disk as a raw GPT file, boots
 /// that on plain QEMU to the marker and stops it. Everything it started
 /// is one owned process group; its dirs go when it returns.
-pub async fn boot(payload: &Path, options: &Options, artefacts: &Path) -> Result<PlainBoot> {
+pub async fn boot(
+    payload: &Path,
+    options: &Options,
+    devices: Devices,
+    artefacts: &Path,
+) -> Result<PlainBoot> {
     let t0 = Instant::now();
     let pid = std::process::id();
     crate::vm::sweep_stale_dirs();
@@ -182,23 +235,35 @@ pub async fn boot(payload: &Path, options: &Options, artefacts: &Path) -> Result
             },
         });
     }
-    let args = plain_args(
-        &harness.qemu.args,
-        &disks,
-        &paths.qmp(),
-        &paths.console(),
-        &paths.console_log(),
-    )?;
-    std::fs::write(
-        artefacts.join("commands.txt"),
-        plan::shell_line(plan::QEMU, &args) + "\n",
-    )?;
-
     let mut group = ProcessGroup::new();
-    let mut cmd = Command::new(plan::QEMU);
-    cmd.args(&args);
-    let log = paths.log("qemu");
-    group.spawn("qemu", cmd, &log)?;
+    let mut qemu = harness.qemu.clone();
+    match devices {
+        Devices::Minimal => {
+            qemu.program = plan::QEMU.into();
+            qemu.netns = None;
+            qemu.args = plain_args(
+                &harness.qemu.args,
+                &disks,
+                &paths.qmp(),
+                &paths.console(),
+                &paths.console_log(),
+            )?;
+            std::fs::write(artefacts.join("commands.txt"), qemu.shell_line() + "\n")?;
+        }
+        Devices::App => {
+            if harness.tap.is_some() {
+                bail!("the plain comparison with the app's devices runs on QEMU's user network, not TAP");
+            }
+            qemu.args = with_raw_disks(&harness.qemu.args, &disks)?;
+            let mut p = harness.clone();
+            p.qemu = qemu.clone();
+            std::fs::write(artefacts.join("commands.txt"), p.commands())?;
+            crate::vm::prepare_files(&harness)?;
+            crate::vm::start_sidecars(&harness, &mut group).await?;
+        }
+    }
+    let log = qemu.log.clone();
+    crate::vm::spawn(&mut group, &qemu)?;
     let qemu_log = || std::fs::read_to_string(&log).unwrap_or_default();
     let qmp = wait_until(
         "plain QEMU accepting QMP",
@@ -327,5 +392,59 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("direct layout"), "{e}");
+    }
+
+    #[test]
+    fn the_app_devices_line_swaps_only_the_nbd_disks_for_raw_files() {
+        let nbd = r#"{"driver":"raw","file":{"driver":"nbd","server":{"path":"/r/disk0.nbd","type":"unix"}},"node-name":"disk0"}"#;
+        let image = r#"{"driver":"raw","file":{"driver":"file","filename":"/p/extra.img"},"node-name":"disk1","read-only":true}"#;
+        let harness: Vec<OsString> = [
+            "-machine",
+            "virt,memory-backend=mem",
+            "-blockdev",
+            nbd,
+            "-device",
+            "virtio-blk-pci,drive=disk0",
+            "-blockdev",
+            image,
+            "-device",
+            "vhost-user-fs-pci,chardev=fs0,tag=internal",
+        ]
+        .map(OsString::from)
+        .to_vec();
+        let disks = [
+            RawDisk {
+                file: "/w/disk0.raw".into(),
+                writable: true,
+            },
+            RawDisk {
+                file: "/p/extra.img".into(),
+                writable: false,
+            },
+        ];
+        let a = with_raw_disks(&harness, &disks).unwrap();
+        assert_eq!(a.len(), harness.len());
+        let bd: serde_json::Value = serde_json::from_str(&a[3].to_string_lossy()).unwrap();
+        assert_eq!(
+            bd,
+            serde_json::json!({"driver": "raw", "node-name": "disk0", "read-only": false,
+                "file": {"driver": "file", "filename": "/w/disk0.raw"}})
+        );
+        let img: serde_json::Value = serde_json::from_str(&a[7].to_string_lossy()).unwrap();
+        assert_eq!(
+            img,
+            serde_json::from_str::<serde_json::Value>(image).unwrap()
+        );
+        for (x, y) in a
+            .iter()
+            .zip(&harness)
+            .filter(|(_, y)| !y.to_string_lossy().contains("nbd"))
+        {
+            if !y.to_string_lossy().starts_with('{') {
+                assert_eq!(x, y);
+            }
+        }
+        let no_file = with_raw_disks(&harness, &disks[..0]).unwrap_err();
+        assert!(no_file.to_string().contains("disk0"), "{no_file}");
     }
 }

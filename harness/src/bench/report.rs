@@ -126,6 +126,21 @@ fn comparisons(run: &BenchRun) -> String {
         m("plain-direct", 1),
         Some(OVERHEAD_GOAL),
     );
+    // The two factors of that ratio, measured apart.
+    compare(
+        &mut out,
+        "harness / plain QEMU + the app's devices (what the harness itself adds: NBD disk, console, agent, supervision)",
+        m("harness-direct", 1),
+        m("plain-app-devices-direct", 1),
+        Some(OVERHEAD_GOAL),
+    );
+    compare(
+        &mut out,
+        "plain QEMU + the app's devices / plain QEMU (what the app's device set costs the guest)",
+        m("plain-app-devices-direct", 1),
+        m("plain-direct", 1),
+        None,
+    );
     compare(
         &mut out,
         "phone vCPU / --vcpu no-pauth (direct, harness: what pointer authentication costs under TCG)",

@@ -338,12 +338,20 @@ fn bench_configs(a: &BenchBootArgs) -> Result<(Vec<bench::Config>, Vec<String>)>
         },
     ];
     if a.no_plain {
-        skipped.push("plain-direct: --no-plain".into());
+        skipped.push("plain-direct, plain-app-devices-direct: --no-plain".into());
     } else {
         configs.push(config(
             "plain-direct",
             "plain QEMU, direct, linux-avf",
             Side::Plain,
+            &direct,
+            false,
+            true,
+        ));
+        configs.push(config(
+            "plain-app-devices-direct",
+            "plain QEMU + the app's devices, direct, linux-avf",
+            Side::PlainAppDevices,
             &direct,
             false,
             true,

@@ -98,8 +98,31 @@ pub struct Vm {
     tap: Option<TapNet>,
 }
 
+/// The plan's host files: each share's dir, owned by the app, and the
+/// files copied in before the guest runs (`ca.crt`).
+pub(crate) fn prepare_files(plan: &Plan) -> Result<()> {
+    for dir in &plan.share_dirs {
+        std::fs::create_dir_all(dir)?;
+        chown(dir, plan.app_owner)?;
+    }
+    for f in &plan.prepare {
+        std::fs::copy(&f.from, &f.to)
+            .with_context(|| format!("copying {} to {}", f.from.display(), f.to.display()))?;
+    }
+    Ok(())
+}
+
+/// Starts the plan's sidecars into `procs`, each ready before the next.
+pub(crate) async fn start_sidecars(plan: &Plan, procs: &mut ProcessGroup) -> Result<()> {
+    for sc in &plan.sidecars {
+        spawn(procs, &sc.process)?;
+        wait_ready(procs, &sc.process, &sc.ready).await?;
+    }
+    Ok(())
+}
+
 /// Starts `p` into the group (in its namespace, if any).
-fn spawn(procs: &mut ProcessGroup, p: &Process) -> Result<()> {
+pub(crate) fn spawn(procs: &mut ProcessGroup, p: &Process) -> Result<()> {
     let mut c = Command::new(&p.program);
     c.args(&p.args);
     let _ns = match &p.netns {
@@ -349,14 +372,7 @@ impl Vm {
         keep_instance: bool,
     ) -> Result<Vm> {
         let tap = plan.tap.as_ref().map(TapNet::create).transpose()?;
-        for dir in &plan.share_dirs {
-            std::fs::create_dir_all(dir)?;
-            chown(dir, plan.app_owner)?;
-        }
-        for f in &plan.prepare {
-            std::fs::copy(&f.from, &f.to)
-                .with_context(|| format!("copying {} to {}", f.from.display(), f.to.display()))?;
-        }
+        prepare_files(&plan)?;
         let mut nbd = Vec::new();
         for d in &plan.disks {
             let layout = Layout::build(&d.partitions, d.writable)
@@ -365,10 +381,7 @@ impl Vm {
         }
         std::fs::write(paths.artefacts.join("commands.txt"), plan.commands())?;
         let mut procs = ProcessGroup::new();
-        for sc in &plan.sidecars {
-            spawn(&mut procs, &sc.process)?;
-            wait_ready(&mut procs, &sc.process, &sc.ready).await?;
-        }
+        start_sidecars(&plan, &mut procs).await?;
         spawn(&mut procs, &plan.qemu)?;
         let qmp_ready = Ready::Socket(paths.qmp());
         let connected = async {
