@@ -18,11 +18,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use avf_terminal::events::{Cursor, Event};
+use avf_terminal::profile::OnTerminalClosed;
 use avf_terminal::ttyd::TtydError;
 use avf_terminal::{EventLog, TtydClient};
 use tokio::sync::mpsc;
 
 use crate::plan::TTYD_GUEST_PORT;
+use crate::scenario::guest::guest_sh;
 use crate::scenario::lifecycle::{self, AppRun};
 use crate::scenario::model::TerminalOptions;
 use crate::scenario::terminal::Session;
@@ -83,6 +85,8 @@ enum Ended {
     Left,
     /// QEMU has gone.
     Exited,
+    /// The app closed its last terminal tab (Android 16, 17): its stop.
+    LastTabClosed,
 }
 
 /// What the person has seen of the current VM run.
@@ -104,6 +108,8 @@ struct Screen {
     /// Connect the tab again (Enter on an ended tab, or a clean close
     /// that ttyd's page answers by reconnecting).
     reconnect: bool,
+    /// The app closed the tab whose connection ended (its last one).
+    tab_closed_by_app: bool,
 }
 
 /// What a moment of waiting brought.
@@ -152,6 +158,7 @@ pub async fn boot(req: BootRequest, person: &mut Person) -> Result<()> {
                 }
                 return close_app(vm, term, person).await;
             }
+            Ended::LastTabClosed => return close_app(vm, term, person).await,
             Ended::Exited => {
                 if !Box::pin(after_exit(&mut vm, &mut term, &run, person)).await? {
                     return Ok(());
@@ -222,7 +229,31 @@ async fn attend(
             screen.reconnect = false;
             reload_tab(vm, app, person, screen).await?;
         }
+        if screen.tab_closed_by_app {
+            screen.tab_closed_by_app = false;
+            if guest_going_down(vm).await {
+                person.app("the guest is going down by itself: on the phone the app's stop races its reboot or power-off; played here: the VM's end");
+                continue;
+            }
+            return Ok(Ended::LastTabClosed);
+        }
     }
+}
+
+/// Whether the guest is on its way down by itself (a reboot or power-off
+/// from inside: systemd says "stopping", or its agent no longer answers)
+/// and QEMU is then gone in time. A tab closed by a guest reboot then
+/// gets the reboot's answer, not the app's stop.
+async fn guest_going_down(vm: &Vm) -> bool {
+    let state = tokio::time::timeout(
+        Duration::from_secs(5),
+        guest_sh(vm, "systemctl is-system-running || true"),
+    )
+    .await;
+    let down = !matches!(&state, Ok(Ok(s)) if s.trim() != "stopping");
+    down && tokio::time::timeout(GOING_DOWN, qemu_gone(vm))
+        .await
+        .is_ok()
 }
 
 /// The terminal whose connection ended loads again (ttyd's page, on
@@ -315,7 +346,7 @@ async fn tick(
             match &mut screen.tab {
                 Some(tab) => {
                     if tab.send_keys(keys).await.is_err() {
-                        screen.end_tab(person, None);
+                        screen.end_tab(vm, person, None);
                     }
                 }
                 // ttyd's page after its connection ended: Enter connects.
@@ -329,7 +360,7 @@ async fn tick(
         Got::Frame(Ok(())) | Got::Nothing => {}
         Got::Frame(Err(_)) => {
             let code = screen.tab.as_ref().and_then(|t| t.close_code());
-            screen.end_tab(person, code);
+            screen.end_tab(vm, person, code);
         }
     }
     Ok(None)
@@ -387,14 +418,21 @@ impl Screen {
     }
 
     /// The tab's connection ended (`code`: the close frame's, if ttyd sent
-    /// one); what follows is ttyd's own page's. Only a clean close with
-    /// another code than 1000 makes it reconnect by itself. A close with
-    /// 1000, or an end without a close frame (what ttyd 1.7.7 does when the
-    /// shell exits: the browser fires `error`, which stops the page from
-    /// reconnecting), leaves "Press ⏎ to Reconnect".
-    fn end_tab(&mut self, person: &mut Person, code: Option<u16>) {
+    /// one). Android 16 and 17 close the tab, and with it their last one
+    /// they stop the VM. Under 15 QPR2 what follows is ttyd's own page's:
+    /// only a clean close with another code than 1000 makes it reconnect
+    /// by itself. A close with 1000, or an end without a close frame (what
+    /// ttyd 1.7.7 does when the shell exits: the browser fires `error`,
+    /// which stops the page from reconnecting), leaves "Press ⏎ to
+    /// Reconnect".
+    fn end_tab(&mut self, vm: &Vm, person: &mut Person, code: Option<u16>) {
         self.tab = None;
         person.note("");
+        if vm.plan().profile.on_terminal_closed == OnTerminalClosed::CloseTab {
+            self.tab_closed_by_app = true;
+            person.app(&format!("the terminal's connection closed ({}): the app closes the tab (terminal_disconnect.js → closeTab); it was the last one, so the app stops the VM", code.map_or("no close frame".into(), |c| c.to_string())));
+            return;
+        }
         match code {
             Some(c) if c != NORMAL_CLOSE => {
                 self.reconnect = true;

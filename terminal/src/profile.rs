@@ -386,12 +386,34 @@ pub struct HostProfile {
     /// What the app does when the VM stops by itself with crosvm's reboot
     /// status (the guest rebooted, or panicked under `panic=-1`).
     pub on_guest_reboot: OnGuestReboot,
+    /// What the app does when its terminal tab's connection to ttyd ends
+    /// (the shell exited, ttyd died or restarted, the bridge dropped).
+    pub on_terminal_closed: OnTerminalClosed,
     /// Kernel parameters the host puts before the payload's `params`
     /// (crosvm's own `panic=-1`) …
     pub kernel_params_before: &'static [&'static str],
     /// … and after them (virtualizationservice, the app, the VM's name).
     pub kernel_params_after: &'static [&'static str],
     pub devices: DeviceSet,
+}
+
+/// What the app does when ttyd's WebSocket in its terminal tab closes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnTerminalClosed {
+    /// Android 15 QPR2 (the late Java `MainActivity`: a plain
+    /// `WebChromeClient`, no script of its own): ttyd's page decides — a
+    /// clean close with a code other than 1000 reconnects by itself,
+    /// anything else leaves "Press ⏎ to Reconnect".
+    TtydPage,
+    /// Android 16 and 17: the app's `terminal_disconnect.js` hooks
+    /// `console.log`, and ttyd's page logs "[ttyd] websocket connection
+    /// closed with code: …" on every close, so the app closes the tab
+    /// (`TerminalApp.closeTab()`). The last tab closed stops the VM: 16
+    /// `MainActivity.closeTab` → `finish()` → `onDestroy` → the shutdown
+    /// intent (`doShutdown`); 17 `TtydView.onSessionDiscard` →
+    /// `VmController.requestSessionDiscard` → `MainViewModel.closeTab` →
+    /// no sessions left → `stopVm()` → `vm.stop()`.
+    CloseTab,
 }
 
 /// How the app stops the VM (the notification's close, the settings'
@@ -492,6 +514,7 @@ impl HostProfile {
                 grace: Some(Duration::from_secs(3)),
             },
             on_guest_reboot: OnGuestReboot::CloseApp,
+            on_terminal_closed: OnTerminalClosed::CloseTab,
             // The Pixel 10's guest command line (Android 16) is
             // `panic=-1 <params> ds=nocloud arm64.nompam 8250.nr_uarts=4
             // console=ttyS0 debian_server_port=0 gfxstream_enabled
@@ -572,6 +595,7 @@ impl HostProfile {
             discovery_deadline: Duration::from_secs(10),
             discovery_deadline_emulated: Duration::from_secs(10),
             stop: AppStop::ShutdownRequest { grace: None },
+            on_terminal_closed: OnTerminalClosed::TtydPage,
             devices: DeviceSet {
                 sound: false,
                 ..a16.devices
@@ -750,6 +774,15 @@ mod tests {
         );
         let e = HostProfile::by_name("android99").unwrap_err().to_string();
         assert!(e.contains("android99") && e.contains("android16"), "{e}");
+    }
+
+    #[test]
+    fn only_the_java_app_leaves_a_closed_terminal_to_ttyds_page() {
+        let of = |n| HostProfile::by_name(n).unwrap().on_terminal_closed;
+        assert_eq!(of("android15-qpr2"), OnTerminalClosed::TtydPage);
+        for n in ["android16", "android17-grpc", "android17-aidl"] {
+            assert_eq!(of(n), OnTerminalClosed::CloseTab, "{n}");
+        }
     }
 
     #[test]

@@ -1,10 +1,10 @@
 //! `avf-harness boot --app` as a person uses it, in process: keys in,
 //! screen and notes out. Under Android 17's AIDL mode: the app's terminal
 //! tab (ttyd through the bridge) is the screen, a port the shell opens is
-//! forwarded to the host and carries bytes both ways, a shell that exits
-//! is connected again on Enter, `sudo systemctl reboot` makes the app
-//! start the VM again (a new boot, a new tab), and Ctrl-] closes the app
-//! through its stop.
+//! forwarded to the host and carries bytes both ways, `sudo systemctl
+//! reboot` makes the app start the VM again (a new boot, a new tab), and
+//! a shell that exits closes the app's last tab, so the app stops the VM
+//! (`terminal_disconnect.js` → `closeTab` → no sessions left → `stopVm`).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -51,6 +51,9 @@ impl Shared {
         .await
     }
 }
+
+/// The note of the app closing the tab whose connection ended.
+const LAST_TAB: &str = "it was the last one, so the app stops the VM";
 
 /// How often the test looks at what the person sees.
 const POLL: Duration = Duration::from_millis(100);
@@ -134,20 +137,20 @@ pub fn boot_app_android17() -> Result<()> {
         keys.send(ECHO.to_vec()).await?;
         let seen = notes.wait("guest port 8080 forwarded to", 1, 60).await?;
         tokio::task::spawn_blocking(move || roundtrip(&seen)).await??;
-        // The shell exits: ttyd's page waits for Enter, then a new login.
-        keys.send(b"exit\r".to_vec()).await?;
-        notes.wait("press Enter to connect again", 1, 30).await?;
-        keys.send(b"\r".to_vec()).await?;
-        notes.wait("the terminal connected again", 1, 60).await?;
-        notes.wait(tab, 2, 5).await?;
+        // The tab's connection ends as the guest goes down: the guest's
+        // own reboot is what the app answers.
         keys.send(b"sudo systemctl reboot\r".to_vec()).await?;
         notes.wait("the app starts the VM again", 1, 120).await?;
-        notes.wait(tab, 3, 180).await?;
+        notes.wait(tab, 2, 180).await?;
         let second = boot_id(&screen, &keys, 2).await?;
         if first == second {
             bail!("the same boot id {first} after the app's restart");
         }
-        keys.send(vec![0x1d]).await?;
+        // The shell exits: the app closes its last tab and stops the VM.
+        let seen = notes.text().matches(LAST_TAB).count();
+        keys.send(b"exit\r".to_vec()).await?;
+        notes.wait(LAST_TAB, seen + 1, 30).await?;
+        notes.wait("the app closes: its stop", 1, 30).await?;
         anyhow::Ok(())
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
