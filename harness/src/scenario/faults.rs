@@ -18,6 +18,7 @@ use super::terminal::Session;
 use crate::console::ConsoleError;
 use crate::timeouts::{wait_until, Check, Timeout};
 use crate::vm::Vm;
+use avf_terminal::profile::OnTerminalClosed;
 
 fn app(term: &mut Option<Session>) -> Result<&mut Session> {
     term.as_mut()
@@ -32,6 +33,14 @@ fn secs(d: Duration) -> String {
 /// by `within` from the kill.
 pub async fn fault(vm: &mut Vm, term: &mut Option<Session>, s: &Fault) -> Result<String> {
     let within = s.within.get();
+    let closes_tab = vm.plan().profile.on_terminal_closed == OnTerminalClosed::CloseTab;
+    if s.expect_stop.is_some() && !(s.ttyd_session_ends && closes_tab) {
+        bail!(
+            "expect_stop: this fault does not make the {} app stop the VM \
+             (only its terminal's connection closing does, under Android 16 and 17: ttyd_session_ends)",
+            vm.plan().profile.release
+        );
+    }
     let from = term.as_ref().map(Session::event_cursor);
     let open = match s.open_forward_fails {
         Some(port) => Some(open_forward(app(term)?, port, within).await?),
@@ -58,6 +67,10 @@ pub async fn fault(vm: &mut Vm, term: &mut Option<Session>, s: &Fault) -> Result
     }
     if let Some(tty) = tty {
         notes.push(ttyd_session_ends(tty, t0, within).await?);
+        if closes_tab {
+            notes.push(app_closes_last_tab(vm, app(term)?, s).await?);
+            return Ok(notes.join("; "));
+        }
     }
     match killed {
         Some((unit, old)) if s.restarted => {
@@ -220,6 +233,35 @@ async fn forward_fails(
         "open forward ended after {} ({open}); a new one ended in {} ({fresh})",
         secs(open_at),
         secs(t1.elapsed())
+    ))
+}
+
+/// Android 16 and 17 close the tab whose connection ended; it was the
+/// app's last, so the app stops the VM (the profile's stop), which must
+/// end as `s.expect_stop` says. The checks that need a running VM cannot
+/// follow.
+async fn app_closes_last_tab(vm: &mut Vm, app: &Session, s: &Fault) -> Result<String> {
+    let release = vm.plan().profile.release;
+    if s.vm_survives || s.restarted || !s.reconnects.is_empty() || s.then_sh.is_some() {
+        bail!(
+            "ttyd_session_ends: the {release} app closes the tab whose connection ended, its last one, \
+             and stops the VM; set vm_survives = false (and expect_stop), without restarted, \
+             reconnects or then_sh"
+        );
+    }
+    let report = lifecycle::app_stop(vm, app).await?;
+    if let Some(want) = s.expect_stop {
+        if report.kind != want {
+            bail!(
+                "the app's stop after it closed its last tab ended {:?}, expected {want:?}: {}",
+                report.kind,
+                report.note
+            );
+        }
+    }
+    Ok(format!(
+        "the {release} app closes that tab (terminal_disconnect.js → closeTab), its last, and stops the VM: {}",
+        report.note
     ))
 }
 

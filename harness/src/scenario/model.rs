@@ -605,10 +605,16 @@ pub struct Fault {
     /// it, not hang.
     #[serde(default)]
     pub open_forward_fails: Option<u16>,
-    /// The app's open ttyd session must end (not hang); its next
-    /// `ttyd_run` opens a new one, as the app's WebView reloads.
+    /// The app's open ttyd session must end (not hang). Then the app
+    /// answers as its release does (`HostProfile::on_terminal_closed`):
+    /// Android 15 QPR2's page connects again on the next `ttyd_run`;
+    /// Android 16 and 17 close that tab, their last, and stop the VM
+    /// (`vm_survives = false`; `expect_stop` says how the stop must end).
     #[serde(default)]
     pub ttyd_session_ends: bool,
+    /// When the fault makes the app stop the VM: how that stop must end.
+    #[serde(default)]
+    pub expect_stop: Option<StopOutcome>,
     /// Guest `sh` run after the kill (and the checks above); must exit 0.
     #[serde(default)]
     pub then_sh: Option<String>,
