@@ -33,14 +33,11 @@ fn secs(d: Duration) -> String {
 /// by `within` from the kill.
 pub async fn fault(vm: &mut Vm, term: &mut Option<Session>, s: &Fault) -> Result<String> {
     let within = s.within.get();
+    // Checked at load against the scenario's profile; again here, as the
+    // command line may play another.
+    s.check_terminal_closed(&vm.plan().profile)
+        .map_err(|e| anyhow!("{e}"))?;
     let closes_tab = vm.plan().profile.on_terminal_closed == OnTerminalClosed::CloseTab;
-    if s.expect_stop.is_some() && !(s.ttyd_session_ends && closes_tab) {
-        bail!(
-            "expect_stop: this fault does not make the {} app stop the VM \
-             (only its terminal's connection closing does, under Android 16 and 17: ttyd_session_ends)",
-            vm.plan().profile.release
-        );
-    }
     let from = term.as_ref().map(Session::event_cursor);
     let open = match s.open_forward_fails {
         Some(port) => Some(open_forward(app(term)?, port, within).await?),
@@ -239,16 +236,9 @@ async fn forward_fails(
 /// Android 16 and 17 close the tab whose connection ended; it was the
 /// app's last, so the app stops the VM (the profile's stop), which must
 /// end as `s.expect_stop` says. The checks that need a running VM cannot
-/// follow.
+/// follow (`Fault::check_terminal_closed`).
 async fn app_closes_last_tab(vm: &mut Vm, app: &Session, s: &Fault) -> Result<String> {
     let release = vm.plan().profile.release;
-    if s.vm_survives || s.restarted || !s.reconnects.is_empty() || s.then_sh.is_some() {
-        bail!(
-            "ttyd_session_ends: the {release} app closes the tab whose connection ended, its last one, \
-             and stops the VM; set vm_survives = false (and expect_stop), without restarted, \
-             reconnects or then_sh"
-        );
-    }
     let report = lifecycle::app_stop(vm, app).await?;
     if let Some(want) = s.expect_stop {
         if report.kind != want {

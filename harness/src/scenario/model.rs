@@ -10,6 +10,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use avf_terminal::profile::OnTerminalClosed;
 use avf_terminal::HostProfile;
 use serde::Deserialize;
 
@@ -624,6 +625,36 @@ pub struct Fault {
     pub within: Scaled,
 }
 
+impl Fault {
+    /// Under a profile whose app closes its last tab when the terminal's
+    /// connection ends (Android 16, 17), a fault that ends the session
+    /// stops the VM: the checks that need it running cannot follow, and
+    /// `expect_stop` only means something there. The error starts with
+    /// the field at fault.
+    pub fn check_terminal_closed(&self, profile: &HostProfile) -> Result<(), String> {
+        let closes = profile.on_terminal_closed == OnTerminalClosed::CloseTab;
+        let release = profile.release;
+        if self.expect_stop.is_some() && !(self.ttyd_session_ends && closes) {
+            return Err(format!(
+                "expect_stop: this fault does not make the {release} app stop the VM \
+                 (only its terminal's connection closing does, under Android 16 and 17: ttyd_session_ends)"
+            ));
+        }
+        let needs_vm = self.vm_survives
+            || self.restarted
+            || !self.reconnects.is_empty()
+            || self.then_sh.is_some();
+        if self.ttyd_session_ends && closes && needs_vm {
+            return Err(format!(
+                "ttyd_session_ends: the {release} app closes the tab whose connection ended, its last one, \
+                 and stops the VM; set vm_survives = false (and expect_stop), without restarted, \
+                 reconnects or then_sh"
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Runs `sh` (which must make the guest kernel panic, e.g.
 /// `echo c > /proc/sysrq-trigger` in the background) while a console wait
 /// that would otherwise run to the boot timeout is pending: the wait must
@@ -754,6 +785,10 @@ impl Scenario {
                 }
                 _ => {}
             }
+            if let Step::Fault(f) = st {
+                f.check_terminal_closed(&s.profile)
+                    .map_err(|e| anyhow::anyhow!("{}: steps[{i}].{e}", file.display()))?;
+            }
         }
         Ok(s)
     }
@@ -813,6 +848,37 @@ mod tests {
             ),
         )?;
         Scenario::load(&f)
+    }
+
+    #[test]
+    fn a_closed_terminal_fault_says_what_the_profiles_app_does() {
+        let ttyd = "[[steps]]\nkind = \"fault\"\nkill = \"guest-agent:avf-ttyd\"\nttyd_session_ends = true\nwithin_secs = 30\n";
+        // Android 16 stops the VM: the VM cannot be checked afterwards.
+        let e = format!("{:#}", load(ttyd).unwrap_err());
+        assert!(
+            e.contains("steps[0].ttyd_session_ends") && e.contains("vm_survives = false"),
+            "{e}"
+        );
+        load(&format!(
+            "{ttyd}vm_survives = false\nexpect_stop = \"in_grace\"\n"
+        ))
+        .unwrap();
+        // 15 QPR2's page reconnects: no stop to expect.
+        let a15 = |rest: &str| {
+            let dir = tempfile::tempdir().unwrap();
+            let f = dir.path().join("t.toml");
+            std::fs::write(&f, format!("description = \"d\"\npayload = \"debian-direct\"\nprofile = \"android15-qpr2\"\n{rest}")).unwrap();
+            Scenario::load(&f)
+        };
+        a15(&format!("{ttyd}restarted = true\n")).unwrap();
+        let e = format!(
+            "{:#}",
+            a15(&format!("{ttyd}expect_stop = \"in_grace\"\n")).unwrap_err()
+        );
+        assert!(
+            e.contains("steps[0].expect_stop") && e.contains("Android 15 QPR2"),
+            "{e}"
+        );
     }
 
     #[test]
