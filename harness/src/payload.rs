@@ -98,7 +98,7 @@ impl Instance {
         if source.is_dir() {
             install_dir(source, &files, &payload)?;
         } else if source.is_file() {
-            let got = image_archive::install_to(source, &payload)?;
+            let got = install_archive(source, &payload)?;
             for w in got.warnings {
                 eprintln!("[avf] installing {}: {w}", source.display());
                 install_warnings.push(w.to_string());
@@ -120,6 +120,20 @@ impl Instance {
             in_place: false,
             install_warnings,
         })
+    }
+
+    /// Reads `archive` entry by entry as the app's installer does, into a
+    /// private dir under `scratch` (holes kept: nothing is allocated), and
+    /// uses the result in place: `avf-harness check` on an
+    /// `images.tar.gz`, which must read to its end, as on the phone.
+    pub fn unpacked(
+        archive: &Path,
+        scratch: &Path,
+    ) -> Result<(Instance, image_archive::Installed)> {
+        let dir = scratch.join("linux");
+        let got = install_archive(archive, &dir)?;
+        let inst = Instance::in_place(&dir, &scratch.join("scratch"))?;
+        Ok((inst, got))
     }
 
     /// Whether the app would call this image installed (`completed`); a
@@ -147,7 +161,7 @@ impl Instance {
         if source.is_dir() {
             install_dir(source, files, &self.payload_dir)?;
         } else {
-            image_archive::install_to(source, &self.payload_dir)?;
+            install_archive(source, &self.payload_dir)?;
         }
         allocate_root_part(&self.payload_dir)
     }
@@ -169,6 +183,21 @@ impl Instance {
             install_warnings: Vec::new(),
         })
     }
+}
+/// The app's installer on `archive` (see [`image_archive`]); a read
+/// error says what Android 17's installer would do with it.
+fn install_archive(archive: &Path, dir: &Path) -> Result<image_archive::Installed> {
+    image_archive::install_to(archive, dir).map_err(|e| {
+        let note = match &e {
+            image_archive::ArchiveError::Io { .. } => {
+                "\n(Android 17's installer retries a read error like this forever — only \
+                 \"file not found\", \"access denied\" and \"no space left\" end it — so its \
+                 progress screen would never finish; check the archive's sha256 before copying it)"
+            }
+            _ => "",
+        };
+        anyhow::anyhow!("installing {}: {e}{note}", archive.display())
+    })
 }
 
 /// A payload directory into `payload` (under `files`): copied into a
@@ -323,6 +352,40 @@ mod tests {
             .collect();
         left.sort();
         assert_eq!(left, ["linux"]);
+    }
+
+    #[test]
+    fn check_reads_an_archive_to_its_end_and_names_the_17_installers_loop() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("payload");
+        make_payload(&src);
+        let tgz = t.path().join("images.tar.gz");
+        let st = Command::new("tar")
+            .arg("-czf")
+            .arg(&tgz)
+            .arg("-C")
+            .arg(&src)
+            .args(["vm_config.json", "build_id", "root_part"])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let scratch = t.path().join("scratch");
+        std::fs::create_dir(&scratch).unwrap();
+        let (inst, got) = Instance::unpacked(&tgz, &scratch).unwrap();
+        assert_eq!(got.files, ["vm_config.json", "build_id", "root_part"]);
+        assert!(inst.vm_config().is_file());
+        // Nothing allocated for the check: root_part stays sparse.
+        assert!(allocated(&inst.payload_dir.join("root_part")) < 8 << 20);
+        let bytes = std::fs::read(&tgz).unwrap();
+        let cut = t.path().join("cut.tar.gz");
+        std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+        let again = t.path().join("again");
+        std::fs::create_dir(&again).unwrap();
+        let e = format!("{:#}", Instance::unpacked(&cut, &again).unwrap_err());
+        assert!(
+            e.contains("cut.tar.gz") && e.contains("retries a read error like this forever"),
+            "{e}"
+        );
     }
 
     /// A gzip tar with raw headers (the tar crate's setters would refuse

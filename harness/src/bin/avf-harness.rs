@@ -59,9 +59,11 @@ enum Cmd {
         #[arg(long)]
         snapshots: Option<PathBuf>,
     },
-    /// Parse and validate a vm_config.json (exit 1 with the field on error)
+    /// Parse and validate a payload: a directory, or an images.tar.gz read
+    /// to its end as the app's installer reads it (exit 1 naming the file
+    /// and the field on error)
     Check {
-        /// Payload directory
+        /// Payload directory or images.tar.gz
         payload: PathBuf,
     },
     /// Boot benchmark: medians of interleaved boots, side by side — the
@@ -523,8 +525,26 @@ async fn real_main(cli: Cli) -> Result<()> {
         }
         Cmd::Check { payload } => {
             let scratch = tempfile::Builder::new().prefix("avf-check-").tempdir()?;
-            let inst = avf_harness::payload::Instance::in_place(&payload, scratch.path())?;
-            let spec = avf_harness::spec::VmSpec::load(&inst.vm_config(), &inst.expansion())?;
+            // Errors name the archive's member, not the scratch copy.
+            let shown = payload.join("vm_config.json");
+            let inst = if payload.is_file() {
+                let (inst, got) =
+                    avf_harness::payload::Instance::unpacked(&payload, scratch.path())?;
+                for w in &got.warnings {
+                    eprintln!("[avf] installing {}: {w}", payload.display());
+                }
+                println!(
+                    "{}: installs as the app's installer reads it: {}",
+                    payload.display(),
+                    got.files.join(", ")
+                );
+                inst
+            } else {
+                avf_harness::payload::Instance::in_place(&payload, scratch.path())?
+            };
+            let text = std::fs::read_to_string(inst.vm_config())
+                .with_context(|| format!("{}: cannot read", shown.display()))?;
+            let spec = avf_harness::spec::VmSpec::parse(&text, &shown, &inst.expansion())?;
             println!(
                 "{}: ok ({} disk(s), {} share(s), kernel: {})",
                 spec.source.display(),
