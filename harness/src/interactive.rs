@@ -531,6 +531,12 @@ async fn after_exit(
     };
     if reason != lifecycle::RESET {
         person.note(&format!("[avf] the VM stopped (SHUTDOWN reason {reason})"));
+        if run.app.is_some() {
+            // 15 QPR2/16: Runner.onStopped → onVmStop → finish(); 17:
+            // STOP_REASON_SHUTDOWN/KILLED → Stopped → MainUiState.Stopped
+            // → finish() (MainScreen).
+            person.app("the app closes (the VM stopped: onVmStop → finish(); Android 17: Stopped → finish())");
+        }
         return Ok(false);
     }
     person.note("[avf] the guest reset (a reboot, or a panic under panic=-1): crosvm's reboot status, STOP_REASON_REBOOT to the app");
