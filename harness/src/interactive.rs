@@ -346,7 +346,7 @@ async fn tick(
             match &mut screen.tab {
                 Some(tab) => {
                     if tab.send_keys(keys).await.is_err() {
-                        screen.end_tab(vm, person, None);
+                        screen.end_tab(vm.plan().profile.on_terminal_closed, person, None);
                     }
                 }
                 // ttyd's page after its connection ended: Enter connects.
@@ -360,7 +360,7 @@ async fn tick(
         Got::Frame(Ok(())) | Got::Nothing => {}
         Got::Frame(Err(_)) => {
             let code = screen.tab.as_ref().and_then(|t| t.close_code());
-            screen.end_tab(vm, person, code);
+            screen.end_tab(vm.plan().profile.on_terminal_closed, person, code);
         }
     }
     Ok(None)
@@ -425,10 +425,10 @@ impl Screen {
     /// ttyd 1.7.7 does when the shell exits: the browser fires `error`,
     /// which stops the page from reconnecting), leaves "Press ⏎ to
     /// Reconnect".
-    fn end_tab(&mut self, vm: &Vm, person: &mut Person, code: Option<u16>) {
+    fn end_tab(&mut self, on_closed: OnTerminalClosed, person: &mut Person, code: Option<u16>) {
         self.tab = None;
         person.note("");
-        if vm.plan().profile.on_terminal_closed == OnTerminalClosed::CloseTab {
+        if on_closed == OnTerminalClosed::CloseTab {
             self.tab_closed_by_app = true;
             person.app(&format!("the terminal's connection closed ({}): the app closes the tab (terminal_disconnect.js → closeTab); it was the last one, so the app stops the VM", code.map_or("no close frame".into(), |c| c.to_string())));
             return;
@@ -651,5 +651,40 @@ impl Drop for RawMode {
             // SAFETY: restores the attributes read in `enter`.
             unsafe { libc::tcsetattr(0, libc::TCSANOW, &t) };
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn person() -> Person {
+        Person {
+            keys: mpsc::channel(1).1,
+            screen: Box::new(std::io::sink()),
+            notes: Box::new(std::io::sink()),
+        }
+    }
+
+    #[test]
+    fn a_closed_terminal_gets_the_releases_answer() {
+        let mut p = person();
+        // Android 16 and 17: the app closes the tab, its last: its stop.
+        let mut s = Screen::default();
+        s.end_tab(OnTerminalClosed::CloseTab, &mut p, None);
+        assert!(s.tab_closed_by_app && !s.tab_ended && !s.reconnect);
+        // 15 QPR2: ttyd's page. No close frame (ttyd 1.7.7 on `exit`) or
+        // 1000: "Press ⏎ to Reconnect"; another clean code: reconnects.
+        for code in [None, Some(NORMAL_CLOSE)] {
+            let mut s = Screen::default();
+            s.end_tab(OnTerminalClosed::TtydPage, &mut p, code);
+            assert!(
+                s.tab_ended && !s.reconnect && !s.tab_closed_by_app,
+                "{code:?}"
+            );
+        }
+        let mut s = Screen::default();
+        s.end_tab(OnTerminalClosed::TtydPage, &mut p, Some(1011));
+        assert!(s.reconnect && !s.tab_ended && !s.tab_closed_by_app);
     }
 }
