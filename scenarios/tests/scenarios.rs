@@ -237,5 +237,14 @@ fn main() {
             .map_err(|_| Failed::from("the interactive boot panicked"))?
             .map_err(to_failed)
     }));
+    trials.push(Trial::test("vm::interactive_boot_app_android15", || {
+        std::thread::Builder::new()
+            .stack_size(64 << 20)
+            .spawn(interactive::boot_app_android15)
+            .expect("spawn")
+            .join()
+            .map_err(|_| Failed::from("the interactive boot panicked"))?
+            .map_err(to_failed)
+    }));
     libtest_mimic::run(&args, trials).exit();
 }

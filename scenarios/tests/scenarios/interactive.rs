@@ -5,6 +5,8 @@
 //! reboot` makes the app start the VM again (a new boot, a new tab), and
 //! a shell that exits closes the app's last tab, so the app stops the VM
 //! (`terminal_disconnect.js` → `closeTab` → no sessions left → `stopVm`).
+//! Under Android 15 QPR2's Java app, which injects nothing, a shell that
+//! exits leaves ttyd's "Press ⏎ to Reconnect", and Ctrl-] closes the app.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -13,7 +15,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use avf_harness::interactive::{self, BootRequest, Person};
-use avf_harness::plan::{Options, VcpuModel};
+use avf_harness::plan::{NetMode, Options, VcpuModel};
 use avf_harness::timeouts::{wait_until, Check, Scaled};
 use avf_harness::vm::LaunchRequest;
 use avf_terminal::HostProfile;
@@ -97,22 +99,21 @@ fn roundtrip(notes: &str) -> Result<()> {
 /// An echo server for droid (perl, in the image), in the background.
 const ECHO: &[u8] = b"perl -MIO::Socket::INET -e '$s = IO::Socket::INET->new(LocalAddr => \"0.0.0.0:8080\", Listen => 4, ReuseAddr => 1) or die; while ($c = $s->accept) { while (sysread($c, $b, 4096)) { syswrite($c, $b) } close $c }' &\r";
 
-pub fn boot_app_android17() -> Result<()> {
+/// Boots our direct payload under `profile` for a person whose keys
+/// `drive` sends, in process; then the app's stop must have powered the
+/// guest off in its grace, and nothing of the run may be left.
+fn interactive_run<F, Fut>(name: &str, options: Options, drive: F) -> Result<()>
+where
+    F: FnOnce(mpsc::Sender<Vec<u8>>, Shared, Shared) -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
     let payload = avf_harness::payload::built_payload("debian", "direct")?;
     let req = BootRequest {
         launch: LaunchRequest {
             payload,
             in_place: false,
-            options: Options {
-                profile: HostProfile::android17_aidl(),
-                // Our payload carries its own cidata.iso (gRPC mode); a
-                // debuggable phone's /sdcard/linux/cidata.iso forces AIDL.
-                cidata_override: true,
-                // The harness's console is under test, not the CPU.
-                vcpu: VcpuModel::NoPauth,
-                ..Options::default()
-            },
-            artefacts: avf_harness::scenario::artefacts_dir("interactive_boot_app_android17"),
+            options,
+            artefacts: avf_harness::scenario::artefacts_dir(name),
             keep_instance: false,
         },
         keep: false,
@@ -125,34 +126,9 @@ pub fn boot_app_android17() -> Result<()> {
         screen: Box::new(screen.clone()),
         notes: Box::new(notes.clone()),
     };
-    let drive = async {
-        // tx moves in: when the drive ends, early or not, the keys end
-        // and the person has left (the app's stop).
-        let keys = tx;
-        let tab = "the terminal tab is open";
-        notes.wait(tab, 1, 180).await?;
-        keys.send(b"id\r".to_vec()).await?;
-        screen.wait("uid=1000(droid)", 1, 30).await?;
-        let first = boot_id(&screen, &keys, 1).await?;
-        keys.send(ECHO.to_vec()).await?;
-        let seen = notes.wait("guest port 8080 forwarded to", 1, 60).await?;
-        tokio::task::spawn_blocking(move || roundtrip(&seen)).await??;
-        // The tab's connection ends as the guest goes down: the guest's
-        // own reboot is what the app answers.
-        keys.send(b"sudo systemctl reboot\r".to_vec()).await?;
-        notes.wait("the app starts the VM again", 1, 120).await?;
-        notes.wait(tab, 2, 180).await?;
-        let second = boot_id(&screen, &keys, 2).await?;
-        if first == second {
-            bail!("the same boot id {first} after the app's restart");
-        }
-        // The shell exits: the app closes its last tab and stops the VM.
-        let seen = notes.text().matches(LAST_TAB).count();
-        keys.send(b"exit\r".to_vec()).await?;
-        notes.wait(LAST_TAB, seen + 1, 30).await?;
-        notes.wait("the app closes: its stop", 1, 30).await?;
-        anyhow::Ok(())
-    };
+    // tx moves into the drive: when it ends, early or not, the keys end
+    // and the person has left (the app's stop).
+    let drive = drive(tx, screen, notes.clone());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -172,4 +148,81 @@ pub fn boot_app_android17() -> Result<()> {
         bail!("left running: {leaked:?}");
     }
     Ok(())
+}
+
+/// The note that the app's terminal tab opened.
+const TAB: &str = "the terminal tab is open";
+
+pub fn boot_app_android17() -> Result<()> {
+    let options = Options {
+        profile: HostProfile::android17_aidl(),
+        // Our payload carries its own cidata.iso (gRPC mode); a
+        // debuggable phone's /sdcard/linux/cidata.iso forces AIDL.
+        cidata_override: true,
+        // The harness's console is under test, not the CPU.
+        vcpu: VcpuModel::NoPauth,
+        ..Options::default()
+    };
+    interactive_run(
+        "interactive_boot_app_android17",
+        options,
+        |keys, screen, notes| async move {
+            notes.wait(TAB, 1, 180).await?;
+            keys.send(b"id\r".to_vec()).await?;
+            screen.wait("uid=1000(droid)", 1, 30).await?;
+            let first = boot_id(&screen, &keys, 1).await?;
+            keys.send(ECHO.to_vec()).await?;
+            let seen = notes.wait("guest port 8080 forwarded to", 1, 60).await?;
+            tokio::task::spawn_blocking(move || roundtrip(&seen)).await??;
+            // The tab's connection ends as the guest goes down: the guest's
+            // own reboot is what the app answers.
+            keys.send(b"sudo systemctl reboot\r".to_vec()).await?;
+            notes.wait("the app starts the VM again", 1, 120).await?;
+            notes.wait(TAB, 2, 180).await?;
+            let second = boot_id(&screen, &keys, 2).await?;
+            if first == second {
+                bail!("the same boot id {first} after the app's restart");
+            }
+            // The shell exits: the app closes its last tab and stops the VM.
+            let seen = notes.text().matches(LAST_TAB).count();
+            keys.send(b"exit\r".to_vec()).await?;
+            notes.wait(LAST_TAB, seen + 1, 30).await?;
+            notes.wait("the app closes: its stop", 1, 30).await?;
+            Ok(())
+        },
+    )
+}
+
+/// Android 15 QPR2's Java app injects nothing into ttyd's page: a shell
+/// that exits leaves "Press ⏎ to Reconnect", Enter gives a new login, and
+/// Ctrl-] is the person closing the app (its shutdown request).
+pub fn boot_app_android15() -> Result<()> {
+    let options = Options {
+        profile: HostProfile::android15_qpr2(),
+        net: NetMode::Tap,
+        vcpu: VcpuModel::NoPauth,
+        ..Options::default()
+    };
+    interactive_run(
+        "interactive_boot_app_android15",
+        options,
+        |keys, screen, notes| async move {
+            notes.wait(TAB, 1, 180).await?;
+            keys.send(b"id\r".to_vec()).await?;
+            screen.wait("uid=1000(droid)", 1, 30).await?;
+            keys.send(b"exit\r".to_vec()).await?;
+            notes.wait("press Enter to connect again", 1, 30).await?;
+            keys.send(b"\r".to_vec()).await?;
+            notes.wait("the terminal connected again", 1, 60).await?;
+            notes.wait(TAB, 2, 5).await?;
+            keys.send(b"echo again-$((6*7))\r".to_vec()).await?;
+            screen.wait("again-42", 1, 30).await?;
+            if notes.text().contains(LAST_TAB) {
+                bail!("the Java app closed a tab");
+            }
+            keys.send(vec![0x1d]).await?;
+            notes.wait("the app closes: its stop", 1, 30).await?;
+            Ok(())
+        },
+    )
 }
