@@ -319,12 +319,12 @@ mod tests {
         assert_eq!(left, ["linux"]);
     }
 
-    #[test]
-    fn installs_a_tarball() {
-        let t = tempfile::tempdir().unwrap();
-        let src = t.path().join("payload");
+    /// `make_payload`'s files as `<dir>/images.tar.gz` (tar, as a user
+    /// would pack them).
+    fn payload_tarball(dir: &Path) -> PathBuf {
+        let src = dir.join("payload");
         make_payload(&src);
-        let tgz = t.path().join("images.tar.gz");
+        let tgz = dir.join("images.tar.gz");
         let st = Command::new("tar")
             .arg("-czf")
             .arg(&tgz)
@@ -334,6 +334,13 @@ mod tests {
             .status()
             .unwrap();
         assert!(st.success());
+        tgz
+    }
+
+    #[test]
+    fn installs_a_tarball() {
+        let t = tempfile::tempdir().unwrap();
+        let tgz = payload_tarball(t.path());
         let inst = Instance::install(&tgz, &t.path().join("inst")).unwrap();
         let root = inst.payload_dir.join("root_part");
         let data = std::fs::read(&root).unwrap();
@@ -357,18 +364,7 @@ mod tests {
     #[test]
     fn check_reads_an_archive_to_its_end_and_names_the_17_installers_loop() {
         let t = tempfile::tempdir().unwrap();
-        let src = t.path().join("payload");
-        make_payload(&src);
-        let tgz = t.path().join("images.tar.gz");
-        let st = Command::new("tar")
-            .arg("-czf")
-            .arg(&tgz)
-            .arg("-C")
-            .arg(&src)
-            .args(["vm_config.json", "build_id", "root_part"])
-            .status()
-            .unwrap();
-        assert!(st.success());
+        let tgz = payload_tarball(t.path());
         let scratch = t.path().join("scratch");
         std::fs::create_dir(&scratch).unwrap();
         let (inst, got) = Instance::unpacked(&tgz, &scratch).unwrap();

@@ -227,24 +227,26 @@ fn main() {
     trials.push(Trial::test("vm::process_failed_run_leaves_nothing", || {
         failed_run_leaves_nothing().map_err(to_failed)
     }));
-    trials.push(Trial::test("vm::interactive_boot_app_android17", || {
-        // A roomy stack, as for scenarios: the boot's futures are large.
-        std::thread::Builder::new()
-            .stack_size(64 << 20)
-            .spawn(interactive::boot_app_android17)
-            .expect("spawn")
-            .join()
-            .map_err(|_| Failed::from("the interactive boot panicked"))?
-            .map_err(to_failed)
-    }));
-    trials.push(Trial::test("vm::interactive_boot_app_android15", || {
-        std::thread::Builder::new()
-            .stack_size(64 << 20)
-            .spawn(interactive::boot_app_android15)
-            .expect("spawn")
-            .join()
-            .map_err(|_| Failed::from("the interactive boot panicked"))?
-            .map_err(to_failed)
-    }));
+    for (name, test) in [
+        (
+            "vm::interactive_boot_app_android17",
+            interactive::boot_app_android17 as fn() -> anyhow::Result<()>,
+        ),
+        (
+            "vm::interactive_boot_app_android15",
+            interactive::boot_app_android15,
+        ),
+    ] {
+        trials.push(Trial::test(name, move || {
+            // A roomy stack, as for scenarios: the boot's futures are large.
+            std::thread::Builder::new()
+                .stack_size(64 << 20)
+                .spawn(test)
+                .expect("spawn")
+                .join()
+                .map_err(|_| Failed::from("the interactive boot panicked"))?
+                .map_err(to_failed)
+        }));
+    }
     libtest_mimic::run(&args, trials).exit();
 }

@@ -315,6 +315,20 @@ pub async fn boot(
 mod tests {
     use super::*;
 
+    /// A writable composite disk's raw file, then a read-only image.
+    fn two_disks(image: &str) -> [RawDisk; 2] {
+        [
+            RawDisk {
+                file: "/w/disk0.raw".into(),
+                writable: true,
+            },
+            RawDisk {
+                file: image.into(),
+                writable: false,
+            },
+        ]
+    }
+
     #[test]
     fn the_plain_line_keeps_cpu_memory_kernel_and_drops_every_device() {
         let harness: Vec<OsString> = [
@@ -347,16 +361,7 @@ mod tests {
         ]
         .map(OsString::from)
         .to_vec();
-        let disks = [
-            RawDisk {
-                file: "/w/disk0.raw".into(),
-                writable: true,
-            },
-            RawDisk {
-                file: "/w/a,b.img".into(),
-                writable: false,
-            },
-        ];
+        let disks = two_disks("/w/a,b.img");
         let a = plain_args(
             &harness,
             &disks,
@@ -412,16 +417,7 @@ mod tests {
         ]
         .map(OsString::from)
         .to_vec();
-        let disks = [
-            RawDisk {
-                file: "/w/disk0.raw".into(),
-                writable: true,
-            },
-            RawDisk {
-                file: "/p/extra.img".into(),
-                writable: false,
-            },
-        ];
+        let disks = two_disks("/p/extra.img");
         let a = with_raw_disks(&harness, &disks).unwrap();
         assert_eq!(a.len(), harness.len());
         let bd: serde_json::Value = serde_json::from_str(&a[3].to_string_lossy()).unwrap();

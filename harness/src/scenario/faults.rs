@@ -240,15 +240,7 @@ async fn forward_fails(
 async fn app_closes_last_tab(vm: &mut Vm, app: &Session, s: &Fault) -> Result<String> {
     let release = vm.plan().profile.release;
     let report = lifecycle::app_stop(vm, app).await?;
-    if let Some(want) = s.expect_stop {
-        if report.kind != want {
-            bail!(
-                "the app's stop after it closed its last tab ended {:?}, expected {want:?}: {}",
-                report.kind,
-                report.note
-            );
-        }
-    }
+    report.expect(s.expect_stop, "the app's stop after it closed its last tab")?;
     Ok(format!(
         "the {release} app closes that tab (terminal_disconnect.js → closeTab), its last, and stops the VM: {}",
         report.note

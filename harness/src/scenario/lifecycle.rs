@@ -34,16 +34,8 @@ pub async fn restart(
                 .as_ref()
                 .context("stop = \"app\" needs the app's host side")?;
             let outcome = app_stop(vm, app).await?;
-            notes.push(outcome.note.clone());
-            if let Some(want) = s.expect {
-                if outcome.kind != want {
-                    bail!(
-                        "the app's stop ended {:?}, expected {want:?}: {}",
-                        outcome.kind,
-                        outcome.note
-                    );
-                }
-            }
+            outcome.expect(s.expect, "the app's stop")?;
+            notes.push(outcome.note);
         }
         StopKind::Kill => {
             vm.halt(Halt::Kill).await;
@@ -261,6 +253,21 @@ fn clean_root(vm: &Vm, after: &str) -> Result<String> {
 pub struct StopReport {
     pub kind: StopOutcome,
     pub note: String,
+}
+
+impl StopReport {
+    /// Fails unless the stop ended as `want` says (if it says anything);
+    /// `what` names the stop.
+    pub fn expect(&self, want: Option<StopOutcome>, what: &str) -> Result<()> {
+        match want {
+            Some(w) if w != self.kind => bail!(
+                "{what} ended {:?}, expected {w:?}: {}",
+                self.kind,
+                self.note
+            ),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// The app's stop under the VM's profile: the shutdown request (Android

@@ -153,6 +153,18 @@ where
 /// The note that the app's terminal tab opened.
 const TAB: &str = "the terminal tab is open";
 
+/// The app's first tab opens (in the boot's time) on droid's shell.
+async fn first_tab_is_droids(
+    keys: &mpsc::Sender<Vec<u8>>,
+    screen: &Shared,
+    notes: &Shared,
+) -> Result<()> {
+    notes.wait(TAB, 1, 180).await?;
+    keys.send(b"id\r".to_vec()).await?;
+    screen.wait("uid=1000(droid)", 1, 30).await?;
+    Ok(())
+}
+
 pub fn boot_app_android17() -> Result<()> {
     let options = Options {
         profile: HostProfile::android17_aidl(),
@@ -167,9 +179,7 @@ pub fn boot_app_android17() -> Result<()> {
         "interactive_boot_app_android17",
         options,
         |keys, screen, notes| async move {
-            notes.wait(TAB, 1, 180).await?;
-            keys.send(b"id\r".to_vec()).await?;
-            screen.wait("uid=1000(droid)", 1, 30).await?;
+            first_tab_is_droids(&keys, &screen, &notes).await?;
             let first = boot_id(&screen, &keys, 1).await?;
             keys.send(ECHO.to_vec()).await?;
             let seen = notes.wait("guest port 8080 forwarded to", 1, 60).await?;
@@ -207,9 +217,7 @@ pub fn boot_app_android15() -> Result<()> {
         "interactive_boot_app_android15",
         options,
         |keys, screen, notes| async move {
-            notes.wait(TAB, 1, 180).await?;
-            keys.send(b"id\r".to_vec()).await?;
-            screen.wait("uid=1000(droid)", 1, 30).await?;
+            first_tab_is_droids(&keys, &screen, &notes).await?;
             keys.send(b"exit\r".to_vec()).await?;
             notes.wait("press Enter to connect again", 1, 30).await?;
             keys.send(b"\r".to_vec()).await?;
