@@ -525,6 +525,8 @@ async fn real_main(cli: Cli) -> Result<()> {
         }
         Cmd::Check { payload } => {
             let scratch = tempfile::Builder::new().prefix("avf-check-").tempdir()?;
+            // An archive's unpacked copy goes with a signal too.
+            avf_harness::procs::register_dir(scratch.path());
             // Errors name the archive's member, not the scratch copy.
             let shown = payload.join("vm_config.json");
             let inst = if payload.is_file() {
