@@ -3,7 +3,8 @@
 //! tab (ttyd through the bridge) is the screen, a port the shell opens is
 //! forwarded to the host and carries bytes both ways, `sudo systemctl
 //! reboot` makes the app start the VM again (a new boot, a new tab), and
-//! a shell that exits closes the app's last tab, so the app stops the VM
+//! the tab's × (the keys `terminal_close.js` types) ends the shell, which
+//! closes the app's last tab, so the app stops the VM
 //! (`terminal_disconnect.js` → `closeTab` → no sessions left → `stopVm`).
 //! Under Android 15 QPR2's Java app, which injects nothing, a shell that
 //! exits leaves ttyd's "Press ⏎ to Reconnect", and Ctrl-] closes the app.
@@ -193,9 +194,15 @@ pub fn boot_app_android17() -> Result<()> {
             if first == second {
                 bail!("the same boot id {first} after the app's restart");
             }
-            // The shell exits: the app closes its last tab and stops the VM.
+            // The tab's ×: the app types what terminal_close.js types (^C,
+            // ^Z 100 ms later, ^D ^D 100 ms after that); the login shell
+            // must end on it, and the app then closes its last tab and
+            // stops the VM.
             let seen = notes.text().matches(LAST_TAB).count();
-            keys.send(b"exit\r".to_vec()).await?;
+            for k in [&b"\x03"[..], b"\x1a", b"\x04\x04"] {
+                keys.send(k.to_vec()).await?;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
             notes.wait(LAST_TAB, seen + 1, 30).await?;
             notes.wait("the app closes: its stop", 1, 30).await?;
             Ok(())
