@@ -103,13 +103,20 @@ struct Screen {
     tab: Option<TtydClient>,
     /// How much of the tab's output was shown.
     tab_shown: usize,
-    /// The shell ended: ttyd's page waits for Enter to connect again.
-    tab_ended: bool,
-    /// Connect the tab again (Enter on an ended tab, or a clean close
-    /// that ttyd's page answers by reconnecting).
-    reconnect: bool,
-    /// The app closed the tab whose connection ended (its last one).
-    tab_closed_by_app: bool,
+    /// What follows the tab's connection ending, until it is done.
+    tab_end: Option<TabEnd>,
+}
+
+/// What follows the end of the terminal tab's connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TabEnd {
+    /// ttyd's page waits for Enter to connect again.
+    AwaitEnter,
+    /// ttyd's page connects again (Enter on an ended tab, or a clean close
+    /// it answers by reconnecting).
+    Reconnect,
+    /// The app closed the tab (its last one).
+    ClosedByApp,
 }
 
 /// What a moment of waiting brought.
@@ -225,17 +232,20 @@ async fn attend(
             return Ok(end);
         }
         screen.show_forwards(app, person);
-        if screen.reconnect {
-            screen.reconnect = false;
-            reload_tab(vm, app, person, screen).await?;
-        }
-        if screen.tab_closed_by_app {
-            screen.tab_closed_by_app = false;
-            if guest_going_down(vm).await {
-                person.app("the guest is going down by itself: on the phone the app's stop races its reboot or power-off; played here: the VM's end");
-                continue;
+        match screen.tab_end {
+            Some(TabEnd::Reconnect) => {
+                screen.tab_end = None;
+                reload_tab(vm, app, person, screen).await?;
             }
-            return Ok(Ended::LastTabClosed);
+            Some(TabEnd::ClosedByApp) => {
+                screen.tab_end = None;
+                if guest_going_down(vm).await {
+                    person.app("the guest is going down by itself: on the phone the app's stop races its reboot or power-off; played here: the VM's end");
+                    continue;
+                }
+                return Ok(Ended::LastTabClosed);
+            }
+            Some(TabEnd::AwaitEnter) | None => {}
         }
     }
 }
@@ -251,9 +261,7 @@ async fn guest_going_down(vm: &Vm) -> bool {
     )
     .await;
     let down = !matches!(&state, Ok(Ok(s)) if s.trim() != "stopping");
-    down && tokio::time::timeout(GOING_DOWN, qemu_gone(vm))
-        .await
-        .is_ok()
+    down && gone_soon(vm).await
 }
 
 /// The terminal whose connection ended loads again (ttyd's page, on
@@ -275,12 +283,9 @@ async fn reload_tab(
             screen.take_tab(app, person).await?;
         }
         // A guest going down refuses the bridge before QEMU exits.
-        Err(_)
-            if tokio::time::timeout(GOING_DOWN, qemu_gone(vm))
-                .await
-                .is_ok() => {}
+        Err(_) if gone_soon(vm).await => {}
         Err(e) => {
-            screen.tab_ended = true;
+            screen.tab_end = Some(TabEnd::AwaitEnter);
             person.app(&format!("the terminal does not connect again: {e:#}"));
         }
     }
@@ -290,6 +295,13 @@ async fn reload_tab(
 /// How long a guest that refuses the terminal may take to be gone (a
 /// reboot: about 2.5 s under TCG from the command to the reset).
 const GOING_DOWN: Duration = Duration::from_secs(10);
+
+/// Whether QEMU is gone within [`GOING_DOWN`].
+async fn gone_soon(vm: &Vm) -> bool {
+    tokio::time::timeout(GOING_DOWN, qemu_gone(vm))
+        .await
+        .is_ok()
+}
 
 async fn qemu_gone(vm: &Vm) {
     while !vm.qmp().is_closed() {
@@ -350,7 +362,11 @@ async fn tick(
                     }
                 }
                 // ttyd's page after its connection ended: Enter connects.
-                None if screen.tab_ended => screen.reconnect = keys.contains(&b'\r'),
+                None if screen.tab_end == Some(TabEnd::AwaitEnter) => {
+                    if keys.contains(&b'\r') {
+                        screen.tab_end = Some(TabEnd::Reconnect);
+                    }
+                }
                 None => vm.console().send(keys).await?,
             }
             if leave {
@@ -409,7 +425,7 @@ impl Screen {
             tab.resize(columns, rows).await?;
         }
         self.tab_shown = tab.raw_output().len();
-        self.tab_ended = false;
+        self.tab_end = None;
         tab.send_keys(b"\r").await?;
         person.note("");
         person.app("the terminal tab is open (ttyd's shell); the serial console goes on in the artefacts' console.log; Ctrl-] closes the app");
@@ -429,17 +445,17 @@ impl Screen {
         self.tab = None;
         person.note("");
         if on_closed == OnTerminalClosed::CloseTab {
-            self.tab_closed_by_app = true;
+            self.tab_end = Some(TabEnd::ClosedByApp);
             person.app(&format!("the terminal's connection closed ({}): the app closes the tab (terminal_disconnect.js → closeTab); it was the last one, so the app stops the VM", code.map_or("no close frame".into(), |c| c.to_string())));
             return;
         }
         match code {
             Some(c) if c != NORMAL_CLOSE => {
-                self.reconnect = true;
+                self.tab_end = Some(TabEnd::Reconnect);
                 person.app(&format!("the terminal's connection closed ({c}); ttyd's page connects again (\"Reconnecting...\")"));
             }
             _ => {
-                self.tab_ended = true;
+                self.tab_end = Some(TabEnd::AwaitEnter);
                 person.app("the terminal's connection ended; press Enter to connect again (ttyd's page: \"Press ⏎ to Reconnect\")");
             }
         }
@@ -672,19 +688,16 @@ mod tests {
         // Android 16 and 17: the app closes the tab, its last: its stop.
         let mut s = Screen::default();
         s.end_tab(OnTerminalClosed::CloseTab, &mut p, None);
-        assert!(s.tab_closed_by_app && !s.tab_ended && !s.reconnect);
+        assert_eq!(s.tab_end, Some(TabEnd::ClosedByApp));
         // 15 QPR2: ttyd's page. No close frame (ttyd 1.7.7 on `exit`) or
         // 1000: "Press ⏎ to Reconnect"; another clean code: reconnects.
         for code in [None, Some(NORMAL_CLOSE)] {
             let mut s = Screen::default();
             s.end_tab(OnTerminalClosed::TtydPage, &mut p, code);
-            assert!(
-                s.tab_ended && !s.reconnect && !s.tab_closed_by_app,
-                "{code:?}"
-            );
+            assert_eq!(s.tab_end, Some(TabEnd::AwaitEnter), "{code:?}");
         }
         let mut s = Screen::default();
         s.end_tab(OnTerminalClosed::TtydPage, &mut p, Some(1011));
-        assert!(s.reconnect && !s.tab_ended && !s.tab_closed_by_app);
+        assert_eq!(s.tab_end, Some(TabEnd::Reconnect));
     }
 }

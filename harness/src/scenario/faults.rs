@@ -33,8 +33,8 @@ fn secs(d: Duration) -> String {
 /// by `within` from the kill.
 pub async fn fault(vm: &mut Vm, term: &mut Option<Session>, s: &Fault) -> Result<String> {
     let within = s.within.get();
-    // Checked at load against the scenario's profile; again here, as the
-    // command line may play another.
+    // Checked at load against the scenario's profile; again here against
+    // the VM's own, for a scenario built in code rather than loaded.
     s.check_terminal_closed(&vm.plan().profile)
         .map_err(|e| anyhow!("{e}"))?;
     let closes_tab = vm.plan().profile.on_terminal_closed == OnTerminalClosed::CloseTab;
